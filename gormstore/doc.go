@@ -1,0 +1,31 @@
+// Package gormstore is the GORM backend of the outbox: the native outbox
+// table on PostgreSQL (gorm.io/driver/postgres) and SQLite
+// (github.com/glebarez/sqlite, pure Go).
+//
+// # The command's transaction
+//
+// The transactional middleware puts the command's transaction into the
+// context; a handler reaches it with [Tx]:
+//
+//	func (h *Handler) PlaceOrder(ctx context.Context, cmd PlaceOrder) error {
+//		tx, err := gormstore.Tx(ctx)
+//		if err != nil {
+//			return err
+//		}
+//		if err := tx.Create(&Order{ID: cmd.ID}).Error; err != nil {
+//			return err
+//		}
+//		return outbox.Emit(ctx, OrderPlaced{ID: cmd.ID})
+//	}
+//
+// # The outbox table
+//
+// [Store] implements outbox.Store. Its table (default "txoutbox_outbox",
+// configurable and optionally schema-qualified on PostgreSQL) is created or
+// upgraded by [Store.Migrate] or [Migrate]; the same DDL ships as plain SQL
+// files under migrations/ (golang-migrate layout) for teams that run their
+// own migration tool.
+//
+// The table name is validated as a plain SQL identifier and always quoted;
+// every value is a bound parameter.
+package gormstore

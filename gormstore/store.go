@@ -1,0 +1,178 @@
+package gormstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
+)
+
+// DefaultTable is the default outbox table name.
+const DefaultTable = "txoutbox_outbox"
+
+// Errors returned by this package's constructors and methods.
+var (
+	// ErrInvalidConfig wraps every Config problem.
+	ErrInvalidConfig = errors.New("gormstore: invalid config")
+	// ErrUnsupportedDialect is returned for a GORM dialect other than
+	// postgres or sqlite.
+	ErrUnsupportedDialect = errors.New("gormstore: unsupported database (use gorm.io/driver/postgres or github.com/glebarez/sqlite)")
+	// ErrNotInTransaction is returned by Save when the *gorm.DB it is given
+	// is not a transaction.
+	ErrNotInTransaction = errors.New("gormstore: Save needs the command's transaction, got a plain *gorm.DB")
+)
+
+// Config configures a [Store]. The zero value is valid.
+type Config struct {
+	// Table is the outbox table, optionally schema-qualified ("app.outbox",
+	// PostgreSQL only). Each part must be a plain SQL identifier.
+	// Optional; default DefaultTable ("txoutbox_outbox").
+	Table string
+}
+
+// Validate reports every problem with the config.
+func (c Config) Validate() error {
+	_, err := parseTableName(cmp.Or(c.Table, DefaultTable))
+	return err
+}
+
+type dialect int
+
+const (
+	postgres dialect = iota + 1
+	sqlite
+)
+
+func (d dialect) String() string {
+	if d == postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// Store is the native outbox table. It implements outbox.Store and is safe
+// for concurrent use.
+type Store struct {
+	db      *gorm.DB
+	dialect dialect
+	table   tableName
+	quoted  string
+}
+
+var _ outbox.Store = (*Store)(nil)
+
+// New returns a store on db's database. db selects the dialect and is used
+// by Migrate; Save writes through the transaction it is given.
+func New(db *gorm.DB, cfg Config) (*Store, error) {
+	if db == nil {
+		return nil, fmt.Errorf("%w: nil *gorm.DB (open one with gorm.Open)", ErrInvalidConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t, _ := parseTableName(cmp.Or(cfg.Table, DefaultTable))
+	var d dialect
+	switch db.Dialector.Name() {
+	case "postgres":
+		d = postgres
+	case "sqlite":
+		d = sqlite
+		if t.schema != "" {
+			return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
+		}
+	default:
+		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
+	}
+	return &Store{db: db, dialect: d, table: t, quoted: t.quoted()}, nil
+}
+
+// Table returns the store's table name as configured.
+func (s *Store) Table() string { return s.table.String() }
+
+// saveChunk bounds the rows per INSERT statement, keeping the number of
+// bound parameters well below the limits of both databases.
+const saveChunk = 1000
+
+// Save writes records with one multi-row INSERT (one per 1,000 records)
+// inside tx, which must be a transaction: the records are committed or
+// rolled back with it.
+func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) error {
+	if len(records) == 0 {
+		return nil
+	}
+	if tx == nil || tx.Statement == nil {
+		return ErrNotInTransaction
+	}
+	if _, ok := tx.Statement.ConnPool.(gorm.TxCommitter); !ok {
+		return ErrNotInTransaction
+	}
+	for start := 0; start < len(records); start += saveChunk {
+		end := min(start+saveChunk, len(records))
+		query, args, err := s.insertSQL(records[start:end])
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Statement.ConnPool.ExecContext(ctx, query, args...); err != nil {
+			return fmt.Errorf("gormstore: insert into %s: %w", s.table, err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) insertSQL(records []outbox.Record) (string, []any, error) {
+	var b strings.Builder
+	b.WriteString("INSERT INTO ")
+	b.WriteString(s.quoted)
+	cols := 5
+	if s.dialect == sqlite {
+		b.WriteString(" (uuid, topic, partition_key, payload, metadata, created_at, next_attempt_at) VALUES ")
+		cols = 7
+	} else {
+		b.WriteString(" (uuid, topic, partition_key, payload, metadata) VALUES ")
+	}
+	args := make([]any, 0, len(records)*cols)
+	now := time.Now().UTC()
+	n := 0
+	for i, r := range records {
+		if r.Message == nil {
+			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
+		}
+		md, err := json.Marshal(r.Message.Metadata)
+		if err != nil {
+			return "", nil, fmt.Errorf("gormstore: encode metadata of message %s: %w", r.Message.UUID, err)
+		}
+		payload := []byte(r.Message.Payload)
+		if payload == nil {
+			payload = []byte{}
+		}
+		args = append(args, r.Message.UUID, r.Topic, r.PartitionKey, payload, string(md))
+		if s.dialect == sqlite {
+			args = append(args, now, now)
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for c := 0; c < cols; c++ {
+			if c > 0 {
+				b.WriteByte(',')
+			}
+			n++
+			if s.dialect == postgres {
+				b.WriteByte('$')
+				b.WriteString(strconv.Itoa(n))
+			} else {
+				b.WriteByte('?')
+			}
+		}
+		b.WriteByte(')')
+	}
+	return b.String(), args, nil
+}

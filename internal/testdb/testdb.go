@@ -1,0 +1,171 @@
+// Package testdb opens isolated databases for the project's tests: a fresh
+// PostgreSQL schema per test (dropped when the test ends) or a SQLite file in
+// the test's temp dir. A test that needs PostgreSQL fails loudly when it is
+// unreachable; it is never skipped.
+package testdb
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/glebarez/sqlite"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+)
+
+// DefaultURL is the PostgreSQL test database used when TEST_DATABASE_URL is
+// not set.
+const DefaultURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+// Dialect names a database the tests run on.
+type Dialect string
+
+// The dialects the tests run on.
+const (
+	Postgres Dialect = "postgres"
+	SQLite   Dialect = "sqlite"
+)
+
+// Dialects lists every dialect, for tests that run on all of them.
+var Dialects = []Dialect{Postgres, SQLite}
+
+// URL returns the PostgreSQL test database URL.
+func URL() string { return cmp.Or(os.Getenv("TEST_DATABASE_URL"), DefaultURL) }
+
+// Open returns a database of dialect d that belongs to tb alone.
+func Open(tb testing.TB, d Dialect) *gorm.DB {
+	tb.Helper()
+	switch d {
+	case Postgres:
+		db, _ := OpenPostgres(tb)
+		return db
+	case SQLite:
+		return OpenSQLite(tb)
+	}
+	tb.Fatalf("testdb: unknown dialect %q", d)
+	return nil
+}
+
+// Each runs f as a subtest once per dialect.
+func Each(t *testing.T, f func(t *testing.T, db *gorm.DB)) {
+	t.Helper()
+	for _, d := range Dialects {
+		t.Run(string(d), func(t *testing.T) {
+			f(t, Open(t, d))
+		})
+	}
+}
+
+// OpenPostgres creates a fresh schema, returns a pool whose search_path is
+// that schema, and the schema's name. The schema is dropped when tb ends.
+func OpenPostgres(tb testing.TB) (*gorm.DB, string) {
+	tb.Helper()
+	schema := "t_" + randomHex(6)
+	admin := open(tb, URL())
+	if err := admin.Exec("CREATE SCHEMA " + schema).Error; err != nil {
+		tb.Fatalf("testdb: PostgreSQL at %s is required (set TEST_DATABASE_URL, or run `make test` which starts it): %v", redact(URL()), err)
+	}
+	tb.Cleanup(func() {
+		if err := admin.Exec("DROP SCHEMA " + schema + " CASCADE").Error; err != nil {
+			tb.Errorf("testdb: drop schema %s: %v", schema, err)
+		}
+		closeDB(admin)
+	})
+	db := open(tb, SchemaURL(tb, schema))
+	tb.Cleanup(func() { closeDB(db) })
+	return db, schema
+}
+
+// SchemaURL returns the test database URL with search_path set to schema.
+func SchemaURL(tb testing.TB, schema string) string {
+	tb.Helper()
+	u, err := url.Parse(URL())
+	if err != nil {
+		tb.Fatalf("testdb: bad TEST_DATABASE_URL: %v", err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func open(tb testing.TB, dsn string) *gorm.DB {
+	tb.Helper()
+	db, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		tb.Fatalf("testdb: PostgreSQL at %s is required (set TEST_DATABASE_URL, or run `make test` which starts it): %v", redact(dsn), err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		tb.Fatalf("testdb: %v", err)
+	}
+	sqlDB.SetMaxOpenConns(16)
+	sqlDB.SetMaxIdleConns(16)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := sqlDB.PingContext(ctx); err != nil {
+		tb.Fatalf("testdb: PostgreSQL at %s is required (set TEST_DATABASE_URL, or run `make test` which starts it): %v", redact(dsn), err)
+	}
+	return db
+}
+
+// OpenSQLite returns a SQLite database in a file under tb's temp dir, in WAL
+// mode with a busy timeout, as the embedded default uses it.
+func OpenSQLite(tb testing.TB) *gorm.DB {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "test.db")
+	db, err := gorm.Open(sqlite.Open(SQLiteDSN(path)), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		tb.Fatalf("testdb: open SQLite %s: %v", path, err)
+	}
+	tb.Cleanup(func() { closeDB(db) })
+	return db
+}
+
+// SQLiteDSN returns the DSN the project uses for a SQLite file.
+func SQLiteDSN(path string) string {
+	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+}
+
+func closeDB(db *gorm.DB) {
+	if sqlDB, err := db.DB(); err == nil {
+		_ = sqlDB.Close()
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func redact(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// Count returns the number of rows of table that match where (with args).
+func Count(tb testing.TB, db *gorm.DB, table, where string, args ...any) int64 {
+	tb.Helper()
+	var n int64
+	q := fmt.Sprintf("SELECT count(*) FROM %s", table)
+	if where != "" {
+		q += " WHERE " + where
+	}
+	if err := db.Raw(q, args...).Scan(&n).Error; err != nil {
+		tb.Fatalf("testdb: count %s: %v", table, err)
+	}
+	return n
+}

@@ -1,0 +1,282 @@
+package middleware
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/components/cqrs"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/txoutbox/txoutbox/bus"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
+)
+
+// Defaults of TransactionalConfig.
+const (
+	// DefaultMaxRetries is the default number of times a command is run
+	// again after a serialization failure or deadlock.
+	DefaultMaxRetries = 3
+	// DefaultRetryBackoff is the default wait before the first retry; it
+	// doubles with each retry and is jittered by ±50%.
+	DefaultRetryBackoff = 5 * time.Millisecond
+)
+
+// ErrInvalidConfig wraps every TransactionalConfig problem.
+var ErrInvalidConfig = errors.New("middleware: invalid config")
+
+// TransactionalConfig configures [Transactional].
+type TransactionalConfig struct {
+	// DB is the database the handlers write to. Required.
+	DB *gorm.DB
+	// Store saves the events. Required; for example the result of
+	// gormstore.New(db, gormstore.Config{}).
+	Store outbox.Store
+	// Encoder turns events into messages. Optional; default
+	// outbox.NewEncoder(outbox.EncoderConfig{}) (JSON, UUIDv7).
+	Encoder *outbox.Encoder
+	// Isolation is the transaction isolation level. Optional; default
+	// sql.LevelDefault, the database's default (READ COMMITTED on
+	// PostgreSQL). One of LevelDefault, LevelReadUncommitted,
+	// LevelReadCommitted, LevelRepeatableRead, LevelSerializable.
+	Isolation sql.IsolationLevel
+	// ReadOnly runs commands in read-only transactions. A command that
+	// emits an event then fails with outbox.ErrReadOnly. Optional; default
+	// false.
+	ReadOnly bool
+	// MaxRetries bounds how many times a top-level command is run again
+	// after an error Retryable accepts. Optional; 0 means
+	// DefaultMaxRetries (3), a negative value disables retries.
+	MaxRetries int
+	// RetryBackoff is the wait before the first retry, doubled for each
+	// further retry and jittered by ±50%. Optional; default
+	// DefaultRetryBackoff (5ms).
+	RetryBackoff time.Duration
+	// Retryable reports whether a failed command may be run again.
+	// Optional; default IsRetryable (PostgreSQL 40001 and 40P01).
+	Retryable func(error) bool
+	// CommandName names a command for event metadata (outbox.MetadataCommand).
+	// Optional; default cqrs.StructName ("PlaceOrder").
+	CommandName func(cmd any) string
+	// AfterCommit functions are called, in order and synchronously, after a
+	// top-level command's transaction commits with at least one event saved.
+	// Use them to wake a forwarder in the same process. Optional.
+	AfterCommit []func(AfterCommitParams)
+}
+
+// AfterCommitParams describes a commit for TransactionalConfig.AfterCommit.
+type AfterCommitParams struct {
+	// Ctx is the context the command was dispatched with.
+	Ctx context.Context
+	// Command is the committed command.
+	Command outbox.Command
+	// Records are the events saved with the commit, in emit order.
+	Records []outbox.Record
+}
+
+// Validate reports every problem with the config, each saying how to fix it.
+func (c TransactionalConfig) Validate() error {
+	var errs []error
+	if c.DB == nil {
+		errs = append(errs, fmt.Errorf("%w: missing DB (pass the *gorm.DB your handlers write to)", ErrInvalidConfig))
+	}
+	if c.Store == nil {
+		errs = append(errs, fmt.Errorf("%w: missing Store (try gormstore.New(db, gormstore.Config{}))", ErrInvalidConfig))
+	}
+	switch c.Isolation {
+	case sql.LevelDefault, sql.LevelReadUncommitted, sql.LevelReadCommitted, sql.LevelRepeatableRead, sql.LevelSerializable:
+	default:
+		errs = append(errs, fmt.Errorf("%w: Isolation %v is not supported (use sql.LevelDefault, LevelReadCommitted, LevelRepeatableRead or LevelSerializable)", ErrInvalidConfig, c.Isolation))
+	}
+	if c.RetryBackoff < 0 {
+		errs = append(errs, fmt.Errorf("%w: RetryBackoff %v is negative (use 0 for the default %v)", ErrInvalidConfig, c.RetryBackoff, DefaultRetryBackoff))
+	}
+	for i, f := range c.AfterCommit {
+		if f == nil {
+			errs = append(errs, fmt.Errorf("%w: AfterCommit[%d] is nil", ErrInvalidConfig, i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Transactional runs commands in GORM transactions and saves their events
+// to the outbox before commit. See the package documentation for the rules.
+// It is safe for concurrent use.
+type Transactional struct {
+	cfg    TransactionalConfig
+	txOpts *sql.TxOptions
+}
+
+// NewTransactional validates cfg, fills in its defaults and returns the
+// middleware.
+func NewTransactional(cfg TransactionalConfig) (*Transactional, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Encoder == nil {
+		cfg.Encoder = outbox.NewEncoder(outbox.EncoderConfig{})
+	}
+	if cfg.MaxRetries == 0 {
+		cfg.MaxRetries = DefaultMaxRetries
+	}
+	cfg.RetryBackoff = cmp.Or(cfg.RetryBackoff, DefaultRetryBackoff)
+	if cfg.Retryable == nil {
+		cfg.Retryable = IsRetryable
+	}
+	if cfg.CommandName == nil {
+		cfg.CommandName = cqrs.StructName
+	}
+	t := &Transactional{cfg: cfg}
+	if cfg.Isolation != sql.LevelDefault || cfg.ReadOnly {
+		t.txOpts = &sql.TxOptions{Isolation: cfg.Isolation, ReadOnly: cfg.ReadOnly}
+	}
+	return t, nil
+}
+
+// Middleware returns the bus middleware form of t.
+func (t *Transactional) Middleware() bus.Middleware {
+	return func(next bus.Handler) bus.Handler {
+		return func(ctx context.Context, cmd any) error {
+			return t.Run(ctx, t.cfg.CommandName(cmd), func(ctx context.Context) error {
+				return next(ctx, cmd)
+			})
+		}
+	}
+}
+
+// Run runs fn as the command named name: in a new transaction, or joining
+// the transaction ctx carries. fn's error is returned unchanged.
+func (t *Transactional) Run(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+	cmd := outbox.Command{
+		ID:            outbox.NewUUID(),
+		Name:          name,
+		CorrelationID: outbox.CorrelationID(ctx),
+	}
+	if cmd.CorrelationID == "" {
+		cmd.CorrelationID = cmd.ID
+	}
+	if parent, err := gormstore.Tx(ctx); err == nil {
+		return t.join(ctx, parent, cmd, fn)
+	}
+	return t.runTop(ctx, cmd, fn)
+}
+
+// join runs a nested command inside a savepoint of the caller's transaction.
+func (t *Transactional) join(ctx context.Context, parent *gorm.DB, cmd outbox.Command, fn func(ctx context.Context) error) error {
+	parentCol, _, hasParentCol := outbox.CollectorFrom(ctx)
+	readOnly := t.cfg.ReadOnly
+	if hasParentCol {
+		readOnly = readOnly || parentCol.ReadOnly()
+	}
+	return parent.Transaction(func(tx *gorm.DB) error {
+		col := outbox.NewCollector(readOnly)
+		err := t.call(ctx, tx, col, cmd, fn)
+		if err != nil {
+			return err
+		}
+		if hasParentCol {
+			return parentCol.Merge(col)
+		}
+		// The application owns the transaction: save now, it commits.
+		_, err = t.save(ctx, tx, col)
+		return err
+	})
+}
+
+// runTop runs a top-level command in its own transaction, retrying it on
+// retryable errors.
+func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(ctx context.Context) error) error {
+	for attempt := 0; ; attempt++ {
+		var recs []outbox.Record
+		err := t.cfg.DB.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+			col := outbox.NewCollector(t.cfg.ReadOnly)
+			if err := t.call(ctx, tx, col, cmd, fn); err != nil {
+				return err
+			}
+			var err error
+			recs, err = t.save(ctx, tx, col)
+			return err
+		}, t.txOptsSlice()...)
+		if err == nil {
+			if len(recs) > 0 {
+				p := AfterCommitParams{Ctx: ctx, Command: cmd, Records: recs}
+				for _, f := range t.cfg.AfterCommit {
+					f(p)
+				}
+			}
+			return nil
+		}
+		if attempt >= t.cfg.MaxRetries || !t.cfg.Retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		if !sleep(ctx, t.backoff(attempt)) {
+			return err
+		}
+	}
+}
+
+// call runs fn with tx and col in its context and checks the collector.
+func (t *Transactional) call(ctx context.Context, tx *gorm.DB, col *outbox.Collector, cmd outbox.Command, fn func(ctx context.Context) error) error {
+	defer col.Close()
+	cctx := gormstore.WithTx(outbox.WithCollector(ctx, col, cmd), tx)
+	if err := fn(cctx); err != nil {
+		return err
+	}
+	// An Emit error fails the command even when the handler ignored it.
+	return col.Err()
+}
+
+// save encodes the collected events and writes them in tx.
+func (t *Transactional) save(ctx context.Context, tx *gorm.DB, col *outbox.Collector) ([]outbox.Record, error) {
+	entries := col.Entries()
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	recs, err := t.cfg.Encoder.EncodeAll(entries)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.cfg.Store.Save(ctx, tx, recs); err != nil {
+		return nil, err
+	}
+	return recs, nil
+}
+
+func (t *Transactional) txOptsSlice() []*sql.TxOptions {
+	if t.txOpts == nil {
+		return nil
+	}
+	return []*sql.TxOptions{t.txOpts}
+}
+
+func (t *Transactional) backoff(attempt int) time.Duration {
+	d := t.cfg.RetryBackoff << min(attempt, 16)
+	return d/2 + rand.N(d+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// IsRetryable reports whether err is a PostgreSQL serialization failure
+// (SQLSTATE 40001) or deadlock (40P01): errors after which running the whole
+// transaction again can succeed.
+func IsRetryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	return false
+}

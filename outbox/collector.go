@@ -1,0 +1,186 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"sync"
+)
+
+// Command identifies the command whose handler emitted an event. It becomes
+// the causation and correlation metadata of the event's message.
+type Command struct {
+	// ID is unique per dispatched command; it is the causation ID of the
+	// events the command emits.
+	ID string
+	// Name is the command's name, for example "PlaceOrder".
+	Name string
+	// CorrelationID is shared by a command, the commands it dispatches, and
+	// every event they emit.
+	CorrelationID string
+}
+
+// Entry is one emitted, not yet encoded event.
+type Entry struct {
+	// Event is the value passed to Emit.
+	Event any
+	// Command is the command whose handler emitted the event.
+	Command Command
+}
+
+// Collector gathers the events emitted during one command. The transactional
+// middleware creates one per command and saves its entries just before commit;
+// test kits create one to run a handler without a database. It is safe for
+// concurrent use by the goroutines of one handler.
+type Collector struct {
+	mu       sync.Mutex
+	entries  []Entry
+	err      error
+	readOnly bool
+	closed   bool
+}
+
+// NewCollector returns an empty collector. A read-only collector rejects
+// every Emit with [ErrReadOnly].
+func NewCollector(readOnly bool) *Collector {
+	return &Collector{readOnly: readOnly}
+}
+
+// ReadOnly reports whether the collector rejects every Emit.
+func (c *Collector) ReadOnly() bool { return c.readOnly }
+
+// Entries returns a copy of the collected entries in emit order.
+func (c *Collector) Entries() []Entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Entry(nil), c.entries...)
+}
+
+// Err returns the first error an Emit into this collector returned, or nil.
+// A command whose collector has an error must not commit: the handler may
+// have ignored the error Emit returned.
+func (c *Collector) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close makes every later Emit fail with [ErrCollectorClosed].
+func (c *Collector) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+}
+
+// Merge appends the entries of child, typically a nested command's
+// collector that completed successfully. It returns child's error, if any,
+// without merging.
+func (c *Collector) Merge(child *Collector) error {
+	child.mu.Lock()
+	entries, err := child.entries, child.err
+	child.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrCollectorClosed
+	}
+	c.entries = append(c.entries, entries...)
+	return nil
+}
+
+func (c *Collector) add(cmd Command, events []any) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrCollectorClosed
+	}
+	fail := func(err error) error {
+		if c.err == nil {
+			c.err = err
+		}
+		return err
+	}
+	if c.readOnly {
+		return fail(fmt.Errorf("%w (command %s)", ErrReadOnly, cmd.Name))
+	}
+	for i, ev := range events {
+		if isNil(ev) {
+			return fail(fmt.Errorf("%w: event %d of %d emitted by command %s", ErrNilEvent, i+1, len(events), cmd.Name))
+		}
+	}
+	for _, ev := range events {
+		c.entries = append(c.entries, Entry{Event: ev, Command: cmd})
+	}
+	return nil
+}
+
+type collectorKey struct{}
+type commandKey struct{}
+type correlationKey struct{}
+
+// WithCollector returns a context whose Emit calls record into c on behalf
+// of cmd. The transactional middleware calls it for every command; call it
+// directly only to run a handler without the middleware, as test kits do.
+func WithCollector(ctx context.Context, c *Collector, cmd Command) context.Context {
+	ctx = context.WithValue(ctx, collectorKey{}, c)
+	return context.WithValue(ctx, commandKey{}, cmd)
+}
+
+// CollectorFrom returns the collector and command of ctx, if any.
+func CollectorFrom(ctx context.Context) (*Collector, Command, bool) {
+	c, ok := ctx.Value(collectorKey{}).(*Collector)
+	if !ok || c == nil {
+		return nil, Command{}, false
+	}
+	cmd, _ := ctx.Value(commandKey{}).(Command)
+	return c, cmd, true
+}
+
+// WithCorrelationID returns a context whose next top-level command uses id
+// as its correlation ID, for example the ID of the HTTP request that caused
+// it. Without it each top-level command starts a new correlation ID.
+func WithCorrelationID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, correlationKey{}, id)
+}
+
+// CorrelationID returns the correlation ID of ctx: the current command's, or
+// the one set with WithCorrelationID, or "".
+func CorrelationID(ctx context.Context) string {
+	if cmd, ok := ctx.Value(commandKey{}).(Command); ok && cmd.CorrelationID != "" {
+		return cmd.CorrelationID
+	}
+	id, _ := ctx.Value(correlationKey{}).(string)
+	return id
+}
+
+// Emit records events to be saved to the outbox when the current command's
+// transaction commits. It must be called from a handler running under the
+// transactional middleware (or with a context from [WithCollector]);
+// otherwise it returns [ErrNoTransaction].
+//
+// Emit validates only what it can see at once (nil events, read-only
+// transactions); marshaling happens at commit time. Any error from Emit also
+// fails the command, even if the handler ignores it, so an event is never
+// dropped while its command commits.
+func Emit(ctx context.Context, events ...any) error {
+	c, cmd, ok := CollectorFrom(ctx)
+	if !ok {
+		return ErrNoTransaction
+	}
+	return c.add(cmd, events)
+}
+
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+		return rv.IsNil()
+	}
+	return false
+}

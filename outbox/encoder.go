@@ -1,0 +1,193 @@
+package outbox
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/components/cqrs"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+)
+
+// Metadata keys set on every outgoing message.
+const (
+	// MetadataName holds the event name; it is the key Watermill's cqrs
+	// marshalers use, so cqrs event processors recognise the messages.
+	MetadataName = "name"
+	// MetadataCorrelationID holds the correlation ID shared by a chain of
+	// commands and events; it is the key Watermill's CorrelationID
+	// middleware uses.
+	MetadataCorrelationID = "correlation_id"
+	// MetadataCausationID holds the ID of the command that emitted the event.
+	MetadataCausationID = "causation_id"
+	// MetadataCommand holds the name of the command that emitted the event.
+	MetadataCommand = "command"
+	// MetadataCreatedAt holds the emit time in RFC 3339 with nanoseconds.
+	MetadataCreatedAt = "created_at"
+	// MetadataPartitionKey holds the partition key when it is not empty.
+	MetadataPartitionKey = "partition_key"
+)
+
+// DefaultMaxPayloadBytes is the default EncoderConfig.MaxPayloadBytes: 1 MiB.
+const DefaultMaxPayloadBytes = 1 << 20
+
+// Record is an encoded event, ready to be written to the outbox.
+type Record struct {
+	// Topic is the topic the event is published to.
+	Topic string
+	// PartitionKey orders events: those with the same non-empty key are
+	// relayed in commit order.
+	PartitionKey string
+	// Message carries the UUID, payload and metadata.
+	Message *message.Message
+}
+
+// EncoderConfig configures an [Encoder]. The zero value is valid.
+type EncoderConfig struct {
+	// Marshaler encodes events. Optional; default:
+	// cqrs.JSONMarshaler{GenerateName: cqrs.StructName} with UUIDv7 message IDs.
+	// A marshaler that leaves the message UUID empty gets a UUIDv7.
+	Marshaler cqrs.CommandEventMarshaler
+	// Topic returns the topic for an event that has no Topic() string method.
+	// Optional; default: the event name.
+	Topic func(eventName string, event any) string
+	// PartitionKey returns the partition key for an event that has no
+	// PartitionKey() string method. Optional; default: "" (unordered).
+	PartitionKey func(event any) string
+	// MaxPayloadBytes rejects events whose marshaled payload is larger.
+	// Optional; 0 means DefaultMaxPayloadBytes (1 MiB), a negative value
+	// means no limit.
+	MaxPayloadBytes int
+	// Now returns the emit time for MetadataCreatedAt. Optional; default:
+	// time.Now.
+	Now func() time.Time
+}
+
+// Encoder turns emitted events into records. It is safe for concurrent use.
+type Encoder struct {
+	cfg EncoderConfig
+}
+
+// NewEncoder returns an encoder for cfg with defaults filled in. Every
+// EncoderConfig is valid.
+func NewEncoder(cfg EncoderConfig) *Encoder {
+	if cfg.Marshaler == nil {
+		cfg.Marshaler = cqrs.JSONMarshaler{NewUUID: NewUUID, GenerateName: cqrs.StructName}
+	}
+	if cfg.MaxPayloadBytes == 0 {
+		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Encoder{cfg: cfg}
+}
+
+// Marshaler returns the marshaler the encoder uses, so consumers can decode
+// with the same one.
+func (e *Encoder) Marshaler() cqrs.CommandEventMarshaler { return e.cfg.Marshaler }
+
+// NewUUID returns a new time-ordered UUIDv7 string, the default message ID.
+func NewUUID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		// NewV7 fails only when the system's random source fails.
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
+type topicer interface{ Topic() string }
+type partitionKeyer interface{ PartitionKey() string }
+
+// Encode turns one entry into a record. It fails with ErrNilEvent,
+// ErrMarshal, ErrEmptyTopic or ErrPayloadTooLarge.
+func (e *Encoder) Encode(entry Entry) (rec Record, err error) {
+	ev := entry.Event
+	if isNil(ev) {
+		return Record{}, fmt.Errorf("%w (command %s)", ErrNilEvent, entry.Command.Name)
+	}
+	defer func() {
+		// A marshaler may panic on values it cannot handle; that is bad
+		// input, not a crash.
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w %T: panic: %v", ErrMarshal, ev, r)
+		}
+	}()
+	name := e.cfg.Marshaler.Name(ev)
+	msg, err := e.cfg.Marshaler.Marshal(ev)
+	if err != nil {
+		return Record{}, fmt.Errorf("%w %T: %w", ErrMarshal, ev, err)
+	}
+	if msg == nil {
+		return Record{}, fmt.Errorf("%w %T: marshaler returned no message", ErrMarshal, ev)
+	}
+	if max := e.cfg.MaxPayloadBytes; max > 0 && len(msg.Payload) > max {
+		return Record{}, fmt.Errorf("%w: event %T is %d bytes, limit is %d (EncoderConfig.MaxPayloadBytes)", ErrPayloadTooLarge, ev, len(msg.Payload), max)
+	}
+
+	var topic string
+	switch t := ev.(type) {
+	case topicer:
+		topic = t.Topic()
+	default:
+		if e.cfg.Topic != nil {
+			topic = e.cfg.Topic(name, ev)
+		} else {
+			topic = name
+		}
+	}
+	if topic == "" {
+		return Record{}, fmt.Errorf("%w for event %T", ErrEmptyTopic, ev)
+	}
+	var key string
+	switch k := ev.(type) {
+	case partitionKeyer:
+		key = k.PartitionKey()
+	default:
+		if e.cfg.PartitionKey != nil {
+			key = e.cfg.PartitionKey(ev)
+		}
+	}
+
+	if msg.UUID == "" {
+		msg.UUID = NewUUID()
+	}
+	if msg.Metadata == nil {
+		msg.Metadata = make(message.Metadata)
+	}
+	if msg.Metadata.Get(MetadataName) == "" {
+		msg.Metadata.Set(MetadataName, name)
+	}
+	if entry.Command.CorrelationID != "" {
+		msg.Metadata.Set(MetadataCorrelationID, entry.Command.CorrelationID)
+	}
+	if entry.Command.ID != "" {
+		msg.Metadata.Set(MetadataCausationID, entry.Command.ID)
+	}
+	if entry.Command.Name != "" {
+		msg.Metadata.Set(MetadataCommand, entry.Command.Name)
+	}
+	msg.Metadata.Set(MetadataCreatedAt, e.cfg.Now().UTC().Format(time.RFC3339Nano))
+	if key != "" {
+		msg.Metadata.Set(MetadataPartitionKey, key)
+	}
+	return Record{Topic: topic, PartitionKey: key, Message: msg}, nil
+}
+
+// EncodeAll encodes entries in order. It stops at the first error, which
+// names the failing event's position.
+func (e *Encoder) EncodeAll(entries []Entry) ([]Record, error) {
+	recs := make([]Record, 0, len(entries))
+	for i, en := range entries {
+		rec, err := e.Encode(en)
+		if err != nil {
+			if len(entries) > 1 {
+				err = fmt.Errorf("event %d of %d: %w", i+1, len(entries), err)
+			}
+			return nil, err
+		}
+		recs = append(recs, rec)
+	}
+	return recs, nil
+}

@@ -1,0 +1,17 @@
+package outbox
+
+import (
+	"context"
+
+	"gorm.io/gorm"
+)
+
+// Store writes records to the outbox table. Package gormstore implements it
+// for PostgreSQL and SQLite.
+type Store interface {
+	// Save writes records inside tx, the command's transaction, so they are
+	// committed or rolled back with it. Implementations write all records
+	// in as few round trips as they can (one multi-row INSERT for gormstore).
+	// Save with no records does nothing.
+	Save(ctx context.Context, tx *gorm.DB, records []Record) error
+}
