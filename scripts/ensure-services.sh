@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Makes sure the services the tests need are up, starting or installing them
+# where that is safe, and fails with instructions where it is not.
+#
+#   scripts/ensure-services.sh postgres
+#
+# Each service has a function ensure_<name>; add brokers (rabbitmq, nats,
+# redis, ...) the same way.
+#
+# postgres: PostgreSQL at TEST_DATABASE_URL
+# (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable).
+#   1. reachable                        -> create the database if it is missing
+#   2. installed here but down          -> pg_ctlcluster ... start, wait, as 1
+#   3. missing, root on Debian/Ubuntu   -> apt-get install postgresql, start it,
+#                                          trust local connections of user
+#                                          postgres, create the database
+#   4. anything else                    -> say what to install, exit 1
+set -euo pipefail
+
+readonly DEFAULT_DATABASE_URL='postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
+readonly WAIT_SECONDS=30
+
+log() { printf 'ensure-services: %s\n' "$*"; }
+die() { printf 'ensure-services: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- postgres
+
+# parse_pg_url sets PG_URL, PG_USER, PG_HOST, PG_PORT, PG_DB and PG_ADMIN_URL
+# (the same server, database "postgres") from TEST_DATABASE_URL.
+parse_pg_url() {
+	PG_URL="${TEST_DATABASE_URL:-$DEFAULT_DATABASE_URL}"
+	case "$PG_URL" in
+	postgres://* | postgresql://*) ;;
+	*) die "TEST_DATABASE_URL must be a postgres:// URL, got: $PG_URL" ;;
+	esac
+	local scheme="${PG_URL%%://*}" rest="${PG_URL#*://}"
+	local authority="${rest%%[/?]*}" tail="${rest#"${rest%%[/?]*}"}"
+	local path="${tail%%\?*}" query=""
+	[[ "$tail" == *\?* ]] && query="?${tail#*\?}"
+	local userinfo="" hostport="$authority"
+	if [[ "$authority" == *@* ]]; then
+		userinfo="${authority%@*}"
+		hostport="${authority##*@}"
+	fi
+	PG_USER="${userinfo%%:*}"
+	PG_USER="${PG_USER:-${PGUSER:-$(id -un)}}"
+	PG_HOST="$hostport" PG_PORT=5432
+	if [[ "$hostport" == *:* ]]; then
+		PG_HOST="${hostport%:*}"
+		PG_PORT="${hostport##*:}"
+	fi
+	PG_HOST="${PG_HOST:-127.0.0.1}"
+	PG_DB="${path#/}"
+	PG_DB="${PG_DB:-$PG_USER}"
+	[[ "$PG_DB" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] ||
+		die "database name '$PG_DB' in TEST_DATABASE_URL must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"
+	PG_ADMIN_URL="$scheme://$authority/postgres$query"
+}
+
+pg_is_local() {
+	case "$PG_HOST" in
+	127.0.0.1 | localhost | ::1 | '[::1]') return 0 ;;
+	esac
+	return 1
+}
+
+# pg_state prints "up", "starting" or "down".
+pg_state() {
+	if ! command -v pg_isready >/dev/null; then
+		# Without pg_isready an open port is the best check there is.
+		# shellcheck disable=SC2016 # $1 and $2 expand in the inner bash
+		if timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$PG_HOST" "$PG_PORT" 2>/dev/null; then
+			echo up
+		else
+			echo down
+		fi
+		return 0
+	fi
+	local rc=0
+	pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 2 || rc=$?
+	case "$rc" in
+	0) echo up ;;
+	1) echo starting ;;
+	*) echo down ;;
+	esac
+}
+
+pg_wait() {
+	local i
+	for ((i = 0; i < WAIT_SECONDS * 2; i++)); do
+		[[ "$(pg_state)" == up ]] && return 0
+		sleep 0.5
+	done
+	die "PostgreSQL at $PG_HOST:$PG_PORT is not accepting connections after ${WAIT_SECONDS}s"
+}
+
+# pg_cluster prints "VERSION NAME" of the local cluster to start: the one
+# configured for PG_PORT, else the newest version's "main".
+pg_cluster() {
+	local ver name port rest
+	if command -v pg_lsclusters >/dev/null; then
+		while read -r ver name port rest; do
+			if [[ "$port" == "$PG_PORT" ]]; then
+				echo "$ver $name"
+				return 0
+			fi
+		done < <(pg_lsclusters -h 2>/dev/null)
+	fi
+	local dir
+	ver=""
+	for dir in /etc/postgresql/*/main; do
+		[[ -d "$dir" ]] || continue
+		dir="${dir%/main}"
+		ver="$(printf '%s\n' "$ver" "${dir##*/}" | sort -V | tail -n 1)"
+	done
+	[[ -n "$ver" ]] || return 1
+	echo "$ver main"
+}
+
+pg_cluster_start() {
+	local ver="$1" name="$2" rc=0
+	pg_ctlcluster "$ver" "$name" status >/dev/null 2>&1 || rc=$?
+	if ((rc == 0)); then
+		return 0 # already running (the install may have started it)
+	fi
+	log "starting PostgreSQL $ver/$name"
+	pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start ||
+		die "could not start PostgreSQL $ver/$name; see /var/log/postgresql/postgresql-$ver-$name.log (as non-root: sudo pg_ctlcluster --skip-systemctl-redirect $ver $name start)"
+}
+
+pg_install() {
+	log "PostgreSQL is not installed; installing it from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq postgresql >/dev/null
+	local cluster ver name
+	cluster="$(pg_cluster)" || die "apt-get installed postgresql but no cluster exists (try: pg_createcluster --start 15 main)"
+	read -r ver name <<<"$cluster"
+	pg_cluster_start "$ver" "$name"
+	pg_trust_local "$ver" "$name"
+}
+
+# pg_trust_local lets user postgres connect without a password over the local
+# socket and from 127.0.0.1: the first matching pg_hba.conf line wins, so the
+# lines go on top.
+pg_trust_local() {
+	local ver="$1" name="$2"
+	local hba="/etc/postgresql/$ver/$name/pg_hba.conf"
+	local marker='# txoutbox scripts/ensure-services.sh: trust local test connections'
+	[[ -f "$hba" ]] || die "no $hba"
+	if ! grep -qxF "$marker" "$hba"; then
+		log "trusting local connections of user postgres in $hba"
+		{
+			echo "$marker"
+			echo 'local   all   postgres                  trust'
+			echo 'host    all   postgres   127.0.0.1/32   trust'
+			echo
+			cat "$hba"
+		} >"$hba.new"
+		chown --reference="$hba" "$hba.new"
+		chmod --reference="$hba" "$hba.new"
+		mv "$hba.new" "$hba"
+		pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload
+	fi
+}
+
+pg_psql() { PGCONNECT_TIMEOUT=5 psql -X -A -t -q -v ON_ERROR_STOP=1 "$@"; }
+
+# pg_ensure_database creates PG_DB when the server is up but it is missing.
+pg_ensure_database() {
+	if ! command -v psql >/dev/null; then
+		log "psql not found: cannot check that database $PG_DB exists (install postgresql-client)"
+		return 0
+	fi
+	local out
+	if out="$(pg_psql "$PG_URL" -c 'SELECT 1' 2>&1)"; then
+		return 0
+	fi
+	local exists
+	exists="$(pg_psql "$PG_ADMIN_URL" -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" 2>&1)" ||
+		die "cannot connect to PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER: $exists"
+	if [[ "$exists" == 1 ]]; then
+		die "database $PG_DB exists but connecting to it failed: $out"
+	fi
+	log "creating database $PG_DB"
+	if ! out="$(pg_psql "$PG_ADMIN_URL" -c "CREATE DATABASE \"$PG_DB\"" 2>&1)"; then
+		# Another run may have created it meanwhile.
+		pg_psql "$PG_URL" -c 'SELECT 1' >/dev/null 2>&1 || die "cannot create database $PG_DB: $out"
+	fi
+}
+
+# pg_how_to_install says what to do and fails. $1 says why nothing was tried.
+pg_how_to_install() {
+	cat >&2 <<EOF
+ensure-services: PostgreSQL is not reachable at $PG_HOST:$PG_PORT ($1).
+Start or install PostgreSQL 15+, then re-run. For example:
+  Debian/Ubuntu: sudo apt-get install -y postgresql && sudo pg_ctlcluster --skip-systemctl-redirect 15 main start
+  macOS:         brew install postgresql@15 && brew services start postgresql@15
+  Docker:        docker run -d -p $PG_PORT:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=$PG_DB postgres:15
+or set TEST_DATABASE_URL to a server you have (now: $PG_URL).
+The tests need user $PG_USER to connect to database $PG_DB without a password prompt.
+EOF
+	exit 1
+}
+
+ensure_postgres() {
+	parse_pg_url
+	local state cluster ver name
+	state="$(pg_state)"
+	if [[ "$state" == down ]]; then
+		if ! pg_is_local; then
+			pg_how_to_install "$PG_HOST is not this machine, so this script cannot start it"
+		elif cluster="$(pg_cluster)"; then
+			read -r ver name <<<"$cluster"
+			pg_cluster_start "$ver" "$name"
+		elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+			pg_install
+		else
+			pg_how_to_install "not installed here, and installing it needs root and apt-get"
+		fi
+	fi
+	pg_wait
+	pg_ensure_database
+	log "postgres ready at $PG_HOST:$PG_PORT, database $PG_DB"
+}
+
+# -------------------------------------------------------------------- main
+
+main() {
+	(($# > 0)) || die "usage: $0 SERVICE... (services: postgres)"
+	local svc
+	for svc in "$@"; do
+		declare -F "ensure_$svc" >/dev/null || die "unknown service '$svc' (known: postgres)"
+		"ensure_$svc"
+	done
+}
+
+main "$@"
