@@ -10,6 +10,9 @@ import (
 // PostgreSQL's 63-byte identifier limit.
 const maxTableNameLen = 48
 
+// maxSchemaNameLen is PostgreSQL's identifier limit.
+const maxSchemaNameLen = 63
+
 var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // tableName is a validated, optionally schema-qualified table name.
@@ -31,8 +34,11 @@ func parseTableName(s string) (tableName, error) {
 	if len(parts) == 2 {
 		t.schema = parts[0]
 	}
-	if len(t.name) > maxTableNameLen || len(t.schema) > 63 {
+	if len(t.name) > maxTableNameLen {
 		return tableName{}, fmt.Errorf("%w: table %q: name longer than %d characters", ErrInvalidConfig, s, maxTableNameLen)
+	}
+	if len(t.schema) > maxSchemaNameLen {
+		return tableName{}, fmt.Errorf("%w: table %q: schema longer than %d characters", ErrInvalidConfig, s, maxSchemaNameLen)
 	}
 	return t, nil
 }

@@ -35,6 +35,16 @@ type Config struct {
 	// PostgreSQL only). Each part must be a plain SQL identifier.
 	// Optional; default DefaultTable ("txoutbox_outbox").
 	Table string
+	// KeepDelivered keeps delivered rows, with their delivered_at time, for
+	// audit or replay, instead of deleting them at delivery. Remove them
+	// with Store.PurgeDelivered. Claims stay fast with millions of kept
+	// rows: they read only a partial index of undelivered rows.
+	// Optional; default false (delete at delivery).
+	KeepDelivered bool
+	// NoNotify stops the PostgreSQL store from sending a NOTIFY on the
+	// table's channel from each outbox transaction. Forwarders in other
+	// processes then find new rows by polling. Optional; default false.
+	NoNotify bool
 }
 
 // Validate reports every problem with the config.
@@ -61,9 +71,13 @@ func (d dialect) String() string {
 // for concurrent use.
 type Store struct {
 	db      *gorm.DB
+	cfg     Config
 	dialect dialect
 	table   tableName
 	quoted  string
+	relay   relaySQL
+	// sqliteClaim serialises SQLite claims: one claim at a time per store.
+	sqliteClaim chan struct{}
 }
 
 var _ outbox.Store = (*Store)(nil)
@@ -90,7 +104,9 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
 	}
-	return &Store{db: db, dialect: d, table: t, quoted: t.quoted()}, nil
+	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.quoted(), sqliteClaim: make(chan struct{}, 1)}
+	s.relay = newRelaySQL(s)
+	return s, nil
 }
 
 // Table returns the store's table name as configured.
@@ -144,9 +160,12 @@ func (s *Store) insertSQL(records []outbox.Record) (string, []any, error) {
 		if r.Message == nil {
 			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
 		}
-		md, err := json.Marshal(r.Message.Metadata)
-		if err != nil {
-			return "", nil, fmt.Errorf("gormstore: encode metadata of message %s: %w", r.Message.UUID, err)
+		md := []byte("{}") // never JSON null: a relay decoding it would get a nil Metadata
+		if len(r.Message.Metadata) > 0 {
+			var err error
+			if md, err = json.Marshal(r.Message.Metadata); err != nil {
+				return "", nil, fmt.Errorf("gormstore: encode metadata of message %s: %w", r.Message.UUID, err)
+			}
 		}
 		payload := []byte(r.Message.Payload)
 		if payload == nil {

@@ -1,0 +1,213 @@
+package gormstore_test
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"gorm.io/gorm"
+)
+
+func TestMigrateIdempotent(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		ctx := context.Background()
+		require.NoError(t, gormstore.Migrate(ctx, db))
+		require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+			s, err := gormstore.New(db, gormstore.Config{})
+			if err != nil {
+				return err
+			}
+			return s.Save(ctx, tx, nil)
+		}))
+		require.NoError(t, db.Exec(`INSERT INTO txoutbox_outbox (uuid, topic, payload, created_at, next_attempt_at) VALUES ('u1', 't', ?, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)`, []byte{0}).Error)
+		schemaBefore := describeTable(t, db, gormstore.DefaultTable)
+
+		require.NoError(t, gormstore.Migrate(ctx, db))
+		require.NoError(t, gormstore.Migrate(ctx, db))
+		require.Equal(t, schemaBefore, describeTable(t, db, gormstore.DefaultTable))
+		require.Equal(t, int64(1), testdb.Count(t, db, gormstore.DefaultTable, ""), "Migrate must keep the rows")
+	})
+}
+
+func TestMigrateConcurrent(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	ctx := context.Background()
+	const n = 4
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for range n {
+		go func() {
+			<-start
+			errs <- gormstore.Migrate(ctx, db)
+		}()
+	}
+	close(start)
+	for range n {
+		require.NoError(t, <-errs)
+	}
+	require.Equal(t, []string{"txoutbox_outbox_key_idx", "txoutbox_outbox_pending_idx", "txoutbox_outbox_uuid_key"},
+		indexNames(t, db, "", gormstore.DefaultTable))
+}
+
+func TestMigrateCanceledContext(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		require.ErrorIs(t, gormstore.Migrate(ctx, db), context.Canceled)
+	})
+}
+
+// TestMigrationFiles checks that the plain SQL files shipped for migration
+// tools create the same table as Migrate, that the down file drops it, and
+// that Migrate accepts a table the files created.
+func TestMigrationFiles(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		dir := string(testdb.Postgres)
+		if db.Dialector.Name() == "sqlite" {
+			dir = string(testdb.SQLite)
+		}
+		up, err := fs.ReadFile(gormstore.Migrations, "migrations/"+dir+"/000001_create_outbox.up.sql")
+		require.NoError(t, err)
+		down, err := fs.ReadFile(gormstore.Migrations, "migrations/"+dir+"/000001_create_outbox.down.sql")
+		require.NoError(t, err)
+
+		// A migration tool runs each file as one multi-statement script.
+		require.NoError(t, db.Exec(string(up)).Error)
+		fromFile := describeTable(t, db, gormstore.DefaultTable)
+
+		reference := testdb.Open(t, testdb.Dialect(dir))
+		require.NoError(t, gormstore.Migrate(context.Background(), reference))
+		require.Equal(t, describeTable(t, reference, gormstore.DefaultTable), fromFile)
+
+		// Migrate on a table the files created is a no-op.
+		require.NoError(t, gormstore.Migrate(context.Background(), db))
+		require.Equal(t, fromFile, describeTable(t, db, gormstore.DefaultTable))
+
+		require.NoError(t, db.Exec(string(down)).Error)
+		require.Empty(t, describeTable(t, db, gormstore.DefaultTable), "the down file must drop the table and its indexes")
+		require.NoError(t, db.Exec(string(down)).Error, "the down file is re-runnable")
+		require.NoError(t, db.Exec(string(up)).Error, "up after down")
+		require.Equal(t, fromFile, describeTable(t, db, gormstore.DefaultTable))
+	})
+}
+
+// TestMigrationFilesLayout checks the golang-migrate layout: every up file
+// has a down file, for both dialects.
+func TestMigrationFilesLayout(t *testing.T) {
+	t.Parallel()
+	for _, d := range testdb.Dialects {
+		entries, err := fs.ReadDir(gormstore.Migrations, "migrations/"+string(d))
+		require.NoError(t, err)
+		var ups, downs []string
+		name := regexp.MustCompile(`^\d{6}_[a-z0-9_]+\.(up|down)\.sql$`)
+		for _, e := range entries {
+			require.Regexp(t, name, e.Name())
+			if base, ok := strings.CutSuffix(e.Name(), ".up.sql"); ok {
+				ups = append(ups, base)
+			} else if base, ok := strings.CutSuffix(e.Name(), ".down.sql"); ok {
+				downs = append(downs, base)
+			}
+		}
+		require.NotEmpty(t, ups, string(d))
+		require.Equal(t, ups, downs, string(d))
+	}
+}
+
+// describeTable returns a dialect-specific description of table in the
+// connection's schema: its columns (name, type, nullability, default,
+// identity) and its indexes' definitions. It is empty when the table does
+// not exist.
+func describeTable(t *testing.T, db *gorm.DB, table string) []string {
+	t.Helper()
+	var out []string
+	if db.Dialector.Name() == "sqlite" {
+		var cols []struct {
+			Cid       int
+			Name      string
+			Type      string
+			Notnull   int
+			DfltValue *string
+			Pk        int
+		}
+		require.NoError(t, db.Raw(`SELECT cid, name, type, "notnull", dflt_value, pk FROM pragma_table_info(?) ORDER BY cid`, table).Scan(&cols).Error)
+		for _, c := range cols {
+			out = append(out, fmt.Sprintf("column %d %s %s notnull=%d default=%v pk=%d", c.Cid, c.Name, c.Type, c.Notnull, deref(c.DfltValue), c.Pk))
+		}
+		var idx []struct{ Name, SQL string }
+		require.NoError(t, db.Raw(`SELECT name, COALESCE(sql, '') AS sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? ORDER BY name`, table).Scan(&idx).Error)
+		for _, i := range idx {
+			out = append(out, "index "+i.Name+" "+strings.Join(strings.Fields(i.SQL), " "))
+		}
+		return out
+	}
+	var cols []struct {
+		OrdinalPosition    int
+		ColumnName         string
+		DataType           string
+		IsNullable         string
+		ColumnDefault      *string
+		IsIdentity         string
+		IdentityGeneration *string
+	}
+	require.NoError(t, db.Raw(`SELECT ordinal_position, column_name, data_type, is_nullable, column_default, is_identity, identity_generation
+		FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position`, table).Scan(&cols).Error)
+	for _, c := range cols {
+		out = append(out, fmt.Sprintf("column %d %s %s nullable=%s default=%v identity=%s %v",
+			c.OrdinalPosition, c.ColumnName, c.DataType, c.IsNullable, deref(c.ColumnDefault), c.IsIdentity, deref(c.IdentityGeneration)))
+	}
+	var idx []struct{ Indexname, Indexdef string }
+	require.NoError(t, db.Raw(`SELECT indexname, replace(indexdef, current_schema() || '.', '') AS indexdef
+		FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ? ORDER BY indexname`, table).Scan(&idx).Error)
+	for _, i := range idx {
+		out = append(out, "index "+i.Indexname+" "+i.Indexdef)
+	}
+	return out
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "<nil>"
+	}
+	return *s
+}
+
+// TestPendingIndexUsed checks on PostgreSQL that a claim-shaped query reads
+// the partial index on undelivered rows, not the whole table, when most rows
+// are delivered.
+func TestPendingIndexUsed(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	require.NoError(t, gormstore.Migrate(context.Background(), db))
+	require.NoError(t, db.Exec(`INSERT INTO txoutbox_outbox (uuid, topic, partition_key, payload, delivered_at)
+		SELECT 'd-' || g, 'topic', 'key-' || (g % 100), convert_to('{"n":' || g || '}', 'UTF8'), now()
+		FROM generate_series(1, 50000) AS g`).Error)
+	require.NoError(t, db.Exec(`INSERT INTO txoutbox_outbox (uuid, topic, partition_key, payload, failed_at)
+		SELECT 'f-' || g, 'topic', 'key', '\x00', now() FROM generate_series(1, 100) AS g`).Error)
+	require.NoError(t, db.Exec(`INSERT INTO txoutbox_outbox (uuid, topic, partition_key, payload)
+		SELECT 'p-' || g, 'topic', 'key-' || (g % 10), '\x00' FROM generate_series(1, 50) AS g`).Error)
+	require.NoError(t, db.Exec(`ANALYZE txoutbox_outbox`).Error)
+
+	const claim = `SELECT id, uuid, topic, partition_key, payload, metadata FROM txoutbox_outbox
+		WHERE delivered_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT 100`
+	var plan []string
+	require.NoError(t, db.Raw(`EXPLAIN `+claim).Scan(&plan).Error)
+	require.Contains(t, strings.Join(plan, "\n"), "txoutbox_outbox_pending_idx", "plan:\n%s", strings.Join(plan, "\n"))
+
+	var pending []string
+	require.NoError(t, db.Raw(`SELECT uuid FROM (`+claim+`) AS c`).Scan(&pending).Error)
+	require.Len(t, pending, 50)
+	require.Equal(t, "p-1", pending[0])
+}

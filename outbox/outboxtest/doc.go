@@ -1,0 +1,35 @@
+// Package outboxtest is the conformance suite every [outbox.Store] backend
+// must pass, in the style of River's riverdrivertest and Watermill's
+// pubsub/tests: a backend's own test calls [Exercise] with a function that
+// builds a fresh, isolated backend for each sub-test.
+//
+// # Usage
+//
+//	func TestConformance(t *testing.T) {
+//		t.Parallel()
+//		outboxtest.Exercise(t, func(t *testing.T) outboxtest.Harness {
+//			db := testdb.Open(t, testdb.Postgres) // a database of t alone
+//			store, err := gormstore.New(db, gormstore.Config{})
+//			require.NoError(t, err)
+//			require.NoError(t, store.Migrate(context.Background()))
+//			return outboxtest.Harness{Store: store, DB: db, Rows: readRows}
+//		})
+//	}
+//
+// # Reading rows back
+//
+// The suite checks what a Store wrote by reading the table back through
+// [Harness.Rows], which the backend supplies: the suite knows nothing of a
+// backend's table layout, so a backend whose table has other columns (the
+// watermill-sql compatibility table, for example) plugs in its own reader.
+// Rows returns every row of the backend's table as a [Row], in ascending
+// storage order (the identity id for the native table). Fields a backend
+// does not store (Attempts, Delivered, Failed) are left zero.
+//
+// # Isolation
+//
+// Exercise calls the harness constructor once per sub-test and runs the
+// sub-tests with t.Parallel, so each constructor call must return a
+// database no other test writes to (a fresh PostgreSQL schema, a SQLite
+// file in t.TempDir()) with the backend's table already created.
+package outboxtest
