@@ -193,5 +193,14 @@ func (s *Store) insertSQL(records []outbox.Record) (string, []any, error) {
 		}
 		b.WriteByte(')')
 	}
+	if s.dialect == postgres && !s.cfg.NoNotify {
+		// Wake listening forwarders when the transaction commits, in the
+		// same round trip as the insert.
+		args = append(args, s.channel())
+		return "WITH ins AS (" + b.String() + ") SELECT pg_notify($" + strconv.Itoa(n+1) + ", '')", args, nil
+	}
 	return b.String(), args, nil
 }
+
+// channel is the PostgreSQL notification channel of the store's table.
+func (s *Store) channel() string { return s.table.String() }

@@ -27,3 +27,8 @@ CREATE INDEX IF NOT EXISTS "txoutbox_outbox_pending_idx" ON "txoutbox_outbox" (i
 -- The head of each partition key among undelivered rows (delivered or parked).
 CREATE INDEX IF NOT EXISTS "txoutbox_outbox_key_idx" ON "txoutbox_outbox" (partition_key, id)
     WHERE delivered_at IS NULL;
+
+-- Partition keys that must wait: rows in retry backoff or parked. Small by
+-- nature; a claim reads it to skip blocked keys without scanning their rows.
+CREATE INDEX IF NOT EXISTS "txoutbox_outbox_blocked_idx" ON "txoutbox_outbox" (partition_key)
+    WHERE delivered_at IS NULL AND (attempts > 0 OR failed_at IS NOT NULL);

@@ -23,3 +23,6 @@ CREATE INDEX IF NOT EXISTS "txoutbox_outbox_pending_idx" ON "txoutbox_outbox" (i
 
 CREATE INDEX IF NOT EXISTS "txoutbox_outbox_key_idx" ON "txoutbox_outbox" (partition_key, id)
     WHERE delivered_at IS NULL;
+
+CREATE INDEX IF NOT EXISTS "txoutbox_outbox_blocked_idx" ON "txoutbox_outbox" (partition_key)
+    WHERE delivered_at IS NULL AND (attempts > 0 OR failed_at IS NOT NULL);

@@ -1,0 +1,193 @@
+package gormstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/txoutbox/txoutbox/outbox"
+)
+
+// sqliteTimeLayouts are the layouts SQLite time text is parsed with.
+var sqliteTimeLayouts = []string{
+	"2006-01-02 15:04:05.999999999-07:00",
+	"2006-01-02 15:04:05.999999999",
+	time.RFC3339Nano,
+}
+
+// Stats reports pending and parked rows, overall and per topic.
+func (s *Store) Stats(ctx context.Context) (outbox.Stats, error) {
+	type topicRow struct {
+		Topic   string
+		Pending int64
+		Failed  int64
+		Oldest  sql.NullString
+	}
+	var q string
+	if s.dialect == postgres {
+		q = `SELECT topic,
+	count(*) FILTER (WHERE failed_at IS NULL) AS pending,
+	count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
+	to_char(min(created_at) FILTER (WHERE failed_at IS NULL) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS oldest
+FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
+	} else {
+		q = `SELECT topic,
+	sum(failed_at IS NULL) AS pending,
+	sum(failed_at IS NOT NULL) AS failed,
+	min(CASE WHEN failed_at IS NULL THEN created_at END) AS oldest
+FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
+	}
+	var rows []topicRow
+	if err := s.db.WithContext(ctx).Raw(q).Scan(&rows).Error; err != nil {
+		return outbox.Stats{}, fmt.Errorf("gormstore: stats of %s: %w", s.table, err)
+	}
+	now, err := s.now(ctx)
+	if err != nil {
+		return outbox.Stats{}, err
+	}
+	st := outbox.Stats{Topics: make(map[string]outbox.TopicStats, len(rows))}
+	for _, r := range rows {
+		ts := outbox.TopicStats{Pending: r.Pending, Failed: r.Failed}
+		if r.Oldest.Valid {
+			if t, ok := parseTime(r.Oldest.String); ok {
+				ts.OldestPendingAge = max(now.Sub(t), 0)
+			}
+		}
+		st.Topics[r.Topic] = ts
+		st.Pending += ts.Pending
+		st.Failed += ts.Failed
+		st.OldestPendingAge = max(st.OldestPendingAge, ts.OldestPendingAge)
+	}
+	return st, nil
+}
+
+// now returns the database's clock on PostgreSQL (rows are timestamped by
+// it) and the local clock on SQLite.
+func (s *Store) now(ctx context.Context) (time.Time, error) {
+	if s.dialect != postgres {
+		return time.Now().UTC(), nil
+	}
+	var ts string
+	err := s.db.WithContext(ctx).Raw(`SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')`).Scan(&ts).Error
+	if err != nil {
+		return time.Time{}, fmt.Errorf("gormstore: read clock: %w", err)
+	}
+	t, _ := parseTime(ts)
+	return t, nil
+}
+
+func parseTime(s string) (time.Time, bool) {
+	for _, l := range sqliteTimeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC(), true
+		}
+	}
+	return time.Time{}, false
+}
+
+// FailedRow is a parked outbox row.
+type FailedRow struct {
+	// ID is the row's identity.
+	ID int64
+	// UUID is the message UUID.
+	UUID string
+	// Topic is the message topic.
+	Topic string
+	// PartitionKey is the ordering key; its later rows wait behind this one.
+	PartitionKey string
+	// Attempts is the number of failed publish attempts.
+	Attempts int
+	// LastError is the error of the last attempt, or why the row could not
+	// be decoded.
+	LastError string
+	// CreatedAt is when the row was written.
+	CreatedAt time.Time
+	// FailedAt is when the row was parked.
+	FailedAt time.Time
+}
+
+// ListFailed returns up to limit parked rows, oldest first, starting after
+// the row with ID afterID (0 for the first page).
+func (s *Store) ListFailed(ctx context.Context, afterID int64, limit int) ([]FailedRow, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("%w: limit %d must be positive", ErrInvalidConfig, limit)
+	}
+	var rows []FailedRow
+	err := s.db.WithContext(ctx).Raw(`SELECT id, uuid, topic, partition_key, attempts, coalesce(last_error, '') AS last_error, created_at, failed_at
+FROM `+s.quoted+` WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND id > ? ORDER BY id LIMIT ?`, afterID, limit).Scan(&rows).Error
+	if err != nil {
+		return nil, fmt.Errorf("gormstore: list failed rows of %s: %w", s.table, err)
+	}
+	return rows, nil
+}
+
+// Requeue makes the parked rows with the given IDs pending again, with
+// their attempts reset; it returns how many rows it changed. Requeue a
+// key's parked row after fixing what made it fail: the key's later rows
+// then flow again, in order.
+func (s *Store) Requeue(ctx context.Context, ids ...int64) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	return s.requeue(ctx, "id IN ?", ids)
+}
+
+// RequeueAll makes every parked row pending again.
+func (s *Store) RequeueAll(ctx context.Context) (int64, error) {
+	return s.requeue(ctx, "1 = 1")
+}
+
+func (s *Store) requeue(ctx context.Context, where string, args ...any) (int64, error) {
+	nowSQL, nowArgs := s.nowSQL()
+	res := s.db.WithContext(ctx).Exec(`UPDATE `+s.quoted+` SET failed_at = NULL, attempts = 0, next_attempt_at = `+nowSQL+`
+WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND `+where, append(nowArgs, args...)...)
+	if res.Error != nil {
+		return 0, fmt.Errorf("gormstore: requeue rows of %s: %w", s.table, res.Error)
+	}
+	return res.RowsAffected, nil
+}
+
+// Discard deletes the parked rows with the given IDs: their events are
+// never published, and their keys' later rows flow again. It returns how
+// many rows it deleted. Only parked rows are affected.
+func (s *Store) Discard(ctx context.Context, ids ...int64) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	res := s.db.WithContext(ctx).Exec(`DELETE FROM `+s.quoted+` WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND id IN ?`, ids)
+	if res.Error != nil {
+		return 0, fmt.Errorf("gormstore: discard rows of %s: %w", s.table, res.Error)
+	}
+	return res.RowsAffected, nil
+}
+
+// PurgeDelivered deletes delivered rows (kept with Config.KeepDelivered)
+// delivered before the given time, at most batch rows per statement so no
+// lock is held long. It returns how many rows it deleted.
+func (s *Store) PurgeDelivered(ctx context.Context, before time.Time, batch int) (int64, error) {
+	if batch <= 0 {
+		return 0, fmt.Errorf("%w: batch %d must be positive", ErrInvalidConfig, batch)
+	}
+	var total int64
+	for {
+		res := s.db.WithContext(ctx).Exec(`DELETE FROM `+s.quoted+` WHERE id IN (
+	SELECT id FROM `+s.quoted+` WHERE delivered_at IS NOT NULL AND delivered_at < ? ORDER BY id LIMIT ?)`, before.UTC(), batch)
+		if res.Error != nil {
+			return total, fmt.Errorf("gormstore: purge delivered rows of %s: %w", s.table, res.Error)
+		}
+		total += res.RowsAffected
+		if res.RowsAffected < int64(batch) {
+			return total, nil
+		}
+	}
+}
+
+// nowSQL returns the SQL for the current time and its arguments: the
+// database clock on PostgreSQL, the local clock on SQLite.
+func (s *Store) nowSQL() (string, []any) {
+	if s.dialect == postgres {
+		return "now()", nil
+	}
+	return "?", []any{time.Now().UTC()}
+}

@@ -1,0 +1,149 @@
+package gormstore
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/txoutbox/txoutbox/outbox"
+)
+
+var (
+	_ outbox.RelayStore = (*Store)(nil)
+	_ outbox.Listener   = (*Store)(nil)
+)
+
+// relaySQL holds the store's relay statements, built once per store.
+type relaySQL struct {
+	keys, keysTopics       string // PostgreSQL: lock the keys of a claim
+	unkeyed, unkeyedTopics string // PostgreSQL: claim unordered rows
+	keyed, keyedTopics     string // PostgreSQL: rows of locked keys
+	window, windowTopics   string // SQLite: claimable rows
+	delivered              string
+	fail                   string
+	lockspace              int32
+}
+
+// rowColumns are the columns of an outbox.Row, in scan order.
+const rowColumns = "id, uuid, topic, partition_key, payload, metadata, attempts"
+
+func newRelaySQL(s *Store) relaySQL {
+	t := s.quoted
+	h := fnv.New32a()
+	h.Write([]byte(s.table.String()))
+	r := relaySQL{lockspace: int32(h.Sum32())}
+	if s.cfg.KeepDelivered {
+		r.delivered = "UPDATE " + t + " SET delivered_at = %s WHERE id %s"
+	} else {
+		r.delivered = "DELETE FROM " + t + " WHERE id %s"
+	}
+	if s.dialect == postgres {
+		if s.cfg.KeepDelivered {
+			r.delivered = fmt.Sprintf(r.delivered, "now()", "= ANY($1)")
+		} else {
+			r.delivered = fmt.Sprintf(r.delivered, "= ANY($1)")
+		}
+		keys := func(topics string) string {
+			return `WITH blocked AS MATERIALIZED (
+	SELECT DISTINCT partition_key FROM ` + t + `
+	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
+	  AND (failed_at IS NOT NULL OR next_attempt_at > now())
+), w AS MATERIALIZED (
+	SELECT id, partition_key FROM ` + t + `
+	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() AND partition_key <> ''
+	  AND partition_key NOT IN (SELECT partition_key FROM blocked)` + topics + `
+	ORDER BY id LIMIT $1
+)
+SELECT partition_key FROM (
+	SELECT partition_key, min(id) AS first FROM w GROUP BY partition_key ORDER BY first OFFSET 0
+) d
+WHERE pg_try_advisory_xact_lock($2, hashtext(partition_key))
+LIMIT $3`
+		}
+		r.keys, r.keysTopics = keys(""), keys(" AND topic = ANY($4)")
+		unkeyed := func(topics string) string {
+			return `SELECT ` + rowColumns + ` FROM ` + t + ` WHERE id = ANY(ARRAY(
+	SELECT id FROM ` + t + `
+	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() AND partition_key = ''` + topics + `
+	ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+ORDER BY id`
+		}
+		r.unkeyed, r.unkeyedTopics = unkeyed(""), unkeyed(" AND topic = ANY($2)")
+		keyed := func(topics string) string {
+			return `SELECT ` + rowColumns + `, (failed_at IS NOT NULL OR next_attempt_at > now()) FROM ` + t + ` WHERE id = ANY(ARRAY(
+	SELECT r.id FROM unnest($1::text[]) AS k(key), LATERAL (
+		SELECT id FROM ` + t + ` WHERE delivered_at IS NULL AND partition_key = k.key` + topics + `
+		ORDER BY id LIMIT $2
+	) r
+)) AND delivered_at IS NULL
+ORDER BY id`
+		}
+		r.keyed, r.keyedTopics = keyed(""), keyed(" AND topic = ANY($3)")
+		r.fail = `UPDATE ` + t + ` AS o SET
+	attempts = o.attempts + 1,
+	last_error = f.err,
+	next_attempt_at = CASE WHEN f.park THEN o.next_attempt_at ELSE now() + f.delay_us * interval '1 microsecond' END,
+	failed_at = CASE WHEN f.park THEN now() END
+FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS f(id, err, delay_us, park)
+WHERE o.id = f.id`
+		return r
+	}
+
+	if s.cfg.KeepDelivered {
+		r.delivered = fmt.Sprintf(r.delivered, "?", "IN ?")
+	} else {
+		r.delivered = fmt.Sprintf(r.delivered, "IN ?")
+	}
+	window := func(topics string) string {
+		return `SELECT ` + rowColumns + ` FROM ` + t + `
+WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= @now` + topics + `
+  AND partition_key NOT IN (
+	SELECT partition_key FROM ` + t + `
+	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
+	  AND (failed_at IS NOT NULL OR next_attempt_at > @now))
+ORDER BY id LIMIT @limit`
+	}
+	r.window, r.windowTopics = window(""), window(" AND topic IN @topics")
+	r.fail = `UPDATE ` + t + ` SET attempts = attempts + 1, last_error = @err,
+	next_attempt_at = CASE WHEN @park THEN next_attempt_at ELSE @retry_at END,
+	failed_at = CASE WHEN @park THEN @now END
+WHERE id = @id`
+	return r
+}
+
+// Claim claims up to p.Limit due rows for a forwarder; see
+// outbox.RelayStore. On PostgreSQL several forwarders may claim from one
+// table at once: unordered rows are locked with FOR UPDATE SKIP LOCKED, and
+// each partition key with a transaction-scoped advisory lock, so a key is
+// relayed by one forwarder at a time, in ID order. The claim's transaction
+// stays open until Finish or Release. On SQLite claims of one Store are
+// serialised; run one forwarder per database file.
+func (s *Store) Claim(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error) {
+	if p.Limit <= 0 {
+		return nil, fmt.Errorf("%w: claim limit %d must be positive", ErrInvalidConfig, p.Limit)
+	}
+	if s.dialect == postgres {
+		return s.claimPostgres(ctx, p)
+	}
+	return s.claimSQLite(ctx, p)
+}
+
+// maxErrorLen bounds the error text stored in last_error.
+const maxErrorLen = 2000
+
+// cleanError makes err text storable: valid UTF-8, no NUL, bounded length.
+func cleanError(s string) string {
+	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "?")
+	if len(s) > maxErrorLen {
+		s = s[:maxErrorLen]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+	}
+	return s
+}
+
+func durationMicros(d time.Duration) int64 { return d.Microseconds() }

@@ -1,0 +1,571 @@
+package outbox
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Defaults of ForwarderConfig.
+const (
+	DefaultBatchSize       = 500
+	DefaultPollInterval    = 2 * time.Second
+	DefaultMaxAttempts     = 10
+	DefaultMinBackoff      = time.Second
+	DefaultMaxBackoff      = 5 * time.Minute
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// ErrAlreadyRunning is returned by Run while another Run of the same
+// forwarder is active.
+var ErrAlreadyRunning = errors.New("outbox: forwarder is already running")
+
+// ForwarderConfig configures a [Forwarder]. The zero value is valid: every
+// field has a default.
+type ForwarderConfig struct {
+	// BatchSize is the most rows claimed and published per batch.
+	// Optional; default DefaultBatchSize (500).
+	BatchSize int
+	// PollInterval is how long the forwarder waits for a wake-up (a commit
+	// in this process, or a PostgreSQL notification) before it looks for
+	// rows anyway. Optional; default DefaultPollInterval (2s).
+	PollInterval time.Duration
+	// MaxAttempts is the number of failed publish attempts after which a
+	// row is parked as failed. Optional; default DefaultMaxAttempts (10).
+	MaxAttempts int
+	// MinBackoff is the delay after a row's first failed attempt; it
+	// doubles with each further attempt, up to MaxBackoff, jittered by
+	// ±20%. It is also the first delay after a batch in which nothing could
+	// be published (publisher or database outage). Optional; default
+	// DefaultMinBackoff (1s).
+	MinBackoff time.Duration
+	// MaxBackoff caps the delays above. Optional; default DefaultMaxBackoff
+	// (5m).
+	MaxBackoff time.Duration
+	// Topics, when not empty, restricts the forwarder to these topics.
+	// Optional; default all topics.
+	Topics []string
+	// ShutdownTimeout bounds how long Run waits for the batch in flight
+	// after its context ends; past it the batch is released for redelivery.
+	// Optional; default DefaultShutdownTimeout (10s).
+	ShutdownTimeout time.Duration
+	// Logger receives the forwarder's logs. Optional; default slog.Default().
+	Logger *slog.Logger
+	// OnBatch is called after every batch that claimed rows, for metrics.
+	// It must not block. Optional.
+	OnBatch func(BatchInfo)
+}
+
+// BatchInfo describes one batch for ForwarderConfig.OnBatch.
+type BatchInfo struct {
+	// Claimed is the number of rows claimed.
+	Claimed int
+	// Published is the number of rows published and marked delivered.
+	Published int
+	// Failed is the number of rows whose publish failed (retried later).
+	Failed int
+	// Parked is the number of rows parked as failed in this batch.
+	Parked int
+	// Outage is true when nothing could be published: no row was charged
+	// an attempt and the forwarder backs off.
+	Outage bool
+	// Duration is the time from claim to finish.
+	Duration time.Duration
+	// Err is the batch's error, if any.
+	Err error
+}
+
+// Validate reports every problem with the config.
+func (c ForwarderConfig) Validate() error {
+	var errs []error
+	neg := func(name string, v int64) {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%w: %s is negative (use 0 for the default)", ErrInvalidConfig, name))
+		}
+	}
+	neg("BatchSize", int64(c.BatchSize))
+	neg("PollInterval", int64(c.PollInterval))
+	neg("MaxAttempts", int64(c.MaxAttempts))
+	neg("MinBackoff", int64(c.MinBackoff))
+	neg("MaxBackoff", int64(c.MaxBackoff))
+	neg("ShutdownTimeout", int64(c.ShutdownTimeout))
+	if c.MinBackoff > 0 && c.MaxBackoff > 0 && c.MinBackoff > c.MaxBackoff {
+		errs = append(errs, fmt.Errorf("%w: MinBackoff %v is larger than MaxBackoff %v", ErrInvalidConfig, c.MinBackoff, c.MaxBackoff))
+	}
+	for i, t := range c.Topics {
+		if t == "" {
+			errs = append(errs, fmt.Errorf("%w: Topics[%d] is empty", ErrInvalidConfig, i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *ForwarderConfig) setDefaults() {
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = max(DefaultMaxBackoff, c.MinBackoff)
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = min(DefaultMinBackoff, c.MaxBackoff)
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Forwarder relays committed outbox rows to a Watermill publisher: it claims
+// batches, publishes them per topic with Publish(topic, msgs...), and marks
+// them delivered. Per partition key, rows are published in ID order, also
+// with several forwarders on one table (PostgreSQL). A row that fails is
+// retried with exponential backoff and parked after MaxAttempts; its key's
+// later rows wait behind it, other keys go on.
+type Forwarder struct {
+	store   RelayStore
+	pub     message.Publisher
+	cfg     ForwarderConfig
+	log     *slog.Logger
+	wake    chan struct{}
+	running atomic.Bool
+}
+
+// NewForwarder returns a forwarder from store to pub.
+func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) (*Forwarder, error) {
+	var errs []error
+	if store == nil {
+		errs = append(errs, fmt.Errorf("%w: missing store (try gormstore.New)", ErrInvalidConfig))
+	}
+	if pub == nil {
+		errs = append(errs, fmt.Errorf("%w: missing publisher (any Watermill message.Publisher)", ErrInvalidConfig))
+	}
+	errs = append(errs, cfg.Validate())
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	return &Forwarder{
+		store: store,
+		pub:   pub,
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "txoutbox.forwarder"),
+		wake:  make(chan struct{}, 1),
+	}, nil
+}
+
+// Wake makes a waiting forwarder look for rows at once. It never blocks.
+// Wire it to the transactional middleware's AfterCommit so events committed
+// in this process are relayed without waiting for a poll.
+func (f *Forwarder) Wake() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Stats reports what is waiting in the outbox.
+func (f *Forwarder) Stats(ctx context.Context) (Stats, error) {
+	return f.store.Stats(ctx)
+}
+
+// Run relays until ctx ends, then finishes or releases the batch in flight
+// within ShutdownTimeout and returns nil. Errors of the database or the
+// publisher do not stop it: it logs them, backs off and goes on.
+func (f *Forwarder) Run(ctx context.Context) error {
+	if !f.running.CompareAndSwap(false, true) {
+		return ErrAlreadyRunning
+	}
+	defer f.running.Store(false)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	listenCtx, stopListen := context.WithCancel(ctx)
+	defer stopListen()
+	if l, ok := f.store.(Listener); ok {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.listen(listenCtx, l)
+		}()
+	}
+
+	var failures int // consecutive batches that published nothing
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		info := f.batch(ctx)
+		switch {
+		case info.Err != nil || info.Outage:
+			failures++
+			f.logFailure(failures, info)
+			if !sleepCtx(ctx, f.backoff(failures)) {
+				return nil
+			}
+			continue
+		case failures > 0:
+			f.log.Info("outbox relay recovered", "failed_batches", failures)
+			failures = 0
+		}
+		if info.Claimed > 0 {
+			continue // more may be waiting
+		}
+		timer := time.NewTimer(f.cfg.PollInterval)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-f.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+func (f *Forwarder) logFailure(n int, info BatchInfo) {
+	msg, err := "outbox relay: publisher failing, backing off", info.Err
+	if info.Err != nil {
+		msg = "outbox relay: batch failed, backing off"
+	}
+	// Log the first failure, then every 10th, so an outage cannot flood the log.
+	if n == 1 || n%10 == 0 {
+		f.log.Warn(msg, "error", err, "consecutive", n, "next_try_in", f.backoff(n))
+	}
+}
+
+func (f *Forwarder) listen(ctx context.Context, l Listener) {
+	for attempt := 1; ; attempt++ {
+		err := l.Listen(ctx, f.Wake)
+		if ctx.Err() != nil || errors.Is(err, ErrListenUnsupported) {
+			return
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			f.log.Warn("outbox relay: notification listener stopped; polling until it reconnects", "error", err, "attempt", attempt)
+		}
+		if !sleepCtx(ctx, f.backoff(attempt)) {
+			return
+		}
+		f.Wake() // catch up on what was committed while not listening
+	}
+}
+
+// batch claims, publishes and finishes one batch. The batch runs in its own
+// goroutine with a context that outlives ctx by ShutdownTimeout, so a
+// shutdown lets it finish; if it does not finish in time it is released.
+func (f *Forwarder) batch(ctx context.Context) BatchInfo {
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+
+	claim, err := f.store.Claim(workCtx, ClaimParams{Limit: f.cfg.BatchSize, Topics: f.cfg.Topics})
+	if err != nil {
+		return BatchInfo{Err: fmt.Errorf("claim: %w", err)}
+	}
+	if len(claim.Rows()) == 0 {
+		_ = claim.Release(workCtx)
+		return BatchInfo{}
+	}
+
+	var (
+		mu        sync.Mutex
+		abandoned bool
+	)
+	done := make(chan BatchInfo, 1)
+	go func() {
+		done <- f.process(workCtx, claim, func() bool {
+			mu.Lock()
+			if abandoned {
+				mu.Unlock()
+				return false
+			}
+			return true // holding mu
+		}, mu.Unlock)
+	}()
+
+	select {
+	case info := <-done:
+		return info
+	case <-ctx.Done():
+	}
+	timer := time.NewTimer(f.cfg.ShutdownTimeout)
+	defer timer.Stop()
+	select {
+	case info := <-done:
+		return info
+	case <-timer.C:
+	}
+	mu.Lock()
+	abandoned = true
+	mu.Unlock()
+	relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	err = claim.Release(relCtx)
+	f.log.Warn("outbox relay: batch not finished within ShutdownTimeout; released for redelivery", "rows", len(claim.Rows()), "release_error", err)
+	return BatchInfo{Claimed: len(claim.Rows()), Err: errors.New("shutdown timeout")}
+}
+
+// process publishes a claimed batch and finishes it. lock reports whether
+// the batch still belongs to this goroutine (holding the lock if so).
+func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, unlock func()) BatchInfo {
+	start := time.Now()
+	rows := claim.Rows()
+	info := BatchInfo{Claimed: len(rows)}
+	plan := planBatch(rows)
+
+	var (
+		delivered = make([]int64, 0, len(rows))
+		failures  []Failure
+		blocked   = map[string]bool{}
+		lastErr   error
+	)
+	for _, p := range plan.parked {
+		failures = append(failures, Failure{ID: p.row.ID, Error: p.reason, Park: true})
+		info.Parked++
+	}
+	for _, g := range plan.groups {
+		msgs := make([]*message.Message, 0, len(g.items))
+		items := g.items[:0:0]
+		for _, it := range g.items {
+			if it.row.PartitionKey != "" && blocked[it.row.PartitionKey] {
+				continue // released: waits behind its key's failed row
+			}
+			items = append(items, it)
+			msgs = append(msgs, it.msg)
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		if err := f.pub.Publish(g.topic, msgs...); err == nil {
+			for _, it := range items {
+				delivered = append(delivered, it.row.ID)
+			}
+			continue
+		}
+		// Find the failing messages: publish one by one, in order. A key
+		// stops at its first failure.
+		for _, it := range items {
+			key := it.row.PartitionKey
+			if key != "" && blocked[key] {
+				continue
+			}
+			err := f.pub.Publish(g.topic, it.msg)
+			if err == nil {
+				delivered = append(delivered, it.row.ID)
+				continue
+			}
+			lastErr = err
+			if key != "" {
+				blocked[key] = true
+			}
+			failures = append(failures, f.failure(it.row, err))
+		}
+	}
+
+	publishFailures := len(failures) - info.Parked
+	if len(delivered) == 0 && publishFailures > 0 {
+		// Nothing could be published: treat it as a publisher outage and
+		// charge no row an attempt. Rows are charged only when the
+		// publisher demonstrably works for other messages.
+		failures = failures[:info.Parked]
+		publishFailures = 0
+		info.Outage = true
+		info.Err = nil
+		if lastErr != nil {
+			info.Err = fmt.Errorf("publish: %w", lastErr)
+		}
+	}
+	for _, fl := range failures[info.Parked:] {
+		if fl.Park {
+			info.Parked++
+		}
+	}
+	info.Failed = publishFailures
+	info.Published = len(delivered)
+
+	if !lock() {
+		return info // abandoned at shutdown; already released
+	}
+	defer unlock()
+	var err error
+	if len(delivered) == 0 && len(failures) == 0 {
+		err = claim.Release(ctx)
+	} else {
+		err = claim.Finish(ctx, delivered, failures)
+	}
+	info.Duration = time.Since(start)
+	if err != nil {
+		info.Err = fmt.Errorf("finish: %w", err)
+		info.Published = 0
+	}
+	if !info.Outage && info.Err == nil {
+		for _, fl := range failures {
+			if fl.Park {
+				f.log.Error("outbox relay: row parked as failed", "id", fl.ID, "error", fl.Error)
+			}
+		}
+	}
+	if f.cfg.OnBatch != nil {
+		f.cfg.OnBatch(info)
+	}
+	return info
+}
+
+func (f *Forwarder) failure(row Row, err error) Failure {
+	attempts := row.Attempts + 1
+	fl := Failure{ID: row.ID, Error: err.Error()}
+	if attempts >= f.cfg.MaxAttempts {
+		fl.Park = true
+		fl.Error = fmt.Sprintf("parked after %d attempts: %v", attempts, err)
+		return fl
+	}
+	fl.RetryAfter = jitter(f.backoff(attempts))
+	return fl
+}
+
+// backoff returns MinBackoff doubled n-1 times, capped at MaxBackoff.
+func (f *Forwarder) backoff(n int) time.Duration {
+	d := f.cfg.MinBackoff
+	for i := 1; i < n && d < f.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, f.cfg.MaxBackoff)
+}
+
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d*8/10 + rand.N(d*4/10+1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// batchPlan is a claimed batch turned into publish groups.
+type batchPlan struct {
+	groups []*publishGroup
+	parked []parkedRow
+}
+
+type publishGroup struct {
+	round int
+	topic string
+	items []planItem
+}
+
+type planItem struct {
+	row Row
+	msg *message.Message
+}
+
+type parkedRow struct {
+	row    Row
+	reason string
+}
+
+// planBatch decodes rows into messages and groups them for publishing.
+// Rows of one key keep their order: a key's rows go into one group per run
+// of the same topic, and the runs are published in rounds, so a key whose
+// topic changes has its later rows published after its earlier ones. A key
+// stops at its first blocked or undecodable row.
+func planBatch(rows []Row) batchPlan {
+	type keyState struct {
+		topic   string
+		round   int
+		stopped bool
+	}
+	var plan batchPlan
+	keys := map[string]*keyState{}
+	index := map[[2]any]*publishGroup{}
+	for _, r := range rows {
+		round := 0
+		var ks *keyState
+		if r.PartitionKey != "" {
+			ks = keys[r.PartitionKey]
+			if ks == nil {
+				ks = &keyState{topic: r.Topic}
+				keys[r.PartitionKey] = ks
+			}
+			if ks.stopped {
+				continue
+			}
+			if r.Blocked {
+				ks.stopped = true
+				continue
+			}
+			if r.Topic != ks.topic {
+				ks.round++
+				ks.topic = r.Topic
+			}
+			round = ks.round
+		} else if r.Blocked {
+			continue
+		}
+		msg, err := decodeRow(r)
+		if err != nil {
+			plan.parked = append(plan.parked, parkedRow{row: r, reason: err.Error()})
+			if ks != nil {
+				ks.stopped = true
+			}
+			continue
+		}
+		gk := [2]any{round, r.Topic}
+		g := index[gk]
+		if g == nil {
+			g = &publishGroup{round: round, topic: r.Topic}
+			index[gk] = g
+			plan.groups = append(plan.groups, g)
+		}
+		g.items = append(g.items, planItem{row: r, msg: msg})
+	}
+	// Rounds in order; within a round, topics in order of first appearance.
+	slices.SortStableFunc(plan.groups, func(a, b *publishGroup) int { return cmp.Compare(a.round, b.round) })
+	return plan
+}
+
+// decodeRow turns a stored row back into a message. A row that cannot
+// become a message is parked at once with the reason.
+func decodeRow(r Row) (*message.Message, error) {
+	if r.UUID == "" {
+		return nil, errors.New("undecodable row: empty message UUID")
+	}
+	if r.Topic == "" {
+		return nil, errors.New("undecodable row: empty topic")
+	}
+	msg := message.NewMessage(r.UUID, r.Payload)
+	if len(r.Metadata) > 0 {
+		if err := json.Unmarshal(r.Metadata, &msg.Metadata); err != nil {
+			return nil, fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
+		}
+		if msg.Metadata == nil {
+			msg.Metadata = make(message.Metadata)
+		}
+	}
+	return msg, nil
+}
