@@ -4,6 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"io/fs"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -320,10 +323,8 @@ func TestCustomTable(t *testing.T) {
 		require.Equal(t, int64(2), testdb.Count(t, db, `"Events"`, ""))
 		require.Equal(t, int64(1), testdb.Count(t, db, gormstore.DefaultTable, ""))
 
-		want := []string{"Events_key_idx", "Events_pending_idx", "Events_uuid_key"}
-		require.Equal(t, want, indexNames(t, db, "", "Events"))
-		require.Equal(t, []string{"txoutbox_outbox_key_idx", "txoutbox_outbox_pending_idx", "txoutbox_outbox_uuid_key"},
-			indexNames(t, db, "", gormstore.DefaultTable))
+		require.Equal(t, wantIndexes(t, "Events"), indexNames(t, db, "", "Events"))
+		require.Equal(t, wantIndexes(t, gormstore.DefaultTable), indexNames(t, db, "", gormstore.DefaultTable))
 	})
 }
 
@@ -333,7 +334,7 @@ func TestLongestTableName(t *testing.T) {
 	t.Parallel()
 	name := strings.Repeat("a", 48)
 	_, db := migrated(t, testdb.Postgres, gormstore.Config{Table: name})
-	require.Equal(t, []string{name + "_key_idx", name + "_pending_idx", name + "_uuid_key"}, indexNames(t, db, "", name))
+	require.Equal(t, wantIndexes(t, name), indexNames(t, db, "", name))
 }
 
 // TestSchemaQualifiedTable runs a schema-qualified table on PostgreSQL
@@ -363,10 +364,38 @@ func TestSchemaQualifiedTable(t *testing.T) {
 	require.Equal(t, "a", rows[0].Topic)
 	require.Equal(t, "b", rows[1].Topic)
 
-	require.Equal(t, []string{"events_key_idx", "events_pending_idx", "events_uuid_key"}, indexNames(t, db, schema, "events"))
+	require.Equal(t, wantIndexes(t, "events"), indexNames(t, db, schema, "events"))
 	var inOwn int64
 	require.NoError(t, db.Raw(`SELECT count(*) FROM pg_tables WHERE schemaname = ?`, ownSchema).Scan(&inOwn).Error)
 	require.Zero(t, inOwn, "nothing may be created in the search_path schema")
+}
+
+// wantIndexes returns the sorted names of the indexes the migration files
+// create for the default table, renamed for table: "<table>_<suffix>". Both
+// dialects' files must create the same ones, among them the UUID key and
+// the partial index on pending rows.
+func wantIndexes(t *testing.T, table string) []string {
+	t.Helper()
+	re := regexp.MustCompile(`CREATE (?:UNIQUE )?INDEX IF NOT EXISTS "` + gormstore.DefaultTable + `_(\w+)"`)
+	var per [][]string
+	for _, d := range testdb.Dialects {
+		var names []string
+		files, err := fs.Glob(gormstore.Migrations, "migrations/"+string(d)+"/*.up.sql")
+		require.NoError(t, err)
+		for _, f := range files {
+			b, err := fs.ReadFile(gormstore.Migrations, f)
+			require.NoError(t, err)
+			for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+				names = append(names, table+"_"+m[1])
+			}
+		}
+		slices.Sort(names)
+		per = append(per, names)
+	}
+	require.Equal(t, per[0], per[1], "PostgreSQL and SQLite migrations create the same indexes")
+	require.Contains(t, per[0], table+"_uuid_key")
+	require.Contains(t, per[0], table+"_pending_idx")
+	return per[0]
 }
 
 // indexNames lists the non-primary-key indexes of table, sorted. schema ""
