@@ -46,8 +46,12 @@ type TransactionalConfig struct {
 	// LevelReadCommitted, LevelRepeatableRead, LevelSerializable.
 	Isolation sql.IsolationLevel
 	// ReadOnly runs commands in read-only transactions. A command that
-	// emits an event then fails with outbox.ErrReadOnly. Optional; default
-	// false.
+	// emits an event then fails with outbox.ErrReadOnly, on every database.
+	// PostgreSQL also rejects the handler's writes (SQLSTATE 25006). The
+	// SQLite driver (github.com/glebarez/sqlite) accepts read-only
+	// transactions but does not enforce them: it begins a deferred
+	// transaction instead of the configured _txlock one, and business
+	// writes still commit. Optional; default false.
 	ReadOnly bool
 	// MaxRetries bounds how many times a top-level command is run again
 	// after an error Retryable accepts. Optional; 0 means
