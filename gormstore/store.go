@@ -85,8 +85,8 @@ var _ outbox.Store = (*Store)(nil)
 // New returns a store on db's database. db selects the dialect and is used
 // by Migrate; Save writes through the transaction it is given.
 func New(db *gorm.DB, cfg Config) (*Store, error) {
-	if db == nil {
-		return nil, fmt.Errorf("%w: nil *gorm.DB (open one with gorm.Open)", ErrInvalidConfig)
+	if db == nil || db.Config == nil || db.Dialector == nil {
+		return nil, fmt.Errorf("%w: nil or unopened *gorm.DB (open one with gorm.Open)", ErrInvalidConfig)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -194,11 +194,20 @@ func TestSaveCanceledContext(t *testing.T) {
 	})
 }
 
-func TestNewNilDB(t *testing.T) {
+func TestNewWithoutDatabase(t *testing.T) {
 	t.Parallel()
-	s, err := gormstore.New(nil, gormstore.Config{})
-	require.ErrorIs(t, err, gormstore.ErrInvalidConfig)
-	require.Nil(t, s)
+	noDialector, err := gorm.Open(nil, &gorm.Config{Logger: logger.Discard})
+	require.NoError(t, err)
+	for name, db := range map[string]*gorm.DB{
+		"nil":          nil,
+		"zero value":   {},
+		"no dialector": noDialector,
+	} {
+		var s *gormstore.Store
+		require.NotPanics(t, func() { s, err = gormstore.New(db, gormstore.Config{}) }, name)
+		require.ErrorIs(t, err, gormstore.ErrInvalidConfig, name)
+		require.Nil(t, s, name)
+	}
 }
 
 // otherDialector stands for a database gormstore does not support (MySQL,
