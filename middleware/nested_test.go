@@ -12,6 +12,7 @@ import (
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
 )
 
 // StockReserved is emitted by ReserveStock handlers.
@@ -244,5 +245,32 @@ func TestJoinApplicationTransaction(t *testing.T) {
 				require.Empty(t, nf.commits)
 			})
 		}
+	})
+}
+
+// The design notes a trap: with PrepareStmt the transaction's ConnPool is a
+// *gorm.PreparedStmtTX, not a *sql.Tx. Commands, nesting and the outbox
+// write must work the same.
+func TestPreparedStatementsSession(t *testing.T) {
+	t.Parallel()
+	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
+		db := testdb.Open(t, d).Session(&gorm.Session{PrepareStmt: true})
+		f := newFixtureOn(t, d, db)
+		for i := range 3 {
+			require.NoError(t, f.run(context.Background(), func(ctx context.Context) error {
+				require.NoError(t, insertOrder(ctx, fmt.Sprint("o-", i), i))
+				require.NoError(t, outbox.Emit(ctx, AuditLogged{Seq: i}))
+				err := f.run(ctx, func(ctx context.Context) error {
+					require.NoError(t, insertOrder(ctx, fmt.Sprint("inner-", i), i))
+					require.NoError(t, outbox.Emit(ctx, OrderShipped{OrderID: "inner"}))
+					return errOutOfStock
+				})
+				require.ErrorIs(t, err, errOutOfStock)
+				return outbox.Emit(ctx, AuditLogged{Seq: 10 + i})
+			}))
+		}
+		require.Equal(t, int64(3), f.orderCount(t, ""))
+		require.Equal(t, int64(6), f.outboxCount(t))
+		require.Zero(t, f.outboxCount(t)-testdb.Count(t, f.db, gormstore.DefaultTable, "topic = 'audit'"))
 	})
 }

@@ -1,0 +1,194 @@
+package middleware_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/components/cqrs"
+	"github.com/ThreeDotsLabs/watermill/components/forwarder"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/txoutbox/txoutbox/bus"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/middleware"
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
+)
+
+// benchPlaceOrder is the benchmarked command: insert one order row and emit
+// Events events.
+type benchPlaceOrder struct {
+	ID     string
+	Amount int
+	Events int
+}
+
+// publisherKey carries the stock variant's per-transaction publisher.
+type publisherKey struct{}
+
+// stockForwarderTopic is the topic the stock forwarder publisher writes to.
+const stockForwarderTopic = "forwarder_topic"
+
+// BenchmarkDispatch measures the write path on PostgreSQL: one command that
+// inserts one business row, with and without the outbox. Each sub-benchmark
+// runs 8 concurrent commands (b.SetParallelism(4) on 2 cores): a single
+// goroutine is bound by the commit's fsync and too noisy to compare.
+//
+//	outbox=off           the same handler in a plain db.Transaction, no events
+//	outbox=1event        Transactional, one event emitted
+//	outbox=10events      Transactional, ten events emitted
+//	stock=watermill-sql  plain db.Transaction; one event published the stock
+//	                     way: a watermill-sql/v3 Publisher on the *sql.Tx,
+//	                     wrapped by components/forwarder's Publisher
+func BenchmarkDispatch(b *testing.B) {
+	db, _ := testdb.OpenPostgres(b)
+	ctx := context.Background()
+	if err := gormstore.Migrate(ctx, db); err != nil {
+		b.Fatal(err)
+	}
+	if err := db.Exec(ordersDDL).Error; err != nil {
+		b.Fatal(err)
+	}
+	stockSchema := wsql.DefaultPostgreSQLSchema{}
+	for _, q := range stockSchema.SchemaInitializingQueries(stockForwarderTopic) {
+		if err := db.Exec(q.Query, q.Args...).Error; err != nil {
+			b.Fatal(err)
+		}
+	}
+	store, err := gormstore.New(db, gormstore.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tm, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: store})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The same without the store's NOTIFY, which serialises the commits of
+	// notifying transactions in PostgreSQL.
+	quietStore, err := gormstore.New(db, gormstore.Config{NoNotify: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmQuiet, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: quietStore})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// plainTx is the baseline: a GORM transaction per command, reachable
+	// with gormstore.Tx like under Transactional, and nothing else.
+	plainTx := func(next bus.Handler) bus.Handler {
+		return func(ctx context.Context, cmd any) error {
+			return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+				return next(gormstore.WithTx(ctx, tx), cmd)
+			})
+		}
+	}
+	// stockTx is plainTx plus the stock watermill-sql outbox publisher,
+	// created on the transaction for each command.
+	stockLogger := watermill.NopLogger{}
+	stockTx := func(next bus.Handler) bus.Handler {
+		return func(ctx context.Context, cmd any) error {
+			return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+				sqlTx, ok := tx.Statement.ConnPool.(*sql.Tx)
+				if !ok {
+					return fmt.Errorf("ConnPool is %T, not *sql.Tx", tx.Statement.ConnPool)
+				}
+				pub, err := wsql.NewPublisher(sqlTx, wsql.PublisherConfig{SchemaAdapter: stockSchema}, stockLogger)
+				if err != nil {
+					return err
+				}
+				fwd := forwarder.NewPublisher(pub, forwarder.PublisherConfig{ForwarderTopic: stockForwarderTopic})
+				ctx = context.WithValue(gormstore.WithTx(ctx, tx), publisherKey{}, fwd)
+				return next(ctx, cmd)
+			})
+		}
+	}
+	stockMarshaler := cqrs.JSONMarshaler{NewUUID: outbox.NewUUID, GenerateName: cqrs.StructName}
+	stockEmit := func(ctx context.Context, events ...any) error {
+		pub, _ := ctx.Value(publisherKey{}).(message.Publisher)
+		if pub == nil {
+			return errors.New("no stock publisher in context")
+		}
+		for _, ev := range events {
+			msg, err := stockMarshaler.Marshal(ev)
+			if err != nil {
+				return err
+			}
+			if err := pub.Publish(stockMarshaler.Name(ev), msg); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	// handler is the same for every variant; only emit differs.
+	handler := func(emit func(ctx context.Context, events ...any) error) bus.HandlerFunc[benchPlaceOrder] {
+		return func(ctx context.Context, cmd benchPlaceOrder) error {
+			tx, err := gormstore.Tx(ctx)
+			if err != nil {
+				return err
+			}
+			if err := tx.Exec("INSERT INTO orders (id, amount) VALUES (?, ?)", cmd.ID, cmd.Amount).Error; err != nil {
+				return err
+			}
+			for i := range cmd.Events {
+				if err := emit(ctx, OrderPlaced{OrderID: cmd.ID, Amount: cmd.Amount + i}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+
+	variants := []struct {
+		name   string
+		mw     bus.Middleware
+		emit   func(ctx context.Context, events ...any) error
+		events int
+	}{
+		{"outbox=off", plainTx, nil, 0},
+		{"outbox=1event", tm.Middleware(), outbox.Emit, 1},
+		{"outbox=10events", tm.Middleware(), outbox.Emit, 10},
+		{"stock=watermill-sql", stockTx, stockEmit, 1},
+		{"outbox=1event,nonotify", tmQuiet.Middleware(), outbox.Emit, 1},
+		{"outbox=10events,nonotify", tmQuiet.Middleware(), outbox.Emit, 10},
+	}
+	var seq atomic.Int64
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			// Every run starts from empty tables.
+			if err := db.Exec(`TRUNCATE orders, ` + gormstore.DefaultTable + `, "watermill_` + stockForwarderTopic + `"`).Error; err != nil {
+				b.Fatal(err)
+			}
+			cb := bus.New(v.mw)
+			if err := bus.Register(cb, handler(v.emit)); err != nil {
+				b.Fatal(err)
+			}
+			b.SetParallelism(4)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					id := "o-" + strconv.FormatInt(seq.Add(1), 10)
+					if err := cb.Dispatch(ctx, benchPlaceOrder{ID: id, Amount: 1, Events: v.events}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			secs := b.Elapsed().Seconds()
+			b.ReportMetric(float64(b.N)/secs, "commands/s")
+			if v.events > 0 {
+				b.ReportMetric(float64(b.N*v.events)/secs, "events/s")
+			}
+		})
+	}
+}
