@@ -41,7 +41,11 @@ type ForwarderConfig struct {
 	// rows anyway. Optional; default DefaultPollInterval (2s).
 	PollInterval time.Duration
 	// MaxAttempts is the number of failed publish attempts after which a
-	// row is parked as failed. Optional; default DefaultMaxAttempts (10).
+	// row is parked as failed. While the publisher is considered down (a
+	// batch in which rows of two or more keys failed and nothing was
+	// published, until the next successful publish) rows are not parked:
+	// they keep retrying at MaxBackoff, so an outage never needs an
+	// operator. Optional; default DefaultMaxAttempts (10).
 	MaxAttempts int
 	// MinBackoff is the delay after a row's first failed attempt; it
 	// doubles with each further attempt, up to MaxBackoff, jittered by
@@ -76,8 +80,8 @@ type BatchInfo struct {
 	Failed int
 	// Parked is the number of rows parked as failed in this batch.
 	Parked int
-	// Outage is true when nothing could be published: no row was charged
-	// an attempt and the forwarder backs off.
+	// Outage is true when nothing could be published; the forwarder then
+	// backs off as a whole before its next batch.
 	Outage bool
 	// Duration is the time from claim to finish.
 	Duration time.Duration
@@ -147,6 +151,9 @@ type Forwarder struct {
 	log     *slog.Logger
 	wake    chan struct{}
 	running atomic.Bool
+	// publisherDown is set by a batch in which rows of several keys failed
+	// and nothing was published, and cleared by any successful publish.
+	publisherDown atomic.Bool
 }
 
 // NewForwarder returns a forwarder from store to pub.
@@ -330,16 +337,15 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 	info := BatchInfo{Claimed: len(rows)}
 	plan := planBatch(rows)
 
+	type failedRow struct {
+		row Row
+		err error
+	}
 	var (
 		delivered = make([]int64, 0, len(rows))
-		failures  []Failure
+		failed    []failedRow
 		blocked   = map[string]bool{}
-		lastErr   error
 	)
-	for _, p := range plan.parked {
-		failures = append(failures, Failure{ID: p.row.ID, Error: p.reason, Park: true})
-		info.Parked++
-	}
 	for _, g := range plan.groups {
 		msgs := make([]*message.Message, 0, len(g.items))
 		items := g.items[:0:0]
@@ -371,34 +377,43 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 				delivered = append(delivered, it.row.ID)
 				continue
 			}
-			lastErr = err
 			if key != "" {
 				blocked[key] = true
 			}
-			failures = append(failures, f.failure(it.row, err))
+			failed = append(failed, failedRow{row: it.row, err: err})
 		}
 	}
 
-	publishFailures := len(failures) - info.Parked
-	if len(delivered) == 0 && publishFailures > 0 {
-		// Nothing could be published: treat it as a publisher outage and
-		// charge no row an attempt. Rows are charged only when the
-		// publisher demonstrably works for other messages.
-		failures = failures[:info.Parked]
-		publishFailures = 0
-		info.Outage = true
-		info.Err = nil
-		if lastErr != nil {
-			info.Err = fmt.Errorf("publish: %w", lastErr)
-		}
+	// Is the publisher down, or are these messages poison? A batch that
+	// published something proves the publisher works; a batch in which
+	// rows of two or more keys failed and nothing was published is taken
+	// for an outage. Rows are parked only while the publisher is not
+	// considered down, so an outage never parks rows and the relay resumes
+	// by itself when the broker returns.
+	if len(delivered) > 0 {
+		f.publisherDown.Store(false)
+	} else if len(failed) >= 2 {
+		f.publisherDown.Store(true)
 	}
-	for _, fl := range failures[info.Parked:] {
+	down := f.publisherDown.Load()
+	failures := make([]Failure, 0, len(plan.parked)+len(failed))
+	for _, p := range plan.parked {
+		failures = append(failures, Failure{ID: p.row.ID, Error: p.reason, Park: true})
+	}
+	for _, fl := range failed {
+		failures = append(failures, f.failure(fl.row, fl.err, down))
+	}
+	for _, fl := range failures {
 		if fl.Park {
 			info.Parked++
 		}
 	}
-	info.Failed = publishFailures
+	info.Failed = len(failed)
 	info.Published = len(delivered)
+	if len(delivered) == 0 && len(failed) > 0 {
+		info.Outage = true
+		info.Err = fmt.Errorf("publish: %w", failed[len(failed)-1].err)
+	}
 
 	if !lock() {
 		return info // abandoned at shutdown; already released
@@ -415,7 +430,7 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 		info.Err = fmt.Errorf("finish: %w", err)
 		info.Published = 0
 	}
-	if !info.Outage && info.Err == nil {
+	if err == nil {
 		for _, fl := range failures {
 			if fl.Park {
 				f.log.Error("outbox relay: row parked as failed", "id", fl.ID, "error", fl.Error)
@@ -428,10 +443,12 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 	return info
 }
 
-func (f *Forwarder) failure(row Row, err error) Failure {
+// failure charges row a failed attempt: it is retried after a backoff, or
+// parked when it has used MaxAttempts and the publisher is not down.
+func (f *Forwarder) failure(row Row, err error, publisherDown bool) Failure {
 	attempts := row.Attempts + 1
 	fl := Failure{ID: row.ID, Error: err.Error()}
-	if attempts >= f.cfg.MaxAttempts {
+	if attempts >= f.cfg.MaxAttempts && !publisherDown {
 		fl.Park = true
 		fl.Error = fmt.Sprintf("parked after %d attempts: %v", attempts, err)
 		return fl

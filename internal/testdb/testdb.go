@@ -70,7 +70,7 @@ func Each(t *testing.T, f func(t *testing.T, db *gorm.DB)) {
 func OpenPostgres(tb testing.TB) (*gorm.DB, string) {
 	tb.Helper()
 	schema := "t_" + randomHex(6)
-	admin := open(tb, URL())
+	admin := OpenURL(tb, URL())
 	if err := admin.Exec("CREATE SCHEMA " + schema).Error; err != nil {
 		tb.Fatalf("testdb: PostgreSQL at %s is required (set TEST_DATABASE_URL, or run `make test` which starts it): %v", redact(URL()), err)
 	}
@@ -78,10 +78,9 @@ func OpenPostgres(tb testing.TB) (*gorm.DB, string) {
 		if err := admin.Exec("DROP SCHEMA " + schema + " CASCADE").Error; err != nil {
 			tb.Errorf("testdb: drop schema %s: %v", schema, err)
 		}
-		closeDB(admin)
 	})
-	db := open(tb, SchemaURL(tb, schema))
-	tb.Cleanup(func() { closeDB(db) })
+	// Opened after the cleanup above, so closed before the schema is dropped.
+	db := OpenURL(tb, SchemaURL(tb, schema))
 	return db, schema
 }
 
@@ -98,7 +97,9 @@ func SchemaURL(tb testing.TB, schema string) string {
 	return u.String()
 }
 
-func open(tb testing.TB, dsn string) *gorm.DB {
+// OpenURL opens a pool on the PostgreSQL database at dsn, closed when tb
+// ends.
+func OpenURL(tb testing.TB, dsn string) *gorm.DB {
 	tb.Helper()
 	db, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
@@ -108,6 +109,7 @@ func open(tb testing.TB, dsn string) *gorm.DB {
 	if err != nil {
 		tb.Fatalf("testdb: %v", err)
 	}
+	tb.Cleanup(func() { _ = sqlDB.Close() })
 	sqlDB.SetMaxOpenConns(16)
 	sqlDB.SetMaxIdleConns(16)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

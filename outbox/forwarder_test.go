@@ -1,0 +1,453 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
+)
+
+func quietConfig(cfg outbox.ForwarderConfig) outbox.ForwarderConfig {
+	if cfg.Logger == nil {
+		cfg.Logger = discardLogger()
+	}
+	return cfg
+}
+
+func TestForwarder_DeliversEverythingInKeyOrder(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		counts := fill(t, db, st, "orders", 10, 50)
+		pub := newRecordingPublisher()
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{BatchSize: 64}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+		got := pub.waitUnique(t, 500, 30*time.Second)
+		requireKeyOrder(t, got, counts)
+		require.Len(t, got, 500, "no duplicates without failures")
+		require.Eventually(t, func() bool { return pending(t, db, "") == 0 }, 10*time.Second, 20*time.Millisecond)
+	})
+}
+
+func TestForwarder_RandomPublishFailures(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		counts := fill(t, db, st, "orders", 20, 50)
+		pub := newRecordingPublisher()
+		var mu sync.Mutex
+		rng := rand.New(rand.NewPCG(1, 2))
+		pub.fail = func(string, seqEvent) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if rng.IntN(10) == 0 {
+				return errors.New("broker hiccup")
+			}
+			return nil
+		}
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+			BatchSize: 50, MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+			MaxAttempts: 1000, PollInterval: 20 * time.Millisecond,
+		}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+		got := pub.waitUnique(t, 1000, 60*time.Second)
+		requireKeyOrder(t, got, counts)
+		require.Eventually(t, func() bool { return pending(t, db, "") == 0 }, 10*time.Second, 20*time.Millisecond)
+	})
+}
+
+func TestForwarder_FourForwardersExactlyOnceInOrder(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := newStore(t, db, gormstore.Config{})
+	counts := fill(t, db, st, "orders", 50, 400) // 20,000 events
+	pub := newRecordingPublisher()
+	for range 4 {
+		// Separate stores on one table, as separate processes would have.
+		st, err := gormstore.New(db, gormstore.Config{})
+		require.NoError(t, err)
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{BatchSize: 200, PollInterval: 10 * time.Millisecond}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+	}
+	got := pub.waitUnique(t, 20000, 120*time.Second)
+	require.Len(t, got, 20000, "each event published exactly once")
+	requireKeyOrder(t, got, counts)
+	require.Equal(t, int64(0), pending(t, db, ""))
+}
+
+func TestForwarder_PoisonEventParkedOthersFlow(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		counts := fill(t, db, st, "orders", 5, 20)
+		var fixed atomic.Bool
+		pub := newRecordingPublisher()
+		pub.fail = func(_ string, ev seqEvent) error {
+			if ev.Key == "k02" && ev.Seq == 3 && !fixed.Load() {
+				return errors.New("payload rejected by broker")
+			}
+			return nil
+		}
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+			BatchSize: 16, MaxAttempts: 3, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+			PollInterval: 10 * time.Millisecond,
+		}))
+		require.NoError(t, err)
+		stop := runForwarder(t, f)
+
+		// Every other key drains; k02 stops before its poison event.
+		require.Eventually(t, func() bool { return pending(t, db, "") == 17 }, 30*time.Second, 10*time.Millisecond)
+		stop()
+		parked, err := st.ListFailed(context.Background(), 0, 10)
+		require.NoError(t, err)
+		require.Len(t, parked, 1)
+		require.Equal(t, "k02", parked[0].PartitionKey)
+		require.Equal(t, 3, parked[0].Attempts)
+		require.Contains(t, parked[0].LastError, "payload rejected by broker")
+		require.Contains(t, parked[0].LastError, "parked after 3 attempts")
+		stats, err := st.Stats(context.Background())
+		require.NoError(t, err)
+		require.Equal(t, int64(1), stats.Failed)
+		require.Equal(t, int64(16), stats.Pending, "k02's later events wait behind the parked one")
+		for _, d := range pub.deliveries() {
+			if d.ev.Key == "k02" {
+				require.Less(t, d.ev.Seq, 3, "no k02 event after the poison one was published")
+			}
+		}
+
+		// After the fix, requeueing releases the key, in order.
+		fixed.Store(true)
+		n, err := st.Requeue(context.Background(), parked[0].ID)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), n)
+		f2, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: 10 * time.Millisecond}))
+		require.NoError(t, err)
+		runForwarder(t, f2)
+		got := pub.waitUnique(t, 100, 30*time.Second)
+		requireKeyOrder(t, got, counts)
+	})
+}
+
+func TestForwarder_DiscardReleasesKey(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "orders", 1, 5)
+		pub := newRecordingPublisher()
+		pub.fail = func(_ string, ev seqEvent) error {
+			if ev.Seq == 1 {
+				return errors.New("poison")
+			}
+			return nil
+		}
+		other := newRecordingPublisher()
+		f, err := outbox.NewForwarder(st, publisherPair{pub, other}, quietConfig(outbox.ForwarderConfig{
+			MaxAttempts: 2, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond, PollInterval: 10 * time.Millisecond,
+		}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+		require.Eventually(t, func() bool {
+			rows, err := st.ListFailed(context.Background(), 0, 10)
+			require.NoError(t, err)
+			return len(rows) == 1
+		}, 30*time.Second, 10*time.Millisecond)
+		rows, err := st.ListFailed(context.Background(), 0, 10)
+		require.NoError(t, err)
+		n, err := st.Discard(context.Background(), rows[0].ID)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), n)
+		f.Wake()
+		require.Eventually(t, func() bool { return pending(t, db, "") == 0 }, 30*time.Second, 10*time.Millisecond)
+		var seqs []int
+		seen := map[string]bool{}
+		for _, d := range pub.deliveries() {
+			if !seen[d.uuid] {
+				seen[d.uuid] = true
+				seqs = append(seqs, d.ev.Seq)
+			}
+		}
+		require.Equal(t, []int{0, 2, 3, 4}, seqs, "first deliveries: the discarded event never, the rest in order")
+	})
+}
+
+// publisherPair publishes to a and, when that succeeds, records in b: a
+// publisher whose failures are independent of the "other" events.
+type publisherPair struct{ a, b *recordingPublisher }
+
+func (p publisherPair) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.a.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	return p.b.Publish(topic, msgs...)
+}
+func (p publisherPair) Close() error { return nil }
+
+func TestForwarder_OutOfOrderCommitsAreNotSkipped(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := newStore(t, db, gormstore.Config{})
+	enc := outbox.NewEncoder(outbox.EncoderConfig{})
+	rec := func(key string, seq int) []outbox.Record {
+		r, err := enc.EncodeAll([]outbox.Entry{{Event: seqEvent{Key: key, Seq: seq}}})
+		require.NoError(t, err)
+		return r
+	}
+	pub := newRecordingPublisher()
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: 10 * time.Millisecond}))
+	require.NoError(t, err)
+	runForwarder(t, f)
+
+	// Transaction A takes the lower id but commits last.
+	txA := db.Begin()
+	require.NoError(t, txA.Error)
+	require.NoError(t, st.Save(context.Background(), txA, rec("a", 0)))
+	require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+		return st.Save(context.Background(), tx, rec("b", 0))
+	}))
+	got := pub.waitUnique(t, 1, 10*time.Second)
+	require.Equal(t, "b", got[0].ev.Key)
+	// Give the forwarder rounds of claims while A is still open.
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, txA.Commit().Error)
+	got = pub.waitUnique(t, 2, 10*time.Second)
+	require.Equal(t, "a", got[1].ev.Key, "the row committed out of id order was relayed")
+	require.Eventually(t, func() bool { return pending(t, db, "") == 0 }, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestForwarder_KeyOrderAcrossTopics(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		enc := outbox.NewEncoder(outbox.EncoderConfig{Topic: func(_ string, ev any) string {
+			return fmt.Sprintf("topic-%d", ev.(seqEvent).Seq%3)
+		}})
+		var entries []outbox.Entry
+		for s := range 30 {
+			entries = append(entries, outbox.Entry{Event: seqEvent{Key: "k", Seq: s}}, outbox.Entry{Event: seqEvent{Key: "j", Seq: s}})
+		}
+		recs, err := enc.EncodeAll(entries)
+		require.NoError(t, err)
+		require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return st.Save(context.Background(), tx, recs) }))
+		pub := newRecordingPublisher()
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+		got := pub.waitUnique(t, 60, 10*time.Second)
+		requireKeyOrder(t, got, map[string]int{"k": 30, "j": 30})
+		for _, d := range got {
+			require.Equal(t, fmt.Sprintf("topic-%d", d.ev.Seq%3), d.topic)
+		}
+	})
+}
+
+func TestForwarder_TopicsFilter(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "mine", 3, 4)
+		fill(t, db, st, "theirs", 3, 4)
+		pub := newRecordingPublisher()
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{Topics: []string{"mine"}, PollInterval: 10 * time.Millisecond}))
+		require.NoError(t, err)
+		stop := runForwarder(t, f)
+		require.Eventually(t, func() bool { return pending(t, db, "topic = 'mine'") == 0 }, 10*time.Second, 10*time.Millisecond)
+		stop()
+		require.Equal(t, int64(12), pending(t, db, "topic = 'theirs'"))
+		for _, d := range pub.deliveries() {
+			require.Equal(t, "mine", d.topic)
+		}
+	})
+}
+
+func TestForwarder_UndecodableRowParkedAtOnce(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "orders", 1, 3)
+		// Corrupt the metadata of the second row of the key.
+		require.NoError(t, db.Exec(`UPDATE txoutbox_outbox SET metadata = '["not", "an", "object"]' WHERE id = (SELECT min(id) + 1 FROM txoutbox_outbox)`).Error)
+		pub := newRecordingPublisher()
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: 10 * time.Millisecond}))
+		require.NoError(t, err)
+		stop := runForwarder(t, f)
+		require.Eventually(t, func() bool {
+			rows, err := st.ListFailed(context.Background(), 0, 10)
+			require.NoError(t, err)
+			return len(rows) == 1
+		}, 10*time.Second, 10*time.Millisecond)
+		stop()
+		rows, err := st.ListFailed(context.Background(), 0, 10)
+		require.NoError(t, err)
+		require.Contains(t, rows[0].LastError, "metadata is not a JSON object of strings")
+		require.Equal(t, 1, rows[0].Attempts, "parked on the first attempt")
+		got := pub.deliveries()
+		require.Len(t, got, 1, "only the row before the undecodable one")
+		require.Equal(t, 0, got[0].ev.Seq)
+		require.Equal(t, int64(2), pending(t, db, ""), "the parked row and the one behind it")
+	})
+}
+
+// blockingPublisher blocks every Publish until release is closed.
+type blockingPublisher struct {
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (p *blockingPublisher) Publish(string, ...*message.Message) error {
+	p.once.Do(func() { close(p.started) })
+	<-p.release
+	return nil
+}
+func (p *blockingPublisher) Close() error { return nil }
+
+func TestForwarder_ShutdownReleasesStuckBatch(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "orders", 2, 5)
+		pub := &blockingPublisher{started: make(chan struct{}), release: make(chan struct{})}
+		defer close(pub.release)
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{ShutdownTimeout: 200 * time.Millisecond}))
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- f.Run(ctx) }()
+		<-pub.started
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return after the shutdown timeout")
+		}
+		require.Equal(t, int64(10), pending(t, db, ""), "the stuck batch was released, nothing lost")
+		// The rows can be claimed again at once (no lock left behind).
+		pub2 := newRecordingPublisher()
+		f2, err := outbox.NewForwarder(st, pub2, quietConfig(outbox.ForwarderConfig{}))
+		require.NoError(t, err)
+		runForwarder(t, f2)
+		pub2.waitUnique(t, 10, 10*time.Second)
+	})
+}
+
+func TestForwarder_ShutdownFinishesBatchInFlight(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := newStore(t, db, gormstore.Config{})
+	fill(t, db, st, "orders", 2, 5)
+	pub := &blockingPublisher{started: make(chan struct{}), release: make(chan struct{})}
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{ShutdownTimeout: 10 * time.Second}))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	<-pub.started
+	cancel()
+	time.Sleep(50 * time.Millisecond)
+	close(pub.release) // the publish completes within the shutdown timeout
+	require.NoError(t, <-done)
+	require.Equal(t, int64(0), pending(t, db, ""), "the batch in flight was finished")
+}
+
+func TestForwarder_WakesOnNotifyFromAnotherConnection(t *testing.T) {
+	t.Parallel()
+	db, schema := testdb.OpenPostgres(t)
+	st := newStore(t, db, gormstore.Config{})
+	pub := newRecordingPublisher()
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: time.Hour}))
+	require.NoError(t, err)
+	runForwarder(t, f)
+	time.Sleep(200 * time.Millisecond) // let the first (empty) claim and LISTEN happen
+
+	// A writer with its own pool, as another process would have.
+	writer := testdb.OpenURL(t, testdb.SchemaURL(t, schema))
+	wst, err := gormstore.New(writer, gormstore.Config{})
+	require.NoError(t, err)
+	fill(t, writer, wst, "orders", 1, 1)
+	pub.waitUnique(t, 1, 10*time.Second) // with a one-hour poll, only NOTIFY can do this
+}
+
+func TestForwarder_KeepDeliveredAndPurge(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{KeepDelivered: true})
+		fill(t, db, st, "orders", 2, 5)
+		pub := newRecordingPublisher()
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: 10 * time.Millisecond}))
+		require.NoError(t, err)
+		stop := runForwarder(t, f)
+		pub.waitUnique(t, 10, 10*time.Second)
+		require.Eventually(t, func() bool { return pending(t, db, "") == 0 }, 10*time.Second, 10*time.Millisecond)
+		stop()
+		require.Equal(t, int64(10), testdb.Count(t, db, "txoutbox_outbox", "delivered_at IS NOT NULL"))
+		n, err := st.PurgeDelivered(context.Background(), time.Now().Add(-time.Hour), 3)
+		require.NoError(t, err)
+		require.Equal(t, int64(0), n, "nothing delivered an hour ago")
+		n, err = st.PurgeDelivered(context.Background(), time.Now().Add(time.Minute), 3)
+		require.NoError(t, err)
+		require.Equal(t, int64(10), n)
+		require.Equal(t, int64(0), testdb.Count(t, db, "txoutbox_outbox", ""))
+		require.Len(t, pub.deliveries(), 10, "kept rows are not published again")
+	})
+}
+
+func TestForwarder_Stats(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "a", 2, 3)
+		fill(t, db, st, "b", 1, 4)
+		require.NoError(t, db.Exec(`UPDATE txoutbox_outbox SET failed_at = created_at, attempts = 3, last_error = 'x' WHERE id = (SELECT max(id) FROM txoutbox_outbox)`).Error)
+		time.Sleep(20 * time.Millisecond)
+		stats, err := st.Stats(context.Background())
+		require.NoError(t, err)
+		require.Equal(t, int64(9), stats.Pending)
+		require.Equal(t, int64(1), stats.Failed)
+		require.Equal(t, int64(6), stats.Topics["a"].Pending)
+		require.Equal(t, int64(3), stats.Topics["b"].Pending)
+		require.Equal(t, int64(1), stats.Topics["b"].Failed)
+		require.Greater(t, stats.OldestPendingAge, 10*time.Millisecond)
+		require.Less(t, stats.OldestPendingAge, time.Minute)
+	})
+}
+
+func TestForwarderConfig_Validate(t *testing.T) {
+	t.Parallel()
+	err := outbox.ForwarderConfig{BatchSize: -1, MinBackoff: time.Minute, MaxBackoff: time.Second, Topics: []string{""}}.Validate()
+	require.ErrorIs(t, err, outbox.ErrInvalidConfig)
+	for _, want := range []string{"BatchSize", "MinBackoff", "Topics[0]"} {
+		require.Contains(t, err.Error(), want)
+	}
+	_, err = outbox.NewForwarder(nil, nil, outbox.ForwarderConfig{})
+	require.ErrorIs(t, err, outbox.ErrInvalidConfig)
+	require.Contains(t, err.Error(), "missing store")
+	require.Contains(t, err.Error(), "missing publisher")
+}
+
+func TestForwarder_RunTwiceFails(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.SQLite)
+	st := newStore(t, db, gormstore.Config{})
+	fill(t, db, st, "orders", 1, 1)
+	pub := newRecordingPublisher()
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{}))
+	require.NoError(t, err)
+	runForwarder(t, f)
+	pub.waitUnique(t, 1, 10*time.Second) // Run is running
+	require.ErrorIs(t, f.Run(context.Background()), outbox.ErrAlreadyRunning)
+}
