@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"reflect"
 	"sync"
 )
@@ -22,8 +23,12 @@ type Command struct {
 
 // Entry is one emitted, not yet encoded event.
 type Entry struct {
-	// Event is the value passed to Emit.
+	// Event is the value passed to Emit; nil for an entry from EmitMessage.
 	Event any
+	// Message is the already marshaled message passed to EmitMessage.
+	Message *message.Message
+	// Topic is the topic passed to EmitMessage.
+	Topic string
 	// Command is the command whose handler emitted the event.
 	Command Command
 }
@@ -171,6 +176,50 @@ func Emit(ctx context.Context, events ...any) error {
 		return ErrNoTransaction
 	}
 	return c.add(cmd, events)
+}
+
+// EmitMessage records already marshaled messages for topic, to be saved to
+// the outbox when the current command's transaction commits, like Emit. It
+// is the path for code that produces Watermill messages itself, such as a
+// Watermill cqrs.EventBus whose publisher is the outbox (see package
+// gormstore). The partition key is taken from the MetadataPartitionKey
+// metadata; correlation, causation, command and created-at metadata are
+// added when absent, and an empty UUID gets a UUIDv7.
+func EmitMessage(ctx context.Context, topic string, msgs ...*message.Message) error {
+	c, cmd, ok := CollectorFrom(ctx)
+	if !ok {
+		return ErrNoTransaction
+	}
+	return c.addMessages(cmd, topic, msgs)
+}
+
+func (c *Collector) addMessages(cmd Command, topic string, msgs []*message.Message) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrCollectorClosed
+	}
+	fail := func(err error) error {
+		if c.err == nil {
+			c.err = err
+		}
+		return err
+	}
+	if c.readOnly {
+		return fail(fmt.Errorf("%w (command %s)", ErrReadOnly, cmd.Name))
+	}
+	if topic == "" {
+		return fail(fmt.Errorf("%w for message emitted by command %s", ErrEmptyTopic, cmd.Name))
+	}
+	for i, m := range msgs {
+		if m == nil {
+			return fail(fmt.Errorf("%w: message %d of %d emitted by command %s", ErrNilEvent, i+1, len(msgs), cmd.Name))
+		}
+	}
+	for _, m := range msgs {
+		c.entries = append(c.entries, Entry{Message: m, Topic: topic, Command: cmd})
+	}
+	return nil
 }
 
 func isNil(v any) bool {

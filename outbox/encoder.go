@@ -103,6 +103,9 @@ type partitionKeyer interface{ PartitionKey() string }
 // Encode turns one entry into a record. It fails with ErrNilEvent,
 // ErrMarshal, ErrEmptyTopic or ErrPayloadTooLarge.
 func (e *Encoder) Encode(entry Entry) (rec Record, err error) {
+	if entry.Message != nil {
+		return e.encodeMessage(entry)
+	}
 	ev := entry.Event
 	if isNil(ev) {
 		return Record{}, fmt.Errorf("%w (command %s)", ErrNilEvent, entry.Command.Name)
@@ -150,29 +153,51 @@ func (e *Encoder) Encode(entry Entry) (rec Record, err error) {
 		}
 	}
 
-	if msg.UUID == "" {
-		msg.UUID = NewUUID()
-	}
 	if msg.Metadata == nil {
 		msg.Metadata = make(message.Metadata)
 	}
 	if msg.Metadata.Get(MetadataName) == "" {
 		msg.Metadata.Set(MetadataName, name)
 	}
-	if entry.Command.CorrelationID != "" {
-		msg.Metadata.Set(MetadataCorrelationID, entry.Command.CorrelationID)
-	}
-	if entry.Command.ID != "" {
-		msg.Metadata.Set(MetadataCausationID, entry.Command.ID)
-	}
-	if entry.Command.Name != "" {
-		msg.Metadata.Set(MetadataCommand, entry.Command.Name)
-	}
-	msg.Metadata.Set(MetadataCreatedAt, e.cfg.Now().UTC().Format(time.RFC3339Nano))
 	if key != "" {
 		msg.Metadata.Set(MetadataPartitionKey, key)
 	}
+	e.stamp(msg, entry.Command, true)
 	return Record{Topic: topic, PartitionKey: key, Message: msg}, nil
+}
+
+// encodeMessage turns an EmitMessage entry into a record.
+func (e *Encoder) encodeMessage(entry Entry) (Record, error) {
+	msg := entry.Message
+	if entry.Topic == "" {
+		return Record{}, fmt.Errorf("%w for message %s", ErrEmptyTopic, msg.UUID)
+	}
+	if max := e.cfg.MaxPayloadBytes; max > 0 && len(msg.Payload) > max {
+		return Record{}, fmt.Errorf("%w: message %s is %d bytes, limit is %d (EncoderConfig.MaxPayloadBytes)", ErrPayloadTooLarge, msg.UUID, len(msg.Payload), max)
+	}
+	if msg.Metadata == nil {
+		msg.Metadata = make(message.Metadata)
+	}
+	e.stamp(msg, entry.Command, false)
+	return Record{Topic: entry.Topic, PartitionKey: msg.Metadata.Get(MetadataPartitionKey), Message: msg}, nil
+}
+
+// stamp sets the UUID when empty and the command and time metadata:
+// always for events the encoder marshaled itself, only where absent for
+// messages marshaled by the caller.
+func (e *Encoder) stamp(msg *message.Message, cmd Command, overwrite bool) {
+	if msg.UUID == "" {
+		msg.UUID = NewUUID()
+	}
+	set := func(k, v string) {
+		if v != "" && (overwrite || msg.Metadata.Get(k) == "") {
+			msg.Metadata.Set(k, v)
+		}
+	}
+	set(MetadataCorrelationID, cmd.CorrelationID)
+	set(MetadataCausationID, cmd.ID)
+	set(MetadataCommand, cmd.Name)
+	set(MetadataCreatedAt, e.cfg.Now().UTC().Format(time.RFC3339Nano))
 }
 
 // EncodeAll encodes entries in order. It stops at the first error, which
