@@ -1,0 +1,37 @@
+package gormstore
+
+import (
+	"database/sql"
+	"fmt"
+
+	"gorm.io/gorm"
+)
+
+// SQLTx returns the *sql.Tx behind tx, a GORM transaction (the one
+// gormstore.Tx returns, or the *gorm.DB that db.Transaction passes to its
+// function), so that libraries built on database/sql can write in the same
+// transaction. Inside a transaction tx.Statement.ConnPool is the *sql.Tx
+// itself, or a *gorm.PreparedStmtTX wrapping it when GORM runs with
+// PrepareStmt; SQLTx unwraps both. For a *gorm.DB that is not a transaction
+// it returns ErrNotInTransaction.
+func SQLTx(tx *gorm.DB) (*sql.Tx, error) {
+	if tx == nil || tx.Statement == nil {
+		return nil, ErrNotInTransaction
+	}
+	switch pool := tx.Statement.ConnPool.(type) {
+	case *sql.Tx:
+		return pool, nil
+	case *gorm.PreparedStmtTX:
+		if sqlTx, ok := pool.Tx.(*sql.Tx); ok && sqlTx != nil {
+			return sqlTx, nil
+		}
+		return nil, fmt.Errorf("%w: PrepareStmt transaction wraps %T, not *sql.Tx", ErrNotInTransaction, pool.Tx)
+	case nil:
+		return nil, ErrNotInTransaction
+	default:
+		if _, ok := pool.(gorm.TxCommitter); ok {
+			return nil, fmt.Errorf("%w: transaction connection is %T, not *sql.Tx", ErrNotInTransaction, pool)
+		}
+		return nil, ErrNotInTransaction
+	}
+}
