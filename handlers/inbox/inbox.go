@@ -1,0 +1,281 @@
+package inbox
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"gorm.io/gorm"
+)
+
+// DefaultTable is the default inbox table name.
+const DefaultTable = "txoutbox_inbox"
+
+// DefaultRetention is a conservative retention window for Cleanup: a week,
+// far longer than brokers and the outbox forwarder take to redeliver.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// DefaultCleanupBatch is the number of rows Cleanup deletes per statement
+// when it is given a batch of 0.
+const DefaultCleanupBatch = 1000
+
+// Errors returned by this package. They are wrapped with details; compare
+// with errors.Is.
+var (
+	// ErrInvalidConfig wraps every Config problem and invalid argument.
+	ErrInvalidConfig = errors.New("inbox: invalid config")
+	// ErrUnsupportedDialect is returned for a GORM dialect other than
+	// postgres or sqlite.
+	ErrUnsupportedDialect = errors.New("inbox: unsupported database (use gorm.io/driver/postgres or github.com/glebarez/sqlite)")
+	// ErrNoConsumer is returned when a message is processed without a
+	// consumer name: Process with "", or Middleware("") outside a Watermill
+	// router handler.
+	ErrNoConsumer = errors.New("inbox: no consumer name")
+	// ErrNoMessageUUID is returned for a message without a UUID, which
+	// cannot be deduplicated.
+	ErrNoMessageUUID = errors.New("inbox: message has no UUID, so it cannot be deduplicated")
+)
+
+// Config configures an [Inbox]. The zero value is valid.
+type Config struct {
+	// Table is the inbox table, optionally schema-qualified ("app.inbox",
+	// PostgreSQL only). Each part must be a plain SQL identifier.
+	// Optional; default DefaultTable ("txoutbox_inbox").
+	Table string
+	// Logger receives a debug entry for each duplicate the middleware acks.
+	// Optional; default watermill.NopLogger.
+	Logger watermill.LoggerAdapter
+	// Now returns the time recorded as received_at and the clock Cleanup
+	// measures age with. Optional; default time.Now.
+	Now func() time.Time
+}
+
+// Validate reports every problem with the config.
+func (c Config) Validate() error {
+	_, err := parseTableName(cmp.Or(c.Table, DefaultTable))
+	return err
+}
+
+type dialect int
+
+const (
+	postgres dialect = iota + 1
+	sqlite
+)
+
+func (d dialect) String() string {
+	if d == postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// Inbox is the consumer-side inbox table: one row per (consumer, message
+// UUID) processed. It is safe for concurrent use.
+type Inbox struct {
+	db      *gorm.DB
+	cfg     Config
+	dialect dialect
+	table   tableName
+	quoted  string
+}
+
+// New returns an inbox on db's database. db selects the dialect and runs
+// the transactions of Process, Cleanup and Migrate.
+func New(db *gorm.DB, cfg Config) (*Inbox, error) {
+	if db == nil || db.Config == nil || db.Dialector == nil {
+		return nil, fmt.Errorf("%w: nil or unopened *gorm.DB (open one with gorm.Open)", ErrInvalidConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t, _ := parseTableName(cmp.Or(cfg.Table, DefaultTable))
+	var d dialect
+	switch db.Dialector.Name() {
+	case "postgres":
+		d = postgres
+	case "sqlite":
+		d = sqlite
+		if t.schema != "" {
+			return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
+		}
+	default:
+		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = watermill.NopLogger{}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Inbox{db: db, cfg: cfg, dialect: d, table: t, quoted: t.quoted()}, nil
+}
+
+// Table returns the inbox table name as configured.
+func (in *Inbox) Table() string { return in.table.String() }
+
+// Process commits fn's work at most once per consumer and message UUID, as
+// long as the inbox row is kept (see Cleanup).
+//
+// In one transaction it inserts the row (consumer, messageUUID, now). If the
+// row already exists the message was processed before: fn is not called and
+// Process returns duplicate == true and a nil error, so the caller acks the
+// message. Otherwise fn runs with the transaction in its context (reach it
+// with gormstore.Tx; commands dispatched with the context join it, their
+// events included), and the row and fn's writes commit together. If fn
+// fails, everything is rolled back, nothing is recorded, and fn's error is
+// returned unchanged, so the message can be redelivered and processed again.
+//
+// The primary key decides races: when two deliveries of the same message
+// are processed at once, the second insert waits for the first transaction
+// and finds the row once it commits (or inserts it if it rolls back), so fn
+// commits once. When ctx already carries a transaction (gormstore.WithTx),
+// Process joins it in a savepoint and the row commits with it.
+func (in *Inbox) Process(ctx context.Context, consumer, messageUUID string, fn func(ctx context.Context) error) (duplicate bool, err error) {
+	if consumer == "" {
+		return false, fmt.Errorf("%w for message %s", ErrNoConsumer, messageUUID)
+	}
+	if messageUUID == "" {
+		return false, fmt.Errorf("%w (consumer %s)", ErrNoMessageUUID, consumer)
+	}
+	if fn == nil {
+		return false, fmt.Errorf("%w: nil function for consumer %s", ErrInvalidConfig, consumer)
+	}
+	run := func(tx *gorm.DB) error {
+		res := tx.Exec("INSERT INTO "+in.quoted+" (consumer, message_uuid, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+			consumer, messageUUID, in.timeArg(in.cfg.Now()))
+		if res.Error != nil {
+			return fmt.Errorf("inbox: record message %s for consumer %s in %s: %w", messageUUID, consumer, in.table, res.Error)
+		}
+		if res.RowsAffected == 0 {
+			duplicate = true
+			return nil
+		}
+		return fn(gormstore.WithTx(ctx, tx))
+	}
+	if parent, txErr := gormstore.Tx(ctx); txErr == nil {
+		err = parent.Transaction(run)
+	} else {
+		err = in.db.WithContext(ctx).Transaction(run)
+	}
+	if err != nil {
+		return false, err
+	}
+	return duplicate, nil
+}
+
+// Middleware returns a Watermill handler middleware that processes each
+// message through [Inbox.Process] as consumer, keyed by the message UUID.
+// The handler runs with the transaction in the message's context
+// (gormstore.Tx(msg.Context())) and its database writes commit with the
+// inbox row; a message processed before is acked without running the
+// handler (the middleware returns nil, nil). A handler error rolls back,
+// records nothing and is returned, so the router nacks the message. After
+// the handler the message gets its original context back.
+//
+// consumer names the consumer in the inbox: give every logical consumer
+// its own, stable name, the same in all its instances. An empty consumer
+// means the Watermill router handler's name (message.HandlerNameFromCtx),
+// so router.AddMiddleware(in.Middleware("")) deduplicates each handler on
+// its own; renaming a handler then starts it with an empty inbox.
+//
+// Messages a handler returns are published by the router after the
+// transaction commits: a crash in between loses them, because the
+// redelivered message is acked as a duplicate. To publish exactly once per
+// processed message, write the messages into the outbox from inside the
+// handler (dispatch a command with msg.Context(), or publish through a
+// gormstore.Publisher messages whose context is msg.Context()).
+func (in *Inbox) Middleware(consumer string) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			orig := msg.Context()
+			defer msg.SetContext(orig)
+			name := consumer
+			if name == "" {
+				name = message.HandlerNameFromCtx(orig)
+			}
+			var out []*message.Message
+			dup, err := in.Process(orig, name, msg.UUID, func(ctx context.Context) error {
+				msg.SetContext(ctx)
+				var err error
+				out, err = h(msg)
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			if dup {
+				in.cfg.Logger.Debug("Acked duplicate message", watermill.LogFields{
+					"message_uuid": msg.UUID,
+					"consumer":     name,
+				})
+				return nil, nil
+			}
+			return out, nil
+		}
+	}
+}
+
+// Cleanup deletes the inbox rows received more than olderThan ago, batch
+// rows per statement (0 means DefaultCleanupBatch), each statement in its
+// own short transaction so it never holds many locks or blocks consumers
+// for long. It returns the number of rows deleted and stops at the first
+// error or when ctx is done.
+//
+// A message redelivered after its row was deleted is processed again, so
+// olderThan must exceed the longest time a duplicate can arrive after the
+// original: the broker's redelivery window and the outbox forwarder's (a
+// parked outbox event released days later is published again with the same
+// UUID). Run Cleanup periodically, from one or several instances.
+func (in *Inbox) Cleanup(ctx context.Context, olderThan time.Duration, batch int) (int64, error) {
+	if olderThan <= 0 {
+		return 0, fmt.Errorf("%w: Cleanup olderThan %v must be positive", ErrInvalidConfig, olderThan)
+	}
+	if batch < 0 {
+		return 0, fmt.Errorf("%w: Cleanup batch %d is negative (use 0 for the default %d)", ErrInvalidConfig, batch, DefaultCleanupBatch)
+	}
+	batch = cmp.Or(batch, DefaultCleanupBatch)
+	cutoff := in.timeArg(in.cfg.Now().Add(-olderThan))
+	var query string
+	if in.dialect == postgres {
+		// = ANY(ARRAY(...)) keeps the planner from scanning the whole table
+		// per batch, as IN (SELECT ... LIMIT) can. Rows are never updated,
+		// so a ctid read in the subquery still names the same row.
+		query = "DELETE FROM " + in.quoted + " WHERE ctid = ANY(ARRAY(SELECT ctid FROM " + in.quoted +
+			" WHERE received_at < ? LIMIT ?)) AND received_at < ?"
+	} else {
+		query = "DELETE FROM " + in.quoted + " WHERE rowid IN (SELECT rowid FROM " + in.quoted +
+			" WHERE received_at < ? LIMIT ?) AND received_at < ?"
+	}
+	db := in.db.WithContext(ctx)
+	var total int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		res := db.Exec(query, cutoff, batch, cutoff)
+		if res.Error != nil {
+			return total, fmt.Errorf("inbox: clean up %s: %w", in.table, res.Error)
+		}
+		total += res.RowsAffected
+		if res.RowsAffected < int64(batch) {
+			return total, nil
+		}
+	}
+}
+
+// sqliteTimeFormat is fixed-width, so received_at sorts as it compares.
+const sqliteTimeFormat = "2006-01-02T15:04:05.000000000Z"
+
+// timeArg returns t as the dialect stores received_at.
+func (in *Inbox) timeArg(t time.Time) any {
+	if in.dialect == sqlite {
+		return t.UTC().Format(sqliteTimeFormat)
+	}
+	return t
+}
