@@ -2,10 +2,10 @@
 # Makes sure the services the tests need are up, starting or installing them
 # where that is safe, and fails with instructions where it is not.
 #
-#   scripts/ensure-services.sh postgres
+#   scripts/ensure-services.sh postgres rabbitmq
 #
-# Each service has a function ensure_<name>; add brokers (rabbitmq, nats,
-# redis, ...) the same way.
+# Each service has a function ensure_<name>; add brokers (nats, redis, ...)
+# the same way.
 #
 # postgres: PostgreSQL at TEST_DATABASE_URL
 # (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable).
@@ -15,10 +15,24 @@
 #                                          trust local connections of user
 #                                          postgres, create the database
 #   4. anything else                    -> say what to install, exit 1
+#
+# rabbitmq: RabbitMQ at TEST_AMQP_URL
+# (default amqp://guest:guest@127.0.0.1:5672/), used by the chaos tests
+# (make test-chaos), which stop and start it with rabbitmqctl.
+#   1. the AMQP port answers            -> ok
+#   2. installed here but down          -> rabbitmqctl start_app if the node
+#                                          runs with its application stopped,
+#                                          else rabbitmq-server -detached;
+#                                          wait until the port answers
+#   3. missing, root on Debian/Ubuntu   -> apt-get install rabbitmq-server,
+#                                          then as 2
+#   4. anything else                    -> say what to install, exit 1
 set -euo pipefail
 
 readonly DEFAULT_DATABASE_URL='postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
 readonly WAIT_SECONDS=30
+readonly DEFAULT_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/'
+readonly RABBITMQ_WAIT_SECONDS=90 # RabbitMQ boots slower than PostgreSQL
 
 log() { printf 'ensure-services: %s\n' "$*"; }
 die() { printf 'ensure-services: %s\n' "$*" >&2; exit 1; }
@@ -224,13 +238,112 @@ ensure_postgres() {
 	log "postgres ready at $PG_HOST:$PG_PORT, database $PG_DB"
 }
 
+# ---------------------------------------------------------------- rabbitmq
+
+# parse_amqp_url sets AMQP_URL, AMQP_HOST and AMQP_PORT from TEST_AMQP_URL.
+parse_amqp_url() {
+	AMQP_URL="${TEST_AMQP_URL:-$DEFAULT_AMQP_URL}"
+	case "$AMQP_URL" in
+	amqp://*) ;;
+	*) die "TEST_AMQP_URL must be an amqp:// URL, got: $AMQP_URL" ;;
+	esac
+	local rest="${AMQP_URL#*://}"
+	local authority="${rest%%[/?]*}"
+	local hostport="${authority##*@}"
+	AMQP_HOST="$hostport" AMQP_PORT=5672
+	if [[ "$hostport" == *:* ]]; then
+		AMQP_HOST="${hostport%:*}"
+		AMQP_PORT="${hostport##*:}"
+	fi
+	AMQP_HOST="${AMQP_HOST:-127.0.0.1}"
+}
+
+amqp_is_local() {
+	case "$AMQP_HOST" in
+	127.0.0.1 | localhost | ::1 | '[::1]') return 0 ;;
+	esac
+	return 1
+}
+
+amqp_port_open() {
+	# shellcheck disable=SC2016 # $1 and $2 expand in the inner bash
+	timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$AMQP_HOST" "$AMQP_PORT" 2>/dev/null
+}
+
+# rabbitmq_wait waits until the AMQP port answers. rabbitmqctl await_startup
+# waits for a booting node but fails at once while the node is not yet
+# registered, so it is retried; the open port is what the tests need.
+rabbitmq_wait() {
+	local deadline=$((SECONDS + RABBITMQ_WAIT_SECONDS))
+	while ((SECONDS < deadline)); do
+		amqp_port_open && return 0
+		timeout 10 rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1 || sleep 1
+	done
+	amqp_port_open ||
+		die "RabbitMQ at $AMQP_HOST:$AMQP_PORT is not accepting connections after ${RABBITMQ_WAIT_SECONDS}s; see /var/log/rabbitmq/"
+}
+
+rabbitmq_start() {
+	if timeout 30 rabbitmqctl -q ping >/dev/null 2>&1; then
+		# The node runs, its application is stopped (rabbitmqctl stop_app).
+		log "starting the RabbitMQ application (rabbitmqctl start_app)"
+		timeout 120 rabbitmqctl -q start_app ||
+			die "rabbitmqctl start_app failed; see /var/log/rabbitmq/"
+	else
+		log "starting RabbitMQ (rabbitmq-server -detached)"
+		rabbitmq-server -detached ||
+			die "could not start RabbitMQ; see /var/log/rabbitmq/ (as non-root: sudo rabbitmq-server -detached)"
+	fi
+}
+
+rabbitmq_install() {
+	log "RabbitMQ is not installed; installing it from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq rabbitmq-server >/dev/null
+}
+
+# rabbitmq_how_to_install says what to do and fails. $1 says why nothing
+# was tried.
+rabbitmq_how_to_install() {
+	cat >&2 <<EOF
+ensure-services: RabbitMQ is not reachable at $AMQP_HOST:$AMQP_PORT ($1).
+Start or install RabbitMQ 3.8+, then re-run. For example:
+  Debian/Ubuntu: sudo apt-get install -y rabbitmq-server && sudo rabbitmq-server -detached
+  macOS:         brew install rabbitmq && brew services start rabbitmq
+The chaos tests (make test-chaos) stop and start it with rabbitmqctl, so it
+must run on this machine, and TEST_AMQP_URL (now: $AMQP_URL) must point at
+it with a user that may declare queues (guest/guest works from 127.0.0.1).
+EOF
+	exit 1
+}
+
+ensure_rabbitmq() {
+	parse_amqp_url
+	if ! amqp_port_open; then
+		if ! amqp_is_local; then
+			rabbitmq_how_to_install "$AMQP_HOST is not this machine, so this script cannot start it"
+		elif command -v rabbitmq-server >/dev/null && command -v rabbitmqctl >/dev/null; then
+			rabbitmq_start
+		elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+			rabbitmq_install
+			# The package's install script may have started it already.
+			amqp_port_open || rabbitmq_start
+		else
+			rabbitmq_how_to_install "not installed here, and installing it needs root and apt-get"
+		fi
+		rabbitmq_wait
+	fi
+	log "rabbitmq ready at $AMQP_HOST:$AMQP_PORT"
+}
+
 # -------------------------------------------------------------------- main
 
 main() {
-	(($# > 0)) || die "usage: $0 SERVICE... (services: postgres)"
+	(($# > 0)) || die "usage: $0 SERVICE... (services: postgres rabbitmq)"
 	local svc
 	for svc in "$@"; do
-		declare -F "ensure_$svc" >/dev/null || die "unknown service '$svc' (known: postgres)"
+		declare -F "ensure_$svc" >/dev/null || die "unknown service '$svc' (known: postgres rabbitmq)"
 		"ensure_$svc"
 	done
 }

@@ -1,0 +1,260 @@
+//go:build chaos
+
+package chaos_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/middleware"
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+)
+
+// The subprocess of TestSIGKILLForwarder is this test binary started with
+// childEnv=forwarder and childDSNEnv set to the test schema's URL.
+const (
+	childEnv    = "TXOUTBOX_CHAOS_CHILD"
+	childDSNEnv = "TXOUTBOX_CHAOS_DSN"
+)
+
+// Shape of TestSIGKILLForwarder.
+const (
+	killEvents     = 20000
+	killKeys       = 50
+	killBatchSize  = 100
+	killCount      = 5
+	killConfirmLag = 20 * time.Millisecond // per Publish, after the delivery is recorded
+)
+
+// TestSIGKILLForwarder kills a forwarder process with SIGKILL in the middle
+// of batches, five times, restarting it each time, then lets a last one
+// drain the outbox. The subprocess publishes to deliveryLog, which records
+// every published message in a table, committed before Publish returns,
+// so what was published survives the kill. Every event must be delivered
+// at least once, the duplicates must not exceed one batch per kill, and per
+// key the first deliveries must follow the commit order.
+func TestSIGKILLForwarder(t *testing.T) {
+	ctx := context.Background()
+	db, schema := testdb.OpenPostgres(t)
+	require.NoError(t, gormstore.Migrate(ctx, db))
+	require.NoError(t, db.Exec(`CREATE TABLE deliveries (
+	seq      BIGSERIAL PRIMARY KEY,
+	uuid     TEXT NOT NULL,
+	event_id TEXT NOT NULL,
+	key      TEXT NOT NULL,
+	kseq     INTEGER NOT NULL
+)`).Error)
+	store, err := gormstore.New(db, gormstore.Config{})
+	require.NoError(t, err)
+	tr, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: store})
+	require.NoError(t, err)
+
+	// 20,000 events on 50 keys, committed in 20 commands of 1,000.
+	const perCommand = 1000
+	for c := range killEvents / perCommand {
+		err := tr.Run(ctx, "Fill", func(ctx context.Context) error {
+			evs := make([]any, perCommand)
+			for i := range evs {
+				n := c*perCommand + i
+				evs[i] = placed{ID: strconv.Itoa(n), Key: fmt.Sprintf("k%02d", n%killKeys), Seq: n / killKeys}
+			}
+			return outbox.Emit(ctx, evs...)
+		})
+		require.NoError(t, err)
+	}
+
+	var (
+		out     lockedBuffer
+		current *exec.Cmd
+	)
+	t.Cleanup(func() {
+		if current != nil {
+			_ = current.Process.Kill()
+			_ = current.Wait()
+		}
+		if t.Failed() {
+			t.Logf("forwarder subprocess output:\n%s", out.String())
+		}
+	})
+	start := func() *exec.Cmd {
+		t.Helper()
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"=forwarder", childDSNEnv+"="+testdb.SchemaURL(t, schema))
+		cmd.Stdout, cmd.Stderr = &out, &out
+		require.NoError(t, cmd.Start())
+		current = cmd
+		return cmd
+	}
+	delivered := func() int64 { return testdb.Count(t, db, "deliveries", "") }
+	pending := func() int64 { return testdb.Count(t, db, gormstore.DefaultTable, "") }
+
+	kills := 0
+	for kills < killCount {
+		before := delivered()
+		cmd := start()
+		// Kill only once this process is publishing: 100-300 ms after its
+		// first recorded delivery, so the kill lands in a batch.
+		eventually(t, 30*time.Second, 5*time.Millisecond, func() (bool, string) {
+			n := delivered()
+			return n > before || pending() == 0, fmt.Sprintf("%d deliveries", n)
+		}, "forwarder subprocess made no progress")
+		if pending() == 0 {
+			break
+		}
+		time.Sleep(time.Duration(100+rand.IntN(201)) * time.Millisecond)
+		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		err := cmd.Wait()
+		current = nil
+		require.Error(t, err, "the subprocess must die of SIGKILL")
+		kills++
+		t.Logf("kill %d: %d deliveries recorded, %d rows left in the outbox", kills, delivered(), pending())
+	}
+	require.Equal(t, killCount, kills, "the backlog drained before the last kill; the test no longer kills in the middle of batches (slow the subprocess's publisher)")
+
+	// The last process drains the outbox and stops gracefully.
+	cmd := start()
+	eventually(t, 60*time.Second, 50*time.Millisecond, func() (bool, string) {
+		n := pending()
+		return n == 0, fmt.Sprintf("%d rows left in the outbox", n)
+	}, "outbox not drained after the kills")
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	require.NoError(t, cmd.Wait(), "the forwarder subprocess must stop cleanly on SIGINT")
+	current = nil
+
+	var rows []struct {
+		UUID    string
+		EventID string
+		Key     string
+		Kseq    int
+	}
+	require.NoError(t, db.Raw(`SELECT uuid, event_id, key, kseq FROM deliveries ORDER BY seq`).Scan(&rows).Error)
+	ds := make([]delivery, len(rows))
+	uuidOf := map[string]string{} // event ID -> message UUID
+	for i, r := range rows {
+		ds[i] = delivery{UUID: r.UUID, Event: placed{ID: r.EventID, Key: r.Key, Seq: r.Kseq}}
+		if u, ok := uuidOf[r.EventID]; ok {
+			require.Equal(t, u, r.UUID, "event %s redelivered with another message UUID", r.EventID)
+		}
+		uuidOf[r.EventID] = r.UUID
+	}
+	for n := range killEvents {
+		_, ok := uuidOf[strconv.Itoa(n)]
+		require.True(t, ok, "event %d was never delivered", n)
+	}
+	require.Len(t, uuidOf, killEvents, "deliveries of events that were never committed")
+	dups := len(rows) - killEvents
+	t.Logf("%d deliveries for %d events after %d kills: %d duplicates (bound %d)", len(rows), killEvents, kills, dups, kills*killBatchSize)
+	require.LessOrEqual(t, dups, kills*killBatchSize, "more duplicates than one batch per kill")
+	requireFirstDeliveriesInOrder(t, ds)
+}
+
+// runChild is the forwarder subprocess: a native forwarder on the schema at
+// childDSNEnv publishing to a deliveryLog, until SIGINT or SIGTERM.
+func runChild() int {
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "chaos child:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dsn := os.Getenv(childDSNEnv)
+	db, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		return fail(err)
+	}
+	store, err := gormstore.New(db, gormstore.Config{})
+	if err != nil {
+		return fail(err)
+	}
+	// The delivery log has a pool of its own: its INSERTs commit on their
+	// own, whatever the forwarder's claim transaction does.
+	logDB, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return fail(err)
+	}
+	defer logDB.Close()
+	fw, err := outbox.NewForwarder(store, &deliveryLog{db: logDB}, outbox.ForwarderConfig{
+		BatchSize:    killBatchSize,
+		PollInterval: 200 * time.Millisecond,
+		MinBackoff:   50 * time.Millisecond,
+		MaxBackoff:   500 * time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if err := fw.Run(ctx); err != nil {
+		return fail(err)
+	}
+	return 0
+}
+
+// deliveryLog is a publisher that records each message in the deliveries
+// table: one autocommit INSERT per Publish call, committed before Publish
+// returns. It then waits killConfirmLag, like a broker confirm, which is
+// where most kills land: published, but not yet marked delivered.
+type deliveryLog struct {
+	db *sql.DB
+}
+
+func (p *deliveryLog) Publish(_ string, msgs ...*message.Message) error {
+	uuids := make([]string, len(msgs))
+	ids := make([]string, len(msgs))
+	keys := make([]string, len(msgs))
+	seqs := make([]int32, len(msgs))
+	for i, m := range msgs {
+		e, err := decodePlaced(m)
+		if err != nil {
+			return err
+		}
+		uuids[i], ids[i], keys[i], seqs[i] = m.UUID, e.ID, e.Key, int32(e.Seq)
+	}
+	_, err := p.db.Exec(`INSERT INTO deliveries (uuid, event_id, key, kseq)
+SELECT u, e, k, s FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) WITH ORDINALITY AS m(u, e, k, s, o)
+ORDER BY o`, uuids, ids, keys, seqs)
+	if err != nil {
+		return fmt.Errorf("record deliveries: %w", err)
+	}
+	time.Sleep(killConfirmLag)
+	return nil
+}
+
+func (p *deliveryLog) Close() error { return nil }
+
+// lockedBuffer is an io.Writer safe for the two pipes of a subprocess.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
