@@ -9,7 +9,7 @@
 //
 //	in, err := inbox.New(db, inbox.Config{})
 //	...
-//	router.AddNoPublisherHandler("billing.charge", "OrderPlaced", sub,
+//	router.AddConsumerHandler("billing.charge", "OrderPlaced", sub,
 //		func(msg *message.Message) error {
 //			tx, err := gormstore.Tx(msg.Context()) // the inbox's transaction
 //			if err != nil {
