@@ -261,9 +261,17 @@ func (f *Forwarder) logFailure(n int, info BatchInfo) {
 
 func (f *Forwarder) listen(ctx context.Context, l Listener) {
 	for attempt := 1; ; attempt++ {
-		err := l.Listen(ctx, f.Wake)
+		var listened atomic.Bool
+		err := l.Listen(ctx, func() {
+			listened.Store(true)
+			f.Wake()
+		})
 		if ctx.Err() != nil || errors.Is(err, ErrListenUnsupported) {
 			return
+		}
+		if listened.Load() {
+			// The listener was up: a later drop starts the backoff afresh.
+			attempt = 1
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			f.log.Warn("outbox relay: notification listener stopped; polling until it reconnects", "error", err, "attempt", attempt)

@@ -84,8 +84,9 @@ var ErrListenUnsupported = errors.New("outbox: store cannot listen for commits")
 // Listener is implemented by stores that can wake a forwarder when rows
 // are committed by any process (PostgreSQL LISTEN/NOTIFY).
 type Listener interface {
-	// Listen calls wake after rows are committed, until ctx ends or the
-	// connection fails; it returns the reason it stopped.
+	// Listen calls wake once when it starts listening (to catch up on
+	// rows committed before) and after rows are committed, until ctx ends
+	// or the connection fails; it returns the reason it stopped.
 	Listen(ctx context.Context, wake func()) error
 }
 
