@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
@@ -171,25 +172,38 @@ func (t *Transactional) Run(ctx context.Context, name string, fn func(ctx contex
 }
 
 // join runs a nested command inside a savepoint of the caller's transaction.
-func (t *Transactional) join(ctx context.Context, parent *gorm.DB, cmd outbox.Command, fn func(ctx context.Context) error) error {
+func (t *Transactional) join(ctx context.Context, parent *gorm.DB, cmd outbox.Command, fn func(ctx context.Context) error) (err error) {
 	parentCol, _, hasParentCol := outbox.CollectorFrom(ctx)
 	readOnly := t.cfg.ReadOnly
 	if hasParentCol {
 		readOnly = readOnly || parentCol.ReadOnly()
 	}
-	return parent.Transaction(func(tx *gorm.DB) error {
-		col := outbox.NewCollector(readOnly)
-		err := t.call(ctx, tx, col, cmd, fn)
-		if err != nil {
-			return err
+	// An explicit savepoint, not GORM's nested Transaction, so the rule
+	// holds also with gorm.Config{DisableNestedTransaction: true}.
+	sp := "txoutbox_" + strings.ReplaceAll(cmd.ID, "-", "")
+	if err := parent.SavePoint(sp).Error; err != nil {
+		return fmt.Errorf("middleware: savepoint for nested command %s: %w", cmd.Name, err)
+	}
+	panicked := true
+	defer func() {
+		if panicked || err != nil {
+			if rbErr := parent.RollbackTo(sp).Error; rbErr != nil && err != nil {
+				err = errors.Join(err, fmt.Errorf("middleware: rollback to savepoint: %w", rbErr))
+			}
 		}
-		if hasParentCol {
-			return parentCol.Merge(col)
-		}
-		// The application owns the transaction: save now, it commits.
-		_, err = t.save(ctx, tx, col)
+	}()
+	col := outbox.NewCollector(readOnly)
+	err = t.call(ctx, parent, col, cmd, fn)
+	panicked = false
+	if err != nil {
 		return err
-	})
+	}
+	if hasParentCol {
+		return parentCol.Merge(col)
+	}
+	// The application owns the transaction: save now, it commits.
+	_, err = t.save(ctx, parent, col)
+	return err
 }
 
 // runTop runs a top-level command in its own transaction, retrying it on
