@@ -13,8 +13,8 @@
 // handler's writes are rolled back to its savepoint, and the events are
 // encoded and written to the outbox table through the Store, whose input the
 // kit records. PostgreSQL and SQLite are supported; on SQLite the test's
-// transaction holds the write lock for the whole test, so give each
-// parallel test its own database file.
+// transaction holds the write lock for the whole test, so use one kit per
+// test and give each parallel test its own database file.
 //
 // Without a database, the handler runs with an outbox collector in its
 // context and its events are encoded by the same [outbox.Encoder]: an event
@@ -29,7 +29,9 @@
 //     database mode its Transactional middleware joins the kit's command as
 //     a nested command, so its events are recorded too; pass the production
 //     encoder in Config.Encoder, because the kit's command encodes them.
-//   - [Kit.Run] runs any function as a command.
+//   - [Kit.Run] runs any function as a command, for example a Watermill
+//     consumer behind the inbox: give the message the function's context
+//     and the inbox joins the test's transaction.
 //
 // Each returns a [Recording]: the command's error ([Recording.Err]), or the
 // emitted messages in order ([Recording.Records], with topic, partition key
@@ -43,4 +45,7 @@
 // messages say what was expected and list what was emitted (name, topic,
 // partition key). They also fail when the command failed, quoting its error,
 // so an ignored error never passes as "no events".
+//
+// The test's transaction never commits, so AfterCommit hooks do not run and
+// nothing is relayed; see docs/testing-handlers.md.
 package handlertest

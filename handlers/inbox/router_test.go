@@ -157,3 +157,40 @@ func TestRegistryUnknownEventUnderInbox(t *testing.T) {
 		}
 	}
 }
+
+// Messages a consumer publishes through a gormstore.Publisher with the
+// message's context are written in the inbox transaction: once per
+// processed message, and not at all when the handler fails.
+func TestPublishInsideTheInboxTransaction(t *testing.T) {
+	t.Parallel()
+	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
+		f := newFixture(t, d, inbox.Config{})
+		require.NoError(t, gormstore.Migrate(context.Background(), f.db))
+		store, err := gormstore.New(f.db, gormstore.Config{})
+		require.NoError(t, err)
+		pub, err := gormstore.NewPublisher(store)
+		require.NoError(t, err)
+		fail := true
+		h := f.in.Middleware("notify")(func(msg *message.Message) ([]*message.Message, error) {
+			out := message.NewMessage(outbox.NewUUID(), []byte(`{}`))
+			out.SetContext(msg.Context())
+			if err := pub.Publish("notifications", out); err != nil {
+				return nil, err
+			}
+			if fail {
+				return nil, errors.New("fails after publishing")
+			}
+			return nil, nil
+		})
+		id := outbox.NewUUID()
+		_, err = h(message.NewMessage(id, nil))
+		require.Error(t, err)
+		require.EqualValues(t, 0, testdb.Count(t, f.db, gormstore.DefaultTable, ""), "rolled back with the handler")
+		fail = false
+		for range 3 {
+			_, err = h(message.NewMessage(id, nil))
+			require.NoError(t, err)
+		}
+		require.EqualValues(t, 1, testdb.Count(t, f.db, gormstore.DefaultTable, ""), "one message for one processed delivery")
+	})
+}
