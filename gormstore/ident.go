@@ -2,61 +2,22 @@ package gormstore
 
 import (
 	"fmt"
-	"regexp"
-	"strings"
+
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 )
 
 // maxTableNameLen keeps derived index names ("<table>_pending_idx") within
 // PostgreSQL's 63-byte identifier limit.
 const maxTableNameLen = 48
 
-// maxSchemaNameLen is PostgreSQL's identifier limit.
-const maxSchemaNameLen = 63
-
-var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// tableName is a validated, optionally schema-qualified table name.
-type tableName struct {
-	schema, name string
-}
-
-func parseTableName(s string) (tableName, error) {
-	parts := strings.Split(s, ".")
-	if len(parts) > 2 {
-		return tableName{}, fmt.Errorf("%w: table %q: use name or schema.name", ErrInvalidConfig, s)
-	}
-	for _, p := range parts {
-		if !identRe.MatchString(p) {
-			return tableName{}, fmt.Errorf("%w: table %q: %q is not a plain SQL identifier (letters, digits and _, not starting with a digit)", ErrInvalidConfig, s, p)
-		}
-	}
-	t := tableName{name: parts[len(parts)-1]}
-	if len(parts) == 2 {
-		t.schema = parts[0]
-	}
-	if len(t.name) > maxTableNameLen {
-		return tableName{}, fmt.Errorf("%w: table %q: name longer than %d characters", ErrInvalidConfig, s, maxTableNameLen)
-	}
-	if len(t.schema) > maxSchemaNameLen {
-		return tableName{}, fmt.Errorf("%w: table %q: schema longer than %d characters", ErrInvalidConfig, s, maxSchemaNameLen)
+// parseTableName validates a configured table name.
+func parseTableName(s string) (sqlschema.Table, error) {
+	t, err := sqlschema.ParseTable(s, maxTableNameLen)
+	if err != nil {
+		return sqlschema.Table{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	return t, nil
 }
 
-// quoted returns the table name quoted for SQL: "schema"."name".
-func (t tableName) quoted() string {
-	if t.schema == "" {
-		return quoteIdent(t.name)
-	}
-	return quoteIdent(t.schema) + "." + quoteIdent(t.name)
-}
-
-func (t tableName) String() string {
-	if t.schema == "" {
-		return t.name
-	}
-	return t.schema + "." + t.name
-}
-
-// quoteIdent quotes an identifier already validated by identRe.
-func quoteIdent(s string) string { return `"` + s + `"` }
+// quoteIdent quotes an identifier that is already valid.
+func quoteIdent(s string) string { return sqlschema.QuoteIdent(s) }

@@ -4,11 +4,9 @@ import (
 	"context"
 	"embed"
 	"fmt"
-	"io/fs"
 	"path"
-	"sort"
-	"strings"
 
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"gorm.io/gorm"
 )
 
@@ -37,78 +35,21 @@ func Migrate(ctx context.Context, db *gorm.DB) error {
 // to run from several processes at once: every statement is written to be
 // re-run, and on PostgreSQL the run holds an advisory lock.
 func (s *Store) Migrate(ctx context.Context) error {
-	stmts, err := s.migrationStatements()
-	if err != nil {
-		return err
+	if err := s.migration().Run(ctx, s.db); err != nil {
+		return fmt.Errorf("gormstore: migrate %s: %w", s.table, err)
 	}
-	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if s.dialect == postgres {
-			if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", int64(migrateLockKey)).Error; err != nil {
-				return fmt.Errorf("gormstore: migrate %s: lock: %w", s.table, err)
-			}
-		}
-		for _, st := range stmts {
-			if err := tx.Exec(st).Error; err != nil {
-				return fmt.Errorf("gormstore: migrate %s: %w\n%s", s.table, err, st)
-			}
-		}
-		return nil
-	})
+	return nil
 }
 
-// migrationStatements returns the up statements for the store's dialect in
-// order, with the default table name replaced by the configured one.
-func (s *Store) migrationStatements() ([]string, error) {
-	dir := path.Join("migrations", s.dialect.String())
-	entries, err := fs.ReadDir(Migrations, dir)
-	if err != nil {
-		return nil, fmt.Errorf("gormstore: read migrations: %w", err)
+func (s *Store) migration() sqlschema.Migration {
+	m := sqlschema.Migration{
+		FS:           Migrations,
+		Dir:          path.Join("migrations", s.dialect.String()),
+		DefaultTable: DefaultTable,
+		Table:        s.table,
 	}
-	var names []string
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".up.sql") {
-			names = append(names, e.Name())
-		}
+	if s.dialect == postgres {
+		m.LockKey = migrateLockKey
 	}
-	sort.Strings(names)
-	replacer := strings.NewReplacer(
-		`"`+DefaultTable+`_`, `"`+s.table.name+`_`, // index names: unqualified
-		`"`+DefaultTable+`"`, s.quoted, // table references
-	)
-	var stmts []string
-	if s.table.schema != "" {
-		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+quoteIdent(s.table.schema))
-	}
-	for _, n := range names {
-		b, err := fs.ReadFile(Migrations, path.Join(dir, n))
-		if err != nil {
-			return nil, fmt.Errorf("gormstore: read migration %s: %w", n, err)
-		}
-		stmts = append(stmts, splitSQL(replacer.Replace(string(b)))...)
-	}
-	return stmts, nil
-}
-
-// splitSQL splits a migration file into statements. Migration files keep
-// comments on their own lines and end each statement with ";" at the end of
-// a line.
-func splitSQL(src string) []string {
-	var out []string
-	var cur strings.Builder
-	for _, line := range strings.Split(src, "\n") {
-		trimmed := strings.TrimSpace(line)
-		if trimmed == "" || strings.HasPrefix(trimmed, "--") {
-			continue
-		}
-		cur.WriteString(line)
-		cur.WriteByte('\n')
-		if strings.HasSuffix(trimmed, ";") {
-			out = append(out, strings.TrimSpace(cur.String()))
-			cur.Reset()
-		}
-	}
-	if s := strings.TrimSpace(cur.String()); s != "" {
-		out = append(out, s)
-	}
-	return out
+	return m
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"strconv"
 	"strings"
 	"time"
@@ -73,7 +74,7 @@ type Store struct {
 	db      *gorm.DB
 	cfg     Config
 	dialect dialect
-	table   tableName
+	table   sqlschema.Table
 	quoted  string
 	relay   relaySQL
 	// sqliteClaim serialises SQLite claims: one claim at a time per store.
@@ -98,13 +99,13 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 		d = postgres
 	case "sqlite":
 		d = sqlite
-		if t.schema != "" {
+		if t.Schema != "" {
 			return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
 		}
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
 	}
-	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.quoted(), sqliteClaim: make(chan struct{}, 1)}
+	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), sqliteClaim: make(chan struct{}, 1)}
 	s.relay = newRelaySQL(s)
 	return s, nil
 }

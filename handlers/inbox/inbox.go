@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -81,7 +82,7 @@ type Inbox struct {
 	db      *gorm.DB
 	cfg     Config
 	dialect dialect
-	table   tableName
+	table   sqlschema.Table
 	quoted  string
 }
 
@@ -101,7 +102,7 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 		d = postgres
 	case "sqlite":
 		d = sqlite
-		if t.schema != "" {
+		if t.Schema != "" {
 			return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
 		}
 	default:
@@ -113,7 +114,7 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Inbox{db: db, cfg: cfg, dialect: d, table: t, quoted: t.quoted()}, nil
+	return &Inbox{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted()}, nil
 }
 
 // Table returns the inbox table name as configured.

@@ -1,0 +1,171 @@
+// Package sqlschema holds what the project's tables share: validated,
+// always-quoted table names, and migrations shipped as plain SQL files in
+// golang-migrate layout and run by Migrate functions with a configured table
+// name.
+package sqlschema
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+
+	"gorm.io/gorm"
+)
+
+// MaxIdentLen is PostgreSQL's identifier length limit.
+const MaxIdentLen = 63
+
+var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ErrBadTableName is wrapped by every ParseTable error.
+var ErrBadTableName = errors.New("bad table name")
+
+// Table is a validated, optionally schema-qualified table name.
+type Table struct {
+	// Schema is empty for an unqualified name.
+	Schema string
+	// Name is the table's own name.
+	Name string
+}
+
+// ParseTable validates s as "name" or "schema.name", each part a plain SQL
+// identifier (letters, digits and _, not starting with a digit), the name
+// at most maxNameLen bytes long (callers keep room for derived index names).
+func ParseTable(s string, maxNameLen int) (Table, error) {
+	parts := strings.Split(s, ".")
+	if len(parts) > 2 {
+		return Table{}, fmt.Errorf("%w: table %q: use name or schema.name", ErrBadTableName, s)
+	}
+	for _, p := range parts {
+		if !identRe.MatchString(p) {
+			return Table{}, fmt.Errorf("%w: table %q: %q is not a plain SQL identifier (letters, digits and _, not starting with a digit)", ErrBadTableName, s, p)
+		}
+	}
+	t := Table{Name: parts[len(parts)-1]}
+	if len(parts) == 2 {
+		t.Schema = parts[0]
+	}
+	if len(t.Name) > maxNameLen {
+		return Table{}, fmt.Errorf("%w: table %q: name longer than %d characters", ErrBadTableName, s, maxNameLen)
+	}
+	if len(t.Schema) > MaxIdentLen {
+		return Table{}, fmt.Errorf("%w: table %q: schema longer than %d characters", ErrBadTableName, s, MaxIdentLen)
+	}
+	return t, nil
+}
+
+// Quoted returns the name quoted for SQL: "schema"."name".
+func (t Table) Quoted() string {
+	if t.Schema == "" {
+		return QuoteIdent(t.Name)
+	}
+	return QuoteIdent(t.Schema) + "." + QuoteIdent(t.Name)
+}
+
+// String returns the name as configured: schema.name or name.
+func (t Table) String() string {
+	if t.Schema == "" {
+		return t.Name
+	}
+	return t.Schema + "." + t.Name
+}
+
+// QuoteIdent quotes an identifier that is already valid.
+func QuoteIdent(s string) string { return `"` + s + `"` }
+
+// Migration describes the migration files of one table for one dialect.
+type Migration struct {
+	// FS holds the files; Dir is their folder in it ("migrations/postgres").
+	FS  fs.FS
+	Dir string
+	// DefaultTable is the table name the files use; references to it
+	// ("<default>" and index names "<default>_...") are replaced with Table.
+	DefaultTable string
+	// Table is the configured table.
+	Table Table
+	// LockKey, when not 0, is a PostgreSQL advisory lock held while the
+	// migration runs, so several instances may migrate at once.
+	LockKey int64
+}
+
+// Statements returns the up statements in file order, with the table name
+// replaced, preceded by CREATE SCHEMA for a schema-qualified table.
+func (m Migration) Statements() ([]string, error) {
+	entries, err := fs.ReadDir(m.FS, m.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("read migrations: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".up.sql") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	replacer := strings.NewReplacer(
+		`"`+m.DefaultTable+`_`, `"`+m.Table.Name+`_`, // index names: unqualified
+		`"`+m.DefaultTable+`"`, m.Table.Quoted(), // table references
+	)
+	var stmts []string
+	if m.Table.Schema != "" {
+		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+QuoteIdent(m.Table.Schema))
+	}
+	for _, n := range names {
+		b, err := fs.ReadFile(m.FS, path.Join(m.Dir, n))
+		if err != nil {
+			return nil, fmt.Errorf("read migration %s: %w", n, err)
+		}
+		stmts = append(stmts, Split(replacer.Replace(string(b)))...)
+	}
+	return stmts, nil
+}
+
+// Run runs the statements in one transaction on db, holding LockKey.
+func (m Migration) Run(ctx context.Context, db *gorm.DB) error {
+	stmts, err := m.Statements()
+	if err != nil {
+		return err
+	}
+	return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if m.LockKey != 0 {
+			if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", m.LockKey).Error; err != nil {
+				return fmt.Errorf("lock: %w", err)
+			}
+		}
+		for _, st := range stmts {
+			if err := tx.Exec(st).Error; err != nil {
+				return fmt.Errorf("%w\n%s", err, st)
+			}
+		}
+		return nil
+	})
+}
+
+// Split splits a migration file into statements. Migration files keep
+// comments on their own lines and end each statement with ";" at the end of
+// a line.
+func Split(src string) []string {
+	var out []string
+	var cur strings.Builder
+	for _, line := range strings.Split(src, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "--") {
+			continue
+		}
+		cur.WriteString(line)
+		cur.WriteByte('\n')
+		if strings.HasSuffix(trimmed, ";") {
+			out = append(out, strings.TrimSpace(cur.String()))
+			cur.Reset()
+		}
+	}
+	if s := strings.TrimSpace(cur.String()); s != "" {
+		out = append(out, s)
+	}
+	return out
+}
