@@ -54,19 +54,12 @@ func (c Config) Validate() error {
 	return err
 }
 
-type dialect int
+type dialect = sqlschema.Dialect
 
 const (
-	postgres dialect = iota + 1
-	sqlite
+	postgres = sqlschema.Postgres
+	sqlite   = sqlschema.SQLite
 )
-
-func (d dialect) String() string {
-	if d == postgres {
-		return "postgres"
-	}
-	return "sqlite"
-}
 
 // Store is the native outbox table. It implements outbox.Store and is safe
 // for concurrent use.
@@ -93,17 +86,12 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	t, _ := parseTableName(cmp.Or(cfg.Table, DefaultTable))
-	var d dialect
-	switch db.Dialector.Name() {
-	case "postgres":
-		d = postgres
-	case "sqlite":
-		d = sqlite
-		if t.Schema != "" {
-			return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
-		}
-	default:
+	d, ok := sqlschema.DialectOf(db)
+	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
+	}
+	if d == sqlite && t.Schema != "" {
+		return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
 	}
 	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), sqliteClaim: make(chan struct{}, 1)}
 	s.relay = newRelaySQL(s)

@@ -62,19 +62,12 @@ func (c Config) Validate() error {
 	return err
 }
 
-type dialect int
+type dialect = sqlschema.Dialect
 
 const (
-	postgres dialect = iota + 1
-	sqlite
+	postgres = sqlschema.Postgres
+	sqlite   = sqlschema.SQLite
 )
-
-func (d dialect) String() string {
-	if d == postgres {
-		return "postgres"
-	}
-	return "sqlite"
-}
 
 // Inbox is the consumer-side inbox table: one row per (consumer, message
 // UUID) processed. It is safe for concurrent use.
@@ -96,17 +89,12 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 		return nil, err
 	}
 	t, _ := parseTableName(cmp.Or(cfg.Table, DefaultTable))
-	var d dialect
-	switch db.Dialector.Name() {
-	case "postgres":
-		d = postgres
-	case "sqlite":
-		d = sqlite
-		if t.Schema != "" {
-			return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
-		}
-	default:
+	d, ok := sqlschema.DialectOf(db)
+	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
+	}
+	if d == sqlite && t.Schema != "" {
+		return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = watermill.NopLogger{}

@@ -169,3 +169,35 @@ func Split(src string) []string {
 	}
 	return out
 }
+
+// Dialect is a database the project's tables support.
+type Dialect int
+
+// The supported dialects.
+const (
+	Postgres Dialect = iota + 1
+	SQLite
+)
+
+// String returns the dialect's name, also the folder of its migrations.
+func (d Dialect) String() string {
+	switch d {
+	case Postgres:
+		return "postgres"
+	case SQLite:
+		return "sqlite"
+	}
+	return "unknown"
+}
+
+// DialectOf returns the dialect of an opened *gorm.DB, and false for a
+// database the project does not support.
+func DialectOf(db *gorm.DB) (Dialect, bool) {
+	switch db.Dialector.Name() {
+	case "postgres":
+		return Postgres, true
+	case "sqlite":
+		return SQLite, true
+	}
+	return 0, false
+}
