@@ -96,29 +96,26 @@ func (c *Collector) Merge(child *Collector) error {
 	return nil
 }
 
-func (c *Collector) add(cmd Command, events []any) error {
+// add appends entries, unless the collector is closed or read-only or
+// invalid reports a problem; a problem is kept as the collector's error so
+// the command fails even if the caller ignores it.
+func (c *Collector) add(cmd Command, entries []Entry, invalid func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return ErrCollectorClosed
 	}
-	fail := func(err error) error {
+	err := invalid()
+	if c.readOnly {
+		err = fmt.Errorf("%w (command %s)", ErrReadOnly, cmd.Name)
+	}
+	if err != nil {
 		if c.err == nil {
 			c.err = err
 		}
 		return err
 	}
-	if c.readOnly {
-		return fail(fmt.Errorf("%w (command %s)", ErrReadOnly, cmd.Name))
-	}
-	for i, ev := range events {
-		if isNil(ev) {
-			return fail(fmt.Errorf("%w: event %d of %d emitted by command %s", ErrNilEvent, i+1, len(events), cmd.Name))
-		}
-	}
-	for _, ev := range events {
-		c.entries = append(c.entries, Entry{Event: ev, Command: cmd})
-	}
+	c.entries = append(c.entries, entries...)
 	return nil
 }
 
@@ -175,7 +172,18 @@ func Emit(ctx context.Context, events ...any) error {
 	if !ok {
 		return ErrNoTransaction
 	}
-	return c.add(cmd, events)
+	entries := make([]Entry, len(events))
+	for i, ev := range events {
+		entries[i] = Entry{Event: ev, Command: cmd}
+	}
+	return c.add(cmd, entries, func() error {
+		for i, ev := range events {
+			if isNil(ev) {
+				return fmt.Errorf("%w: event %d of %d emitted by command %s", ErrNilEvent, i+1, len(events), cmd.Name)
+			}
+		}
+		return nil
+	})
 }
 
 // EmitMessage records already marshaled messages for topic, to be saved to
@@ -190,36 +198,21 @@ func EmitMessage(ctx context.Context, topic string, msgs ...*message.Message) er
 	if !ok {
 		return ErrNoTransaction
 	}
-	return c.addMessages(cmd, topic, msgs)
-}
-
-func (c *Collector) addMessages(cmd Command, topic string, msgs []*message.Message) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return ErrCollectorClosed
-	}
-	fail := func(err error) error {
-		if c.err == nil {
-			c.err = err
-		}
-		return err
-	}
-	if c.readOnly {
-		return fail(fmt.Errorf("%w (command %s)", ErrReadOnly, cmd.Name))
-	}
-	if topic == "" {
-		return fail(fmt.Errorf("%w for message emitted by command %s", ErrEmptyTopic, cmd.Name))
-	}
+	entries := make([]Entry, len(msgs))
 	for i, m := range msgs {
-		if m == nil {
-			return fail(fmt.Errorf("%w: message %d of %d emitted by command %s", ErrNilEvent, i+1, len(msgs), cmd.Name))
+		entries[i] = Entry{Message: m, Topic: topic, Command: cmd}
+	}
+	return c.add(cmd, entries, func() error {
+		if topic == "" {
+			return fmt.Errorf("%w for message emitted by command %s", ErrEmptyTopic, cmd.Name)
 		}
-	}
-	for _, m := range msgs {
-		c.entries = append(c.entries, Entry{Message: m, Topic: topic, Command: cmd})
-	}
-	return nil
+		for i, m := range msgs {
+			if m == nil {
+				return fmt.Errorf("%w: message %d of %d emitted by command %s", ErrNilEvent, i+1, len(msgs), cmd.Name)
+			}
+		}
+		return nil
+	})
 }
 
 func isNil(v any) bool {
