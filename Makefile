@@ -2,6 +2,9 @@
 #
 #   make test        ensure PostgreSQL and RabbitMQ are up, then run every test
 #                    with -race, then the chaos tests (test-chaos)
+#   make test-full   like test, plus the long variants: Watermill's Pub/Sub
+#                    stress suite on the outbox table (TXOUTBOX_TEST_FULL=1,
+#                    about two more minutes)
 #   make test-chaos  only the chaos tests (internal/chaos, build tag chaos):
 #                    they restart PostgreSQL and stop RabbitMQ, so they run
 #                    after the other tests and alone
@@ -30,7 +33,7 @@ SHELL       := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := test
 
-.PHONY: test test-chaos bench cover lint tidy-check services services-chaos
+.PHONY: test test-full test-chaos bench cover lint tidy-check services services-chaos
 
 services:
 	scripts/ensure-services.sh postgres
@@ -40,6 +43,13 @@ services-chaos:
 
 test: services-chaos
 	$(GO) test -race -count=1 $(TEST_FLAGS) $(PKGS)
+	$(MAKE) --no-print-directory test-chaos
+
+# test already runs Watermill's universal Pub/Sub suite on the outbox table at
+# full size (gormstore TestPubSub, about 15s; TEST_FLAGS=-short shortens it).
+# test-full adds TestPubSubStress: that suite ten times at once.
+test-full: services-chaos
+	TXOUTBOX_TEST_FULL=1 $(GO) test -race -count=1 $(TEST_FLAGS) $(PKGS)
 	$(MAKE) --no-print-directory test-chaos
 
 # One package, one test at a time. The second run is TestBrokerOutageWatermillAMQP,
