@@ -1,0 +1,14 @@
+// Package app wires the example service together:
+//
+//	HTTP API ──Dispatch──▶ bus: Recover → Transactional → orders handlers
+//	                         │  orders row + outbox rows, one transaction
+//	                         ▼  AfterCommit: Forwarder.Wake()
+//	outbox table ──Forwarder──▶ Watermill Publisher ──▶ broker
+//	broker ──▶ Watermill Subscriber ──▶ Router ──▶ Retry → inbox → projection
+//	                                                  │  inbox row + read model, one transaction
+//	                                                  ▼
+//	GET /orders/{id} ◀── order_views
+//
+// Everything runs in one process; only the broker (package broker) and the
+// database (package database) change with the configuration.
+package app

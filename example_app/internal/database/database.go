@@ -1,0 +1,181 @@
+package database
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/glebarez/sqlite"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+)
+
+// Dialect names a database.
+type Dialect string
+
+// The databases the example app runs on.
+const (
+	// SQLite is a file under the data directory (pure Go, no cgo): the
+	// default.
+	SQLite Dialect = "sqlite"
+	// Postgres is PostgreSQL at a postgres:// URL.
+	Postgres Dialect = "postgres"
+)
+
+// DefaultFile is the SQLite file name under the data directory.
+const DefaultFile = "orders.db"
+
+// ErrInvalidURL wraps every problem ParseURL finds.
+var ErrInvalidURL = errors.New("invalid database URL")
+
+// Config says which database to open. Get one from ParseURL.
+type Config struct {
+	// Dialect is the database.
+	Dialect Dialect
+	// URL is the PostgreSQL URL (Postgres only).
+	URL string
+	// Path is the SQLite file (SQLite only).
+	Path string
+}
+
+// String describes the database without credentials, for log lines.
+func (c Config) String() string {
+	if c.Dialect == SQLite {
+		return "sqlite file " + c.Path
+	}
+	if u, err := url.Parse(c.URL); err == nil {
+		u.RawQuery = ""
+		return "postgres " + u.Redacted()
+	}
+	return "postgres"
+}
+
+// ParseURL turns a DATABASE_URL into a Config. The empty string selects the
+// SQLite file DefaultFile under dataDir; sqlite:///path/to/file.db (or
+// sqlite://relative.db) a SQLite file of your choice; postgres:// and
+// postgresql:// URLs PostgreSQL. The error wraps ErrInvalidURL.
+func ParseURL(raw, dataDir string) (Config, error) {
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		if dataDir == "" {
+			return Config{}, fmt.Errorf("%w: no DATABASE_URL and no data directory", ErrInvalidURL)
+		}
+		return Config{Dialect: SQLite, Path: filepath.Join(dataDir, DefaultFile)}, nil
+	}
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return Config{}, fmt.Errorf("%w: %q has no scheme (use postgres://user@host:5432/db or sqlite:///path/file.db, or leave it empty for SQLite under the data directory)", ErrInvalidURL, redact(raw))
+	}
+	switch strings.ToLower(scheme) {
+	case "postgres", "postgresql":
+		u, err := url.Parse(raw)
+		if err != nil {
+			var uerr *url.Error
+			if errors.As(err, &uerr) {
+				err = uerr.Err
+			}
+			return Config{}, fmt.Errorf("%w %q: %v", ErrInvalidURL, redact(raw), err)
+		}
+		if u.Host == "" && u.Query().Get("host") == "" {
+			return Config{}, fmt.Errorf("%w %q: no host (use postgres://user@host:5432/db)", ErrInvalidURL, redact(raw))
+		}
+		return Config{Dialect: Postgres, URL: raw}, nil
+	case "sqlite":
+		if rest == "" {
+			return Config{}, fmt.Errorf("%w %q: no file (use sqlite:///path/file.db)", ErrInvalidURL, raw)
+		}
+		if strings.ContainsAny(rest, "?#") {
+			return Config{}, fmt.Errorf("%w %q: sqlite:// takes a file path only", ErrInvalidURL, raw)
+		}
+		return Config{Dialect: SQLite, Path: filepath.Clean(rest)}, nil
+	}
+	return Config{}, fmt.Errorf("%w %q: unsupported scheme %q (use postgres:// or sqlite://)", ErrInvalidURL, redact(raw), scheme)
+}
+
+// Open opens the database and checks that it answers within timeout. A
+// SQLite file's directory is created when missing. The pool is sized for
+// the app: SQLite serializes writers anyway (WAL mode, a 10 s busy
+// timeout, write transactions that take the write lock at BEGIN).
+func Open(ctx context.Context, cfg Config, timeout time.Duration) (*gorm.DB, error) {
+	gcfg := &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true}
+	var (
+		db  *gorm.DB
+		err error
+	)
+	switch cfg.Dialect {
+	case SQLite:
+		if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o755); err != nil {
+			return nil, fmt.Errorf("create the data directory: %w", err)
+		}
+		db, err = gorm.Open(sqlite.Open(SQLiteDSN(cfg.Path)), gcfg)
+	case Postgres:
+		db, err = gorm.Open(postgres.Open(withConnectTimeout(cfg.URL, timeout)), gcfg)
+	default:
+		return nil, fmt.Errorf("%w: unknown dialect %q", ErrInvalidURL, cfg.Dialect)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", cfg, err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Dialect == SQLite {
+		sqlDB.SetMaxOpenConns(8)
+	} else {
+		sqlDB.SetMaxOpenConns(32)
+	}
+	sqlDB.SetMaxIdleConns(8)
+	pingCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := sqlDB.PingContext(pingCtx); err != nil {
+		_ = sqlDB.Close()
+		return nil, fmt.Errorf("%s does not answer: %w", cfg, err)
+	}
+	return db, nil
+}
+
+// Close closes db's pool.
+func Close(db *gorm.DB) error {
+	sqlDB, err := db.DB()
+	if err != nil {
+		return err
+	}
+	return sqlDB.Close()
+}
+
+// SQLiteDSN returns the DSN of a SQLite file: WAL mode, a busy timeout,
+// synchronous=NORMAL (durable at checkpoints, safe against corruption) and
+// BEGIN IMMEDIATE for write transactions, so two writers never deadlock on
+// a lock upgrade.
+func SQLiteDSN(path string) string {
+	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+}
+
+// withConnectTimeout adds connect_timeout to a PostgreSQL URL that has none,
+// so an unreachable server fails fast instead of hanging.
+func withConnectTimeout(raw string, timeout time.Duration) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	q := u.Query()
+	if q.Get("connect_timeout") == "" {
+		q.Set("connect_timeout", fmt.Sprint(max(1, int(timeout.Seconds()))))
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+func redact(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	return raw
+}

@@ -1,0 +1,5 @@
+// Package database opens the example app's database from a DATABASE_URL:
+// a SQLite file under the data directory by default, or PostgreSQL. Both
+// the business tables and the outbox live in it, which is what makes the
+// outbox transactional.
+package database

@@ -1,0 +1,213 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/txoutbox/txoutbox/bus"
+	"github.com/txoutbox/txoutbox/example_app/internal/orders"
+	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
+)
+
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
+
+// Config configures the API handler.
+type Config struct {
+	// Bus dispatches the commands. Required.
+	Bus *bus.Bus
+	// DB is the database the read model is read from. Required.
+	DB *gorm.DB
+	// Stats reports the outbox for GET /healthz. Optional.
+	Stats func(ctx context.Context) (outbox.Stats, error)
+	// Logger receives the errors answered with 500. Optional; default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// New returns the HTTP handler of the orders API.
+func New(cfg Config) (http.Handler, error) {
+	if cfg.Bus == nil || cfg.DB == nil {
+		return nil, errors.New("httpapi: Config.Bus and Config.DB are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	a := &api{cfg: cfg}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /orders", a.place)
+	mux.HandleFunc("POST /orders/{id}/pay", a.pay)
+	mux.HandleFunc("POST /orders/{id}/cancel", a.cancel)
+	mux.HandleFunc("GET /orders/{id}", a.get)
+	mux.HandleFunc("GET /healthz", a.health)
+	return mux, nil
+}
+
+type api struct{ cfg Config }
+
+// PlaceRequest is the body of POST /orders.
+type PlaceRequest struct {
+	// ID is the new order's ID. Optional: a UUIDv7 is generated when it is
+	// empty. Sending the same ID again fails with 409, so a client that
+	// retries a request cannot place an order twice.
+	ID string `json:"id,omitempty"`
+	// Customer places the order. Required.
+	Customer string `json:"customer"`
+	// AmountCents is the total in cents. Required, positive.
+	AmountCents int64 `json:"amount_cents"`
+}
+
+// CancelRequest is the optional body of POST /orders/{id}/cancel.
+type CancelRequest struct {
+	// Reason says why the order is cancelled. Optional.
+	Reason string `json:"reason,omitempty"`
+}
+
+// CommandResponse answers an accepted command: the write model's state
+// after it. The read model (GET /orders/{id}) follows once the events are
+// projected.
+type CommandResponse struct {
+	// ID is the order's ID.
+	ID string `json:"id"`
+	// Status is the order's status after the command.
+	Status orders.Status `json:"status"`
+}
+
+// ErrorResponse is the body of every error answer.
+type ErrorResponse struct {
+	// Error says what went wrong.
+	Error string `json:"error"`
+}
+
+func (a *api) place(w http.ResponseWriter, r *http.Request) {
+	var req PlaceRequest
+	if !decode(w, r, &req, false) {
+		return
+	}
+	id := req.ID
+	if id == "" {
+		id = outbox.NewUUID()
+	}
+	err := a.cfg.Bus.Dispatch(r.Context(), orders.PlaceOrder{OrderID: id, Customer: req.Customer, AmountCents: req.AmountCents})
+	if a.fail(w, r, err) {
+		return
+	}
+	w.Header().Set("Location", "/orders/"+id)
+	writeJSON(w, http.StatusCreated, CommandResponse{ID: id, Status: orders.StatusPlaced})
+}
+
+func (a *api) pay(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if a.fail(w, r, a.cfg.Bus.Dispatch(r.Context(), orders.PayOrder{OrderID: id})) {
+		return
+	}
+	writeJSON(w, http.StatusOK, CommandResponse{ID: id, Status: orders.StatusPaid})
+}
+
+func (a *api) cancel(w http.ResponseWriter, r *http.Request) {
+	var req CancelRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	id := r.PathValue("id")
+	if a.fail(w, r, a.cfg.Bus.Dispatch(r.Context(), orders.CancelOrder{OrderID: id, Reason: req.Reason})) {
+		return
+	}
+	writeJSON(w, http.StatusOK, CommandResponse{ID: id, Status: orders.StatusCancelled})
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) {
+	v, err := readmodel.Get(r.Context(), a.cfg.DB, r.PathValue("id"))
+	if a.fail(w, r, err) {
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// HealthResponse is the body of GET /healthz.
+type HealthResponse struct {
+	// Status is "ok".
+	Status string `json:"status"`
+	// OutboxPending counts events not yet published.
+	OutboxPending int64 `json:"outbox_pending"`
+	// OutboxFailed counts events parked after too many failed publishes.
+	OutboxFailed int64 `json:"outbox_failed"`
+	// OldestPendingSeconds is the age of the oldest unpublished event.
+	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
+}
+
+func (a *api) health(w http.ResponseWriter, r *http.Request) {
+	resp := HealthResponse{Status: "ok"}
+	if a.cfg.Stats != nil {
+		st, err := a.cfg.Stats(r.Context())
+		if a.fail(w, r, err) {
+			return
+		}
+		resp.OutboxPending, resp.OutboxFailed = st.Pending, st.Failed
+		resp.OldestPendingSeconds = st.OldestPendingAge.Seconds()
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// fail answers err, if any, and reports whether it did: 400 for invalid
+// input, 404 for an unknown order, 409 for a business-rule violation, 503
+// when the request was cancelled, 500 otherwise (logged, not shown).
+func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) bool {
+	if err == nil {
+		return false
+	}
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, orders.ErrInvalid):
+		status = http.StatusBadRequest
+	case errors.Is(err, orders.ErrNotFound), errors.Is(err, readmodel.ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, orders.ErrConflict):
+		status = http.StatusConflict
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		status = http.StatusServiceUnavailable
+	}
+	msg := err.Error()
+	if status == http.StatusInternalServerError {
+		a.cfg.Logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+		msg = "internal error"
+	}
+	writeJSON(w, status, ErrorResponse{Error: msg})
+	return true
+}
+
+// decode reads a JSON body into v; an empty body is accepted when
+// optional. It answers 400 itself and returns false on a bad body.
+func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) && optional {
+		return true
+	}
+	if err == nil && dec.More() {
+		err = errors.New("more than one JSON value")
+	}
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = errors.New("empty body")
+		}
+		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: fmt.Sprintf("bad request body: %s", strings.TrimPrefix(err.Error(), "json: "))})
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
