@@ -28,4 +28,21 @@
 //
 // The table name is validated as a plain SQL identifier and always quoted;
 // every value is a bound parameter.
+//
+// # The table as a Watermill Pub/Sub
+//
+// [Publisher] (a message.Publisher) writes messages into the table, inside
+// the command's outbox when called from a transactional handler, and
+// [Subscriber] (a message.Subscriber) reads them back with Ack and Nack, so
+// a Watermill Router, its middlewares or the stock forwarder can consume
+// the table. They pass Watermill's universal Pub/Sub test suite; the
+// Features they declare are explained in docs/watermill.md.
+//
+// # The watermill-sql/v3 backend
+//
+// [WatermillSQLStore] is a second outbox.Store, for teams that already run
+// Watermill's stock components/forwarder: it writes each event as a
+// forwarder envelope into a watermill-sql/v3 table, in the command's
+// transaction ([SQLTx] unwraps the *sql.Tx behind a GORM transaction).
+// docs/watermill.md compares it with the native table.
 package gormstore

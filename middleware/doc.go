@@ -38,4 +38,14 @@
 // TransactionalConfig.MaxRetries times. Events emitted by failed attempts are
 // discarded. Handlers must therefore have no side effects outside the
 // transaction (emit events instead).
+//
+// # Other buses
+//
+// Every adapter runs handlers through [Transactional.Run], with the rules
+// above: [Transactional.Middleware] for this module's bus,
+// [Transactional.CommandProcessorOnHandle] (and the event processor
+// variants) for Watermill CQRS, [Transactional.HandlerMiddleware] for
+// Watermill Router handlers, [Wrap] and [WrapResult] for other mediators
+// and plain functions, and [Transactional.HTTP] for net/http. See
+// docs/watermill.md.
 package middleware
