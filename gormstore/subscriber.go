@@ -111,11 +111,14 @@ func (c *SubscriberConfig) setDefaults() {
 // message is acked once, then gone. There are no consumer groups, and a
 // new subscriber does not receive messages already acked.
 //
-// Order: messages of one partition key (outbox.MetadataPartitionKey) are
-// delivered in publish order, one at a time, also with many subscribers
-// (PostgreSQL advisory locks, as for the forwarder). Messages without a
-// key are delivered in publish order to a single subscriber of the topic;
-// several subscribers share them out of order.
+// Order: the messages of a topic with one partition key
+// (outbox.MetadataPartitionKey) are delivered in publish order, one at a
+// time, also with many subscribers (PostgreSQL advisory locks, as for the
+// forwarder). The lock and the parking of a failed row are per key and
+// table, not per topic: while a batch holds a key, or a row of the key is
+// parked, the key's messages on the table's other topics wait too.
+// Messages without a key are delivered in publish order to a single
+// subscriber of the topic; several subscribers share them out of order.
 //
 // Delivery is at least once: a crash, a Close or a failed write between
 // Ack and the end of the batch delivers the message again.
