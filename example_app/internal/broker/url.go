@@ -30,7 +30,7 @@ const (
 )
 
 // Schemes lists the URL schemes ParseURL accepts, for help texts.
-const Schemes = "amqp://, amqps://, nats://, redis://, rediss://, kafka:// or gochannel:// (empty: gochannel)"
+const Schemes = "amqp://, amqps://, nats://, redis://, rediss://, kafka://, gochannel://, or no URL for gochannel"
 
 // ErrInvalidURL wraps every problem ParseURL finds.
 var ErrInvalidURL = errors.New("invalid broker URL")
@@ -93,12 +93,13 @@ func ParseURL(raw string) (Config, error) {
 }
 
 func parseAMQP(raw string) (Config, error) {
-	u, err := parseHostURL(raw, 5672)
+	port := 5672
+	if strings.HasPrefix(strings.ToLower(raw), "amqps:") {
+		port = 5671
+	}
+	u, err := parseHostURL(raw, port)
 	if err != nil {
 		return Config{}, err
-	}
-	if strings.EqualFold(u.Scheme, "amqps") && u.Port() == "" {
-		u.Host = net.JoinHostPort(u.Hostname(), "5671")
 	}
 	// The AMQP client's own parser decides the rest (vhost, credentials).
 	if _, err := amqp091.ParseURI(raw); err != nil {
@@ -207,7 +208,10 @@ func hostPort(hp string, defaultPort int) (string, error) {
 // parse is shown up to its host part at most.
 func redact(raw string) string {
 	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
+		if _, ok := u.User.Password(); ok {
+			return u.Redacted()
+		}
+		return raw
 	}
 	if i := strings.LastIndex(raw, "@"); i >= 0 {
 		if j := strings.Index(raw, "://"); j >= 0 && j < i {

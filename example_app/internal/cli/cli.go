@@ -156,10 +156,10 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (setting
 
 	var err error
 	if s.broker, err = broker.ParseURL(s.brokerURL); err != nil {
-		return s, usagef("BROKER_URL: %v", err)
+		return s, usageError{err}
 	}
 	if s.db, err = database.ParseURL(s.dbURL, s.dataDir); err != nil {
-		return s, usagef("DATABASE_URL: %v", err)
+		return s, usageError{err}
 	}
 	s.topicSet = s.topic != ""
 	if s.topicSet {

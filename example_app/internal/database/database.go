@@ -31,8 +31,13 @@ const (
 // DefaultFile is the SQLite file name under the data directory.
 const DefaultFile = "orders.db"
 
-// ErrInvalidURL wraps every problem ParseURL finds.
-var ErrInvalidURL = errors.New("invalid database URL")
+// Errors of this package; compare with errors.Is.
+var (
+	// ErrInvalidURL wraps every problem ParseURL finds.
+	ErrInvalidURL = errors.New("invalid database URL")
+	// ErrUnreachable is returned by Open when the database does not answer.
+	ErrUnreachable = errors.New("database unreachable")
+)
 
 // Config says which database to open. Get one from ParseURL.
 type Config struct {
@@ -120,7 +125,7 @@ func Open(ctx context.Context, cfg Config, timeout time.Duration) (*gorm.DB, err
 		return nil, fmt.Errorf("%w: unknown dialect %q", ErrInvalidURL, cfg.Dialect)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", cfg, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, cfg, err)
 	}
 	sqlDB, err := db.DB()
 	if err != nil {
@@ -136,7 +141,7 @@ func Open(ctx context.Context, cfg Config, timeout time.Duration) (*gorm.DB, err
 	defer cancel()
 	if err := sqlDB.PingContext(pingCtx); err != nil {
 		_ = sqlDB.Close()
-		return nil, fmt.Errorf("%s does not answer: %w", cfg, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, cfg, err)
 	}
 	return db, nil
 }
@@ -175,7 +180,16 @@ func withConnectTimeout(raw string, timeout time.Duration) string {
 
 func redact(raw string) string {
 	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
+		if _, ok := u.User.Password(); ok {
+			return u.Redacted()
+		}
+		return raw
+	}
+	// Unparsable: hide everything between the scheme and the last '@'.
+	if i := strings.LastIndex(raw, "@"); i >= 0 {
+		if j := strings.Index(raw, "://"); j >= 0 && j < i {
+			return raw[:j+3] + "xxxxx" + raw[i:]
+		}
 	}
 	return raw
 }

@@ -1,0 +1,171 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/example_app/internal/app"
+	"github.com/txoutbox/txoutbox/example_app/internal/broker"
+	"github.com/txoutbox/txoutbox/example_app/internal/httpapi"
+	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"gorm.io/gorm"
+)
+
+// serve runs the whole app (GoChannel broker) on db and returns its URL.
+func serve(t *testing.T, db *gorm.DB) string {
+	t.Helper()
+	b, err := broker.Open(t.Context(), broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := app.New(t.Context(), app.Config{DB: db, Broker: b, Logger: log})
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	return "http://" + ln.Addr().String()
+}
+
+type answer struct {
+	status int
+	body   map[string]any
+	header http.Header
+}
+
+func call(t *testing.T, method, url, body string) answer {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(t.Context(), method, url, rd)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	a := answer{status: resp.StatusCode, header: resp.Header}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		require.NoError(t, json.Unmarshal(raw, &a.body), "%s", raw)
+	}
+	return a
+}
+
+// eventually waits for GET url to answer 200 with the wanted status.
+func eventually(t *testing.T, url, status string) map[string]any {
+	t.Helper()
+	var last answer
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		last = call(t, "GET", url, "")
+		if last.status == http.StatusOK && last.body["status"] == status {
+			return last.body
+		}
+	}
+	t.Fatalf("GET %s: still %d %v, want status %s", url, last.status, last.body, status)
+	return nil
+}
+
+func TestAPI(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		base := serve(t, db)
+
+		// Place, with a chosen ID and with a generated one.
+		a := call(t, "POST", base+"/orders", `{"id":"o-1","customer":"ada","amount_cents":1250}`)
+		require.Equal(t, http.StatusCreated, a.status, a.body)
+		require.Equal(t, map[string]any{"id": "o-1", "status": "placed"}, a.body)
+		require.Equal(t, "/orders/o-1", a.header.Get("Location"))
+		a = call(t, "POST", base+"/orders", `{"customer":"bob","amount_cents":99}`)
+		require.Equal(t, http.StatusCreated, a.status, a.body)
+		generated := a.body["id"].(string)
+		require.Len(t, generated, 36, "a UUID")
+
+		// The read model follows.
+		v := eventually(t, base+"/orders/o-1", "placed")
+		require.Equal(t, "ada", v["customer"])
+		require.EqualValues(t, 1250, v["amount_cents"])
+		require.EqualValues(t, 1, v["version"])
+		eventually(t, base+"/orders/"+generated, "placed")
+
+		// Pay, then what the rules forbid.
+		a = call(t, "POST", base+"/orders/o-1/pay", "")
+		require.Equal(t, http.StatusOK, a.status, a.body)
+		require.Equal(t, "paid", a.body["status"])
+		v = eventually(t, base+"/orders/o-1", "paid")
+		require.EqualValues(t, 2, v["version"])
+		require.NotEmpty(t, v["paid_at"])
+
+		a = call(t, "POST", base+"/orders/"+generated+"/cancel", `{"reason":"changed my mind"}`)
+		require.Equal(t, http.StatusOK, a.status, a.body)
+		v = eventually(t, base+"/orders/"+generated, "cancelled")
+		require.Equal(t, "changed my mind", v["cancel_reason"])
+
+		for _, tc := range []struct {
+			method, path, body string
+			status             int
+			err                string
+		}{
+			{"POST", "/orders/o-1/pay", "", http.StatusConflict, "already paid"},
+			{"POST", "/orders/o-1/cancel", "", http.StatusConflict, "paid and cannot be cancelled"},
+			{"POST", "/orders/" + generated + "/pay", "", http.StatusConflict, "cancelled"},
+			{"POST", "/orders/" + generated + "/cancel", "", http.StatusConflict, "cancelled"},
+			{"POST", "/orders", `{"id":"o-1","customer":"eve","amount_cents":1}`, http.StatusConflict, "already exists"},
+			{"POST", "/orders/nope/pay", "", http.StatusNotFound, "not found"},
+			{"POST", "/orders/nope/cancel", "", http.StatusNotFound, "not found"},
+			{"GET", "/orders/nope", "", http.StatusNotFound, "not in the read model"},
+			{"POST", "/orders", `{"customer":"ada"}`, http.StatusBadRequest, "amount_cents must be positive"},
+			{"POST", "/orders", `{"amount_cents":5}`, http.StatusBadRequest, "missing customer"},
+			{"POST", "/orders", `{"id":"a b","customer":"x","amount_cents":5}`, http.StatusBadRequest, "only letters"},
+			{"POST", "/orders", ``, http.StatusBadRequest, "empty body"},
+			{"POST", "/orders", `{"customer":`, http.StatusBadRequest, "bad request body"},
+			{"POST", "/orders", `{"customer":"x","amount_cents":5,"extra":1}`, http.StatusBadRequest, "unknown field"},
+			{"POST", "/orders", `{"customer":"x","amount_cents":5}{}`, http.StatusBadRequest, "more than one"},
+			{"POST", "/orders/o-1/cancel", `{"why":"x"}`, http.StatusBadRequest, "unknown field"},
+		} {
+			a := call(t, tc.method, base+tc.path, tc.body)
+			require.Equal(t, tc.status, a.status, "%s %s %s: %v", tc.method, tc.path, tc.body, a.body)
+			require.Contains(t, a.body["error"], tc.err, "%s %s", tc.method, tc.path)
+			require.Equal(t, "application/json", a.header.Get("Content-Type"))
+		}
+
+		// Routing: methods and paths the API does not have.
+		require.Equal(t, http.StatusMethodNotAllowed, call(t, "GET", base+"/orders", "").status)
+		require.Equal(t, http.StatusMethodNotAllowed, call(t, "DELETE", base+"/orders/o-1", "").status)
+		require.Equal(t, http.StatusNotFound, call(t, "POST", base+"/orders/o-1/ship", "").status)
+
+		// Health: the outbox has been drained.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			a = call(t, "GET", base+"/healthz", "")
+			require.Equal(t, http.StatusOK, a.status)
+			if a.body["outbox_pending"] == float64(0) || time.Now().After(deadline) {
+				break
+			}
+		}
+		require.Equal(t, map[string]any{"status": "ok", "outbox_pending": 0.0, "outbox_failed": 0.0, "oldest_pending_seconds": 0.0}, a.body)
+		require.EqualValues(t, 4, testdb.Count(t, db, "projected_events", ""))
+		require.EqualValues(t, 4, testdb.Count(t, db, "txoutbox_inbox", "consumer = ?", readmodel.Consumer))
+	})
+}
+
+func TestNewNeedsBusAndDB(t *testing.T) {
+	t.Parallel()
+	_, err := httpapi.New(httpapi.Config{})
+	require.Error(t, err)
+}
