@@ -31,6 +31,10 @@ type Entry struct {
 	Topic string
 	// Command is the command whose handler emitted the event.
 	Command Command
+	// Trace is the trace context and baggage of the context Emit was
+	// called with, as the global OpenTelemetry propagator writes them
+	// (W3C "traceparent", "tracestate", "baggage"); nil when there is none.
+	Trace map[string]string
 }
 
 // Collector gathers the events emitted during one command. The transactional
@@ -172,9 +176,10 @@ func Emit(ctx context.Context, events ...any) error {
 	if !ok {
 		return ErrNoTransaction
 	}
+	trace := traceContext(ctx)
 	entries := make([]Entry, len(events))
 	for i, ev := range events {
-		entries[i] = Entry{Event: ev, Command: cmd}
+		entries[i] = Entry{Event: ev, Command: cmd, Trace: trace}
 	}
 	return c.add(cmd, entries, func() error {
 		for i, ev := range events {
@@ -198,9 +203,10 @@ func EmitMessage(ctx context.Context, topic string, msgs ...*message.Message) er
 	if !ok {
 		return ErrNoTransaction
 	}
+	trace := traceContext(ctx)
 	entries := make([]Entry, len(msgs))
 	for i, m := range msgs {
-		entries[i] = Entry{Message: m, Topic: topic, Command: cmd}
+		entries[i] = Entry{Message: m, Topic: topic, Command: cmd, Trace: trace}
 	}
 	return c.add(cmd, entries, func() error {
 		if topic == "" {

@@ -162,7 +162,7 @@ func (e *Encoder) Encode(entry Entry) (rec Record, err error) {
 	if key != "" {
 		msg.Metadata.Set(MetadataPartitionKey, key)
 	}
-	e.stamp(msg, entry.Command, true)
+	e.stamp(msg, entry, true)
 	return Record{Topic: topic, PartitionKey: key, Message: msg}, nil
 }
 
@@ -178,14 +178,15 @@ func (e *Encoder) encodeMessage(entry Entry) (Record, error) {
 	if msg.Metadata == nil {
 		msg.Metadata = make(message.Metadata)
 	}
-	e.stamp(msg, entry.Command, false)
+	e.stamp(msg, entry, false)
 	return Record{Topic: entry.Topic, PartitionKey: msg.Metadata.Get(MetadataPartitionKey), Message: msg}, nil
 }
 
 // stamp sets the UUID when empty and the command and time metadata:
 // always for events the encoder marshaled itself, only where absent for
 // messages marshaled by the caller.
-func (e *Encoder) stamp(msg *message.Message, cmd Command, overwrite bool) {
+func (e *Encoder) stamp(msg *message.Message, entry Entry, overwrite bool) {
+	cmd := entry.Command
 	if msg.UUID == "" {
 		msg.UUID = NewUUID()
 	}
@@ -198,6 +199,9 @@ func (e *Encoder) stamp(msg *message.Message, cmd Command, overwrite bool) {
 	set(MetadataCausationID, cmd.ID)
 	set(MetadataCommand, cmd.Name)
 	set(MetadataCreatedAt, e.cfg.Now().UTC().Format(time.RFC3339Nano))
+	for k, v := range entry.Trace {
+		set(k, v)
+	}
 }
 
 // EncodeAll encodes entries in order. It stops at the first error, which

@@ -6,6 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -68,6 +72,19 @@ type ForwarderConfig struct {
 	// OnBatch is called after every batch that claimed rows, for metrics.
 	// It must not block. Optional.
 	OnBatch func(BatchInfo)
+	// TracerProvider traces publishing: a producer span per message that
+	// carries a trace context from Emit, child of the command's span.
+	// Optional; default otel.GetTracerProvider() (a no-op until the
+	// application sets one).
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives the relay metrics (see docs/operations.md).
+	// Optional; default otel.GetMeterProvider() (a no-op until the
+	// application sets one).
+	MeterProvider metric.MeterProvider
+	// Propagator reads the trace context stored at Emit time and writes
+	// the publish span's context into the published message's metadata.
+	// Optional; default otel.GetTextMapPropagator().
+	Propagator propagation.TextMapPropagator
 }
 
 // BatchInfo describes one batch for ForwarderConfig.OnBatch.
@@ -136,6 +153,15 @@ func (c *ForwarderConfig) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
+	}
+	if c.Propagator == nil {
+		c.Propagator = otel.GetTextMapPropagator()
+	}
 }
 
 // Forwarder relays committed outbox rows to a Watermill publisher: it claims
@@ -149,6 +175,7 @@ type Forwarder struct {
 	pub     message.Publisher
 	cfg     ForwarderConfig
 	log     *slog.Logger
+	tel     *telemetry
 	wake    chan struct{}
 	running atomic.Bool
 	// publisherDown is set by a batch in which rows of several keys failed
@@ -170,11 +197,16 @@ func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) 
 		return nil, err
 	}
 	cfg.setDefaults()
+	tel, err := newTelemetry(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: forwarder metrics: %w", err)
+	}
 	return &Forwarder{
 		store: store,
 		pub:   pub,
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "txoutbox.forwarder"),
+		tel:   tel,
 		wake:  make(chan struct{}, 1),
 	}, nil
 }
@@ -202,6 +234,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		return ErrAlreadyRunning
 	}
 	defer f.running.Store(false)
+	if stop, err := f.tel.observeStats(f.store.Stats); err == nil {
+		defer stop()
+	} else {
+		f.log.Warn("outbox relay: cannot register outbox gauges", "error", err)
+	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -367,7 +404,10 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 		if len(msgs) == 0 {
 			continue
 		}
-		if err := f.pub.Publish(g.topic, msgs...); err == nil {
+		endSpans := f.tel.startPublish(g.topic, msgs)
+		err := f.pub.Publish(g.topic, msgs...)
+		endSpans(err)
+		if err == nil {
 			for _, it := range items {
 				delivered = append(delivered, it.row.ID)
 			}
@@ -438,12 +478,24 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 		info.Err = fmt.Errorf("finish: %w", err)
 		info.Published = 0
 	}
-	if err == nil {
+	if err == nil && len(failures) > 0 {
+		byID := make(map[int64]Row, len(failures))
+		for _, r := range rows {
+			byID[r.ID] = r
+		}
 		for _, fl := range failures {
+			r := byID[fl.ID]
+			attrs := []any{"id", fl.ID, "topic", r.Topic, "partition_key", r.PartitionKey,
+				"message_uuid", r.UUID, "attempts", r.Attempts + 1, "error", fl.Error}
 			if fl.Park {
-				f.log.Error("outbox relay: row parked as failed", "id", fl.ID, "error", fl.Error)
+				f.log.Error("outbox relay: row parked as failed", attrs...)
+			} else {
+				f.log.Debug("outbox relay: publish failed; will retry", append(attrs, "retry_after", fl.RetryAfter)...)
 			}
 		}
+	}
+	if err == nil {
+		f.tel.recordBatch(ctx, info, rows, delivered, failures)
 	}
 	if f.cfg.OnBatch != nil {
 		f.cfg.OnBatch(info)
