@@ -68,7 +68,7 @@ func TestMigrateCanceledContext(t *testing.T) {
 }
 
 // TestMigrationFiles checks that the plain SQL files shipped for migration
-// tools create the same table as Migrate, that the down file drops it, and
+// tools create the same table as Migrate, that the down files drop it, and
 // that Migrate accepts a table the files created.
 func TestMigrationFiles(t *testing.T) {
 	t.Parallel()
@@ -78,13 +78,29 @@ func TestMigrationFiles(t *testing.T) {
 		if db.Dialector.Name() == "sqlite" {
 			dir = string(testdb.SQLite)
 		}
-		up, err := fs.ReadFile(gormstore.Migrations, "migrations/"+dir+"/000001_create_outbox.up.sql")
+		// A migration tool runs each file as one multi-statement script:
+		// the up files in order, the down files in reverse order.
+		ups, err := fs.Glob(gormstore.Migrations, "migrations/"+dir+"/*.up.sql")
 		require.NoError(t, err)
-		down, err := fs.ReadFile(gormstore.Migrations, "migrations/"+dir+"/000001_create_outbox.down.sql")
-		require.NoError(t, err)
+		require.NotEmpty(t, ups)
+		run := func(files []string) error {
+			for _, f := range files {
+				b, err := fs.ReadFile(gormstore.Migrations, f)
+				require.NoError(t, err)
+				if err := db.Exec(string(b)).Error; err != nil {
+					return fmt.Errorf("%s: %w", f, err)
+				}
+			}
+			return nil
+		}
+		var downs []string
+		for i := len(ups) - 1; i >= 0; i-- {
+			downs = append(downs, strings.TrimSuffix(ups[i], ".up.sql")+".down.sql")
+		}
+		up := func() error { return run(ups) }
+		down := func() error { return run(downs) }
 
-		// A migration tool runs each file as one multi-statement script.
-		require.NoError(t, db.Exec(string(up)).Error)
+		require.NoError(t, up())
 		fromFile := describeTable(t, db, gormstore.DefaultTable)
 
 		reference := testdb.Open(t, testdb.Dialect(dir))
@@ -95,10 +111,10 @@ func TestMigrationFiles(t *testing.T) {
 		require.NoError(t, gormstore.Migrate(context.Background(), db))
 		require.Equal(t, fromFile, describeTable(t, db, gormstore.DefaultTable))
 
-		require.NoError(t, db.Exec(string(down)).Error)
-		require.Empty(t, describeTable(t, db, gormstore.DefaultTable), "the down file must drop the table and its indexes")
-		require.NoError(t, db.Exec(string(down)).Error, "the down file is re-runnable")
-		require.NoError(t, db.Exec(string(up)).Error, "up after down")
+		require.NoError(t, down())
+		require.Empty(t, describeTable(t, db, gormstore.DefaultTable), "the down files must drop the table and its indexes")
+		require.NoError(t, down(), "the down files are re-runnable")
+		require.NoError(t, up(), "up after down")
 		require.Equal(t, fromFile, describeTable(t, db, gormstore.DefaultTable))
 	})
 }

@@ -1,0 +1,53 @@
+package gormstore
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// PurgeDeliveredBatch deletes one batch of delivered rows (kept with
+// Config.KeepDelivered): at most limit rows delivered more than olderThan
+// ago (0: all delivered rows), oldest delivery first, in one short
+// statement. It returns how many rows it deleted; fewer than limit means
+// no more rows were due, or that another cleaner holds the rest. Call it in
+// a loop, or use package retention, which does.
+//
+// Age is measured with the clock that stamped delivered_at: the database's
+// on PostgreSQL, the local one on SQLite. The batch is found through the
+// partial index on delivered_at (migration 000002), so a batch reads only
+// the rows it deletes, also when no row is due. On PostgreSQL the batch is
+// locked with FOR UPDATE SKIP LOCKED: several cleaners delete disjoint
+// batches at once, never wait for each other, and never count a row
+// twice. Pending and parked rows are never touched.
+func (s *Store) PurgeDeliveredBatch(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
+	if olderThan < 0 {
+		return 0, fmt.Errorf("%w: purge age %v is negative", ErrInvalidConfig, olderThan)
+	}
+	if limit <= 0 {
+		return 0, fmt.Errorf("%w: purge batch %d must be positive", ErrInvalidConfig, limit)
+	}
+	query, args := s.purgeDeliveredSQL(olderThan, limit)
+	res := s.db.WithContext(ctx).Exec(query, args...)
+	if res.Error != nil {
+		return 0, fmt.Errorf("gormstore: purge delivered rows of %s: %w", s.table, res.Error)
+	}
+	return res.RowsAffected, nil
+}
+
+// purgeDeliveredSQL returns PurgeDeliveredBatch's statement and arguments.
+// On PostgreSQL, = ANY(ARRAY(...)) keeps the planner from joining the
+// subquery against the whole table, as IN (SELECT ... LIMIT) can.
+func (s *Store) purgeDeliveredSQL(olderThan time.Duration, limit int) (string, []any) {
+	t := s.quoted
+	if s.dialect == postgres {
+		return `DELETE FROM ` + t + ` WHERE id = ANY(ARRAY(
+	SELECT id FROM ` + t + `
+	WHERE delivered_at IS NOT NULL AND delivered_at < now() - ?::bigint * interval '1 microsecond'
+	ORDER BY delivered_at LIMIT ? FOR UPDATE SKIP LOCKED))`, []any{olderThan.Microseconds(), limit}
+	}
+	return `DELETE FROM ` + t + ` WHERE id IN (
+	SELECT id FROM ` + t + `
+	WHERE delivered_at IS NOT NULL AND delivered_at < ?
+	ORDER BY delivered_at LIMIT ?)`, []any{time.Now().UTC().Add(-olderThan), limit}
+}

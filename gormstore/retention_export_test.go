@@ -1,0 +1,9 @@
+package gormstore
+
+import "time"
+
+// PurgeDeliveredSQL exposes PurgeDeliveredBatch's statement to the tests,
+// which check its query plan.
+func (s *Store) PurgeDeliveredSQL(olderThan time.Duration, limit int) (string, []any) {
+	return s.purgeDeliveredSQL(olderThan, limit)
+}
