@@ -1,7 +1,7 @@
 # txoutbox developer tasks. `make` runs the tests.
 #
-#   make test        ensure PostgreSQL and RabbitMQ are up, then run every test
-#                    with -race, then the chaos tests (test-chaos)
+#   make test        ensure PostgreSQL, RabbitMQ, NATS and Redis are up, then run
+#                    every test with -race, then the chaos tests (test-chaos)
 #   make test-full   like test, plus the long variants: Watermill's Pub/Sub
 #                    stress suite on the outbox table (TXOUTBOX_TEST_FULL=1,
 #                    about two more minutes)
@@ -10,13 +10,20 @@
 #                    after the other tests and alone
 #   make bench       ensure PostgreSQL is up, then run the benchmarks only
 #   make cover       like test, with a coverage profile and a summary
+#   make smoke       the example app's demo (go run ./example_app demo) on
+#                    SQLite + GoChannel, then on PostgreSQL with RabbitMQ,
+#                    NATS JetStream and Redis Streams; .ci/run runs it after
+#                    make test
 #   make lint        gofmt and go vet
 #   make tidy-check  fail if go.mod or go.sum are not tidy
 #
 # The tests use PostgreSQL at TEST_DATABASE_URL
 # (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable); the
 # chaos tests also RabbitMQ at TEST_AMQP_URL
-# (default amqp://guest:guest@127.0.0.1:5672/), both on this machine.
+# (default amqp://guest:guest@127.0.0.1:5672/), both on this machine. The
+# example app's tests and make smoke also use NATS JetStream at TEST_NATS_URL
+# (default nats://127.0.0.1:4222) and Redis at TEST_REDIS_URL
+# (default redis://127.0.0.1:6379/0).
 
 GO          ?= go
 PKGS        ?= ./...
@@ -33,7 +40,7 @@ SHELL       := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := test
 
-.PHONY: test test-full test-chaos bench cover lint tidy-check services services-chaos
+.PHONY: test test-full test-chaos bench cover lint tidy-check services services-chaos services-example smoke
 
 services:
 	scripts/ensure-services.sh postgres
@@ -41,14 +48,19 @@ services:
 services-chaos:
 	scripts/ensure-services.sh postgres rabbitmq
 
-test: services-chaos
+# The example app's tests (example_app/internal/broker) and make smoke use
+# every broker that can run here.
+services-example:
+	scripts/ensure-services.sh postgres rabbitmq nats redis
+
+test: services-chaos services-example
 	$(GO) test -race -count=1 $(TEST_FLAGS) $(PKGS)
 	$(MAKE) --no-print-directory test-chaos
 
 # test already runs Watermill's universal Pub/Sub suite on the outbox table at
 # full size (gormstore TestPubSub, about 15s; TEST_FLAGS=-short shortens it).
 # test-full adds TestPubSubStress: that suite ten times at once.
-test-full: services-chaos
+test-full: services-chaos services-example
 	TXOUTBOX_TEST_FULL=1 $(GO) test -race -count=1 $(TEST_FLAGS) $(PKGS)
 	$(MAKE) --no-print-directory test-chaos
 
@@ -58,6 +70,19 @@ test-full: services-chaos
 test-chaos: services-chaos
 	$(GO) test -race -count=1 -tags chaos -p 1 $(CHAOS_FLAGS) $(CHAOS_PKG)
 	$(GO) test -count=1 -tags chaos -p 1 -run '^TestBrokerOutageWatermillAMQP$$' $(CHAOS_FLAGS) $(CHAOS_PKG)
+
+# Orders per demo run of make smoke.
+SMOKE_ORDERS ?= 300
+SMOKE_DB     ?= $(or $(TEST_DATABASE_URL),postgres://postgres@127.0.0.1:5432/test?sslmode=disable)
+SMOKE_DEMO   := $(GO) run ./example_app demo -n $(SMOKE_ORDERS)
+
+# The demo exits 0 only if every event arrived exactly once in the read model.
+smoke: services-example
+	DATABASE_URL= BROKER_URL= $(SMOKE_DEMO)
+	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_AMQP_URL),amqp://guest:guest@127.0.0.1:5672/)' $(SMOKE_DEMO)
+	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_NATS_URL),nats://127.0.0.1:4222)' $(SMOKE_DEMO)
+	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_REDIS_URL),redis://127.0.0.1:6379/0)' $(SMOKE_DEMO)
+	@echo "smoke: 4 passed, 0 failed"
 
 bench: services
 	$(GO) test -run '^$$' -bench . $(BENCH_FLAGS) $(PKGS)

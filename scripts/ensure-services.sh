@@ -4,8 +4,7 @@
 #
 #   scripts/ensure-services.sh postgres rabbitmq
 #
-# Each service has a function ensure_<name>; add brokers (nats, redis, ...)
-# the same way.
+# Each service has a function ensure_<name>; add services the same way.
 #
 # postgres: PostgreSQL at TEST_DATABASE_URL
 # (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable).
@@ -26,6 +25,26 @@
 #                                          wait until the port answers
 #   3. missing, root on Debian/Ubuntu   -> apt-get install rabbitmq-server,
 #                                          then as 2
+#   4. anything else                    -> say what to install, exit 1
+#
+# nats: NATS with JetStream at TEST_NATS_URL (default nats://127.0.0.1:4222),
+# used by the example app's tests and demo (example_app/).
+#   1. the port answers                 -> ok
+#   2. nats-server installed but down   -> start it in the background with
+#                                          JetStream (start-stop-daemon ...
+#                                          /usr/sbin/nats-server -- -a 127.0.0.1
+#                                          -p 4222 -js -sd /var/lib/nats-server),
+#                                          wait until the port answers
+#   3. missing, root on Debian/Ubuntu   -> apt-get install nats-server, then as 2
+#   4. anything else                    -> say what to install, exit 1
+#
+# redis: Redis at TEST_REDIS_URL (default redis://127.0.0.1:6379/0), used by
+# the example app's tests and demo (Redis Streams).
+#   1. the port answers                 -> ok
+#   2. redis-server installed but down  -> redis-server --daemonize yes on
+#                                          127.0.0.1 without persistence,
+#                                          wait until the port answers
+#   3. missing, root on Debian/Ubuntu   -> apt-get install redis-server, then as 2
 #   4. anything else                    -> say what to install, exit 1
 set -euo pipefail
 
@@ -337,13 +356,163 @@ ensure_rabbitmq() {
 	log "rabbitmq ready at $AMQP_HOST:$AMQP_PORT"
 }
 
+# ------------------------------------------------------- nats, redis: common
+
+readonly DEFAULT_NATS_URL='nats://127.0.0.1:4222'
+readonly DEFAULT_REDIS_URL='redis://127.0.0.1:6379/0'
+readonly BROKER_WAIT_SECONDS=30
+
+# parse_host_port URL DEFAULT_PORT sets HP_HOST and HP_PORT from URL
+# (scheme://[user[:pass]@]host[:port][/...], host may be [IPv6]).
+parse_host_port() {
+	local rest="${1#*://}" default_port="$2"
+	local authority="${rest%%[/?]*}"
+	local hostport="${authority##*@}"
+	HP_HOST="$hostport" HP_PORT="$default_port"
+	if [[ "$hostport" == \[*\]:* || ("$hostport" != \[* && "$hostport" == *:*) ]]; then
+		HP_HOST="${hostport%:*}"
+		HP_PORT="${hostport##*:}"
+	fi
+	HP_HOST="${HP_HOST#[}"
+	HP_HOST="${HP_HOST%]}"
+	HP_HOST="${HP_HOST:-127.0.0.1}"
+}
+
+host_is_local() {
+	case "$1" in
+	127.0.0.1 | localhost | ::1) return 0 ;;
+	esac
+	return 1
+}
+
+port_open() {
+	# shellcheck disable=SC2016 # $1 and $2 expand in the inner bash
+	timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
+}
+
+# wait_port NAME HOST PORT LOGFILE waits until HOST:PORT answers.
+wait_port() {
+	local name="$1" host="$2" port="$3" logfile="$4" i
+	for ((i = 0; i < BROKER_WAIT_SECONDS * 2; i++)); do
+		port_open "$host" "$port" && return 0
+		sleep 0.5
+	done
+	die "$name at $host:$port is not accepting connections after ${BROKER_WAIT_SECONDS}s; see $logfile"
+}
+
+can_apt_install() { [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; }
+
+apt_install() {
+	log "$1 is not installed; installing it from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq "$1" >/dev/null
+}
+
+# ------------------------------------------------------------------- nats
+
+nats_start() {
+	log "starting nats-server with JetStream on 127.0.0.1:$NATS_PORT"
+	mkdir -p /var/lib/nats-server
+	# The pid file makes start-stop-daemon look for this instance, not for
+	# any nats-server (one may serve another port).
+	start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server \
+		--make-pidfile --pidfile "/run/txoutbox-nats-server-$NATS_PORT.pid" -- \
+		-a 127.0.0.1 -p "$NATS_PORT" -js -sd /var/lib/nats-server -l /var/log/nats-server.log ||
+		die "could not start nats-server; see /var/log/nats-server.log (as non-root: sudo start-stop-daemon --start --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p $NATS_PORT -js -sd /var/lib/nats-server -l /var/log/nats-server.log)"
+}
+
+nats_how_to_install() {
+	cat >&2 <<EOF
+ensure-services: NATS is not reachable at $NATS_HOST:$NATS_PORT ($1).
+Start or install nats-server 2.2+ with JetStream (-js), then re-run. For example:
+  Debian/Ubuntu: sudo apt-get install -y nats-server && sudo start-stop-daemon --start --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p $NATS_PORT -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  macOS:         brew install nats-server && nats-server -js &
+  Docker:        docker run -d -p $NATS_PORT:4222 nats -js
+or set TEST_NATS_URL to a server you have (now: $NATS_URL).
+EOF
+	exit 1
+}
+
+ensure_nats() {
+	NATS_URL="${TEST_NATS_URL:-$DEFAULT_NATS_URL}"
+	case "$NATS_URL" in
+	nats://*) ;;
+	*) die "TEST_NATS_URL must be a nats:// URL, got: $NATS_URL" ;;
+	esac
+	parse_host_port "$NATS_URL" 4222
+	NATS_HOST="$HP_HOST" NATS_PORT="$HP_PORT"
+	if ! port_open "$NATS_HOST" "$NATS_PORT"; then
+		if ! host_is_local "$NATS_HOST"; then
+			nats_how_to_install "$NATS_HOST is not this machine, so this script cannot start it"
+		elif [[ -x /usr/sbin/nats-server ]] && command -v start-stop-daemon >/dev/null; then
+			nats_start
+		elif can_apt_install; then
+			apt_install nats-server
+			port_open "$NATS_HOST" "$NATS_PORT" || nats_start
+		elif command -v nats-server >/dev/null; then
+			nats_how_to_install "nats-server is at $(command -v nats-server), not /usr/sbin/nats-server, or start-stop-daemon is missing, so start it yourself"
+		else
+			nats_how_to_install "not installed here, and installing it needs root and apt-get"
+		fi
+		wait_port NATS "$NATS_HOST" "$NATS_PORT" /var/log/nats-server.log
+	fi
+	log "nats ready at $NATS_HOST:$NATS_PORT"
+}
+
+# ------------------------------------------------------------------ redis
+
+redis_start() {
+	log "starting redis-server on 127.0.0.1:$REDIS_PORT"
+	mkdir -p /var/lib/redis /var/log/redis
+	redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+		--dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null ||
+		die "could not start redis-server; see /var/log/redis/ci.log"
+}
+
+redis_how_to_install() {
+	cat >&2 <<EOF
+ensure-services: Redis is not reachable at $REDIS_HOST:$REDIS_PORT ($1).
+Start or install Redis 6.2+, then re-run. For example:
+  Debian/Ubuntu: sudo apt-get install -y redis-server && sudo redis-server --daemonize yes --bind 127.0.0.1 -::1 --port $REDIS_PORT --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  macOS:         brew install redis && brew services start redis
+  Docker:        docker run -d -p $REDIS_PORT:6379 redis
+or set TEST_REDIS_URL to a server you have (now: $REDIS_URL).
+EOF
+	exit 1
+}
+
+ensure_redis() {
+	REDIS_URL="${TEST_REDIS_URL:-$DEFAULT_REDIS_URL}"
+	case "$REDIS_URL" in
+	redis://* | rediss://*) ;;
+	*) die "TEST_REDIS_URL must be a redis:// URL, got: $REDIS_URL" ;;
+	esac
+	parse_host_port "$REDIS_URL" 6379
+	REDIS_HOST="$HP_HOST" REDIS_PORT="$HP_PORT"
+	if ! port_open "$REDIS_HOST" "$REDIS_PORT"; then
+		if ! host_is_local "$REDIS_HOST"; then
+			redis_how_to_install "$REDIS_HOST is not this machine, so this script cannot start it"
+		elif command -v redis-server >/dev/null; then
+			redis_start
+		elif can_apt_install; then
+			apt_install redis-server
+			port_open "$REDIS_HOST" "$REDIS_PORT" || redis_start
+		else
+			redis_how_to_install "not installed here, and installing it needs root and apt-get"
+		fi
+		wait_port Redis "$REDIS_HOST" "$REDIS_PORT" /var/log/redis/ci.log
+	fi
+	log "redis ready at $REDIS_HOST:$REDIS_PORT"
+}
+
 # -------------------------------------------------------------------- main
 
 main() {
-	(($# > 0)) || die "usage: $0 SERVICE... (services: postgres rabbitmq)"
+	(($# > 0)) || die "usage: $0 SERVICE... (services: postgres rabbitmq nats redis)"
 	local svc
 	for svc in "$@"; do
-		declare -F "ensure_$svc" >/dev/null || die "unknown service '$svc' (known: postgres rabbitmq)"
+		declare -F "ensure_$svc" >/dev/null || die "unknown service '$svc' (known: postgres rabbitmq nats redis)"
 		"ensure_$svc"
 	done
 }
