@@ -30,6 +30,11 @@ const (
 	DefaultShutdownTimeout = 10 * time.Second
 )
 
+// maxOutageBackoff caps the forwarder's own backoff after a failed batch
+// (database down, publisher down), so it notices a recovery within this
+// time even when MaxBackoff is long.
+const maxOutageBackoff = 30 * time.Second
+
 // ErrAlreadyRunning is returned by Run while another Run of the same
 // forwarder is active.
 var ErrAlreadyRunning = errors.New("outbox: forwarder is already running")
@@ -53,9 +58,10 @@ type ForwarderConfig struct {
 	MaxAttempts int
 	// MinBackoff is the delay after a row's first failed attempt; it
 	// doubles with each further attempt, up to MaxBackoff, jittered by
-	// ±20%. It is also the first delay after a batch in which nothing could
-	// be published (publisher or database outage). Optional; default
-	// DefaultMinBackoff (1s).
+	// ±20%. It is also the forwarder's first delay after a failed batch
+	// (database error, or publisher outage: see BatchInfo.Outage), which
+	// doubles per failed batch up to MaxBackoff but at most 30s. Optional;
+	// default DefaultMinBackoff (1s).
 	MinBackoff time.Duration
 	// MaxBackoff caps the delays above. Optional; default DefaultMaxBackoff
 	// (5m).
@@ -97,12 +103,17 @@ type BatchInfo struct {
 	Failed int
 	// Parked is the number of rows parked as failed in this batch.
 	Parked int
-	// Outage is true when nothing could be published; the forwarder then
-	// backs off as a whole before its next batch.
+	// Outage is true when nothing could be published and the publisher is
+	// considered down (rows of two or more keys failed): the forwarder then
+	// backs off as a whole before its next batch. A batch in which only
+	// one key failed is no outage: that key waits for its retry time and
+	// the others go on at once.
 	Outage bool
+	// PublishErr is the last publish error of an outage batch.
+	PublishErr error
 	// Duration is the time from claim to finish.
 	Duration time.Duration
-	// Err is the batch's error, if any.
+	// Err is the batch's database error (claim or finish), if any.
 	Err error
 }
 
@@ -262,7 +273,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		case info.Err != nil || info.Outage:
 			failures++
 			f.logFailure(failures, info)
-			if !sleepCtx(ctx, f.backoff(failures)) {
+			if !sleepCtx(ctx, min(f.backoff(failures), maxOutageBackoff)) {
 				return nil
 			}
 			continue
@@ -286,13 +297,13 @@ func (f *Forwarder) Run(ctx context.Context) error {
 }
 
 func (f *Forwarder) logFailure(n int, info BatchInfo) {
-	msg, err := "outbox relay: publisher failing, backing off", info.Err
+	msg, err := "outbox relay: publisher failing, backing off", info.PublishErr
 	if info.Err != nil {
-		msg = "outbox relay: batch failed, backing off"
+		msg, err = "outbox relay: batch failed, backing off", info.Err
 	}
 	// Log the first failure, then every 10th, so an outage cannot flood the log.
 	if n == 1 || n%10 == 0 {
-		f.log.Warn(msg, "error", err, "consecutive", n, "next_try_in", f.backoff(n))
+		f.log.Warn(msg, "error", err, "consecutive", n, "next_try_in", min(f.backoff(n), maxOutageBackoff))
 	}
 }
 
@@ -458,9 +469,9 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 	}
 	info.Failed = len(failed)
 	info.Published = len(delivered)
-	if len(delivered) == 0 && len(failed) > 0 {
+	if down && len(delivered) == 0 && len(failed) > 0 {
 		info.Outage = true
-		info.Err = fmt.Errorf("publish: %w", failed[len(failed)-1].err)
+		info.PublishErr = failed[len(failed)-1].err
 	}
 
 	if !lock() {

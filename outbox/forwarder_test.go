@@ -451,3 +451,37 @@ func TestForwarder_RunTwiceFails(t *testing.T) {
 	pub.waitUnique(t, 1, 10*time.Second) // Run is running
 	require.ErrorIs(t, f.Run(context.Background()), outbox.ErrAlreadyRunning)
 }
+
+// A key whose head keeps failing must not hold back events of other keys
+// that arrive later, even when nothing else was pending when it failed.
+func TestForwarder_FailingKeyDoesNotStallLaterKeys(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "orders", 1, 1) // k00 seq 0: poison
+		pub := newRecordingPublisher()
+		var failures atomic.Int32
+		pub.fail = func(_ string, ev seqEvent) error {
+			if ev.Key == "k00" {
+				failures.Add(1)
+				return errors.New("rejected")
+			}
+			return nil
+		}
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+			MinBackoff: time.Minute, MaxBackoff: time.Hour, PollInterval: time.Hour,
+		}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+		require.Eventually(t, func() bool { return failures.Load() > 0 }, 10*time.Second, 10*time.Millisecond)
+
+		// Another key's event, with the poison row in a one-minute backoff.
+		enc := outbox.NewEncoder(outbox.EncoderConfig{})
+		recs, err := enc.EncodeAll([]outbox.Entry{{Event: seqEvent{Key: "k01", Seq: 0}}})
+		require.NoError(t, err)
+		require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return st.Save(context.Background(), tx, recs) }))
+		f.Wake()
+		got := pub.waitUnique(t, 1, 10*time.Second)
+		require.Equal(t, "k01", got[0].ev.Key)
+	})
+}
