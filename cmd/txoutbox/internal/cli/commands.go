@@ -1,0 +1,599 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/handlers/inbox"
+	"github.com/txoutbox/txoutbox/retention"
+	"gorm.io/gorm"
+)
+
+// withDB opens the database of the global flags, runs f and closes it.
+func (o *options) withDB(ctx context.Context, create bool, f func(db *gorm.DB) error) error {
+	raw := o.databaseURL
+	if raw == "" {
+		raw = o.getenv(EnvDatabaseURL)
+	}
+	if o.connectTimeout <= 0 {
+		return usagef("--connect-timeout %v must be positive", o.connectTimeout)
+	}
+	target, err := parseDatabaseURL(raw, o.connectTimeout)
+	if err != nil {
+		return err
+	}
+	db, err := target.open(ctx, o.connectTimeout, create)
+	if err != nil {
+		return err
+	}
+	defer closeDB(db)
+	return f(db)
+}
+
+// withStore opens the outbox store of the global flags.
+func (o *options) withStore(ctx context.Context, f func(s *gormstore.Store) error) error {
+	return o.withDB(ctx, false, func(db *gorm.DB) error {
+		s, err := gormstore.New(db, gormstore.Config{Table: o.table})
+		if err != nil {
+			return err
+		}
+		return hintMissingTable(f(s))
+	})
+}
+
+// hintMissingTable adds what to do to a missing-table error.
+func hintMissingTable(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "does not exist") || strings.Contains(msg, "no such table") {
+		return fmt.Errorf("%w (wrong --table or --database-url, or run txoutbox migrate first)", err)
+	}
+	return err
+}
+
+func migrateCmd(o *options, run runWrapper) *cobra.Command {
+	return &cobra.Command{
+		Use:   "migrate [outbox|inbox]...",
+		Short: "Create or upgrade the outbox and inbox tables (both by default)",
+		Long: `Create or upgrade the outbox table (--table) and the inbox table (--inbox-table),
+or only the ones named. Idempotent, and safe while the application runs: on
+PostgreSQL each table's migration holds an advisory lock.`,
+		Example: `  txoutbox migrate --database-url postgres://app@db:5432/app
+  txoutbox migrate outbox --database-url ./app.db`,
+		ValidArgs: []string{"outbox", "inbox"},
+		Args:      cobra.OnlyValidArgs,
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			doOutbox := len(args) == 0 || slices.Contains(args, "outbox")
+			doInbox := len(args) == 0 || slices.Contains(args, "inbox")
+			ctx := cmd.Context()
+			out := migrateOutput{}
+			err := o.withDB(ctx, true, func(db *gorm.DB) error {
+				var (
+					s   *gormstore.Store
+					in  *inbox.Inbox
+					err error
+				)
+				// Validate both table names before changing anything.
+				if doOutbox {
+					if s, err = gormstore.New(db, gormstore.Config{Table: o.table}); err != nil {
+						return err
+					}
+				}
+				if doInbox {
+					if in, err = inbox.New(db, inbox.Config{Table: o.inboxTable}); err != nil {
+						return err
+					}
+				}
+				if s != nil {
+					if err := s.Migrate(ctx); err != nil {
+						return err
+					}
+					out.OutboxTable = s.Table()
+				}
+				if in != nil {
+					if err := in.Migrate(ctx); err != nil {
+						return err
+					}
+					out.InboxTable = in.Table()
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return o.print(cmd, out, func(p *printer) {
+				if out.OutboxTable != "" {
+					p.linef("migrated outbox table %s", out.OutboxTable)
+				}
+				if out.InboxTable != "" {
+					p.linef("migrated inbox table %s", out.InboxTable)
+				}
+			})
+		}),
+	}
+}
+
+type migrateOutput struct {
+	OutboxTable string `json:"outbox_table,omitempty"`
+	InboxTable  string `json:"inbox_table,omitempty"`
+}
+
+func statusCmd(o *options, run runWrapper) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show pending and failed events and the oldest pending age, overall and per topic",
+		Long: `Show the rows waiting in the outbox: pending (not yet delivered, not parked),
+failed (parked after MaxAttempts, waiting for "failed retry" or "failed discard"),
+and the age of the oldest pending row, overall and per topic. A growing oldest
+pending age means the forwarder is behind, stopped, or a key is blocked.`,
+		Example: `  txoutbox status
+  txoutbox status --json | jq .oldest_pending_age_seconds`,
+		Args: cobra.NoArgs,
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			var out statusOutput
+			err := o.withStore(cmd.Context(), func(s *gormstore.Store) error {
+				st, err := s.Stats(cmd.Context())
+				if err != nil {
+					return err
+				}
+				out = statusOutput{
+					Table:   s.Table(),
+					Pending: st.Pending,
+					Failed:  st.Failed,
+					age:     newAge(st.OldestPendingAge),
+					Topics:  []topicStatus{},
+				}
+				for name, t := range st.Topics {
+					out.Topics = append(out.Topics, topicStatus{Topic: name, Pending: t.Pending, Failed: t.Failed, age: newAge(t.OldestPendingAge)})
+				}
+				slices.SortFunc(out.Topics, func(a, b topicStatus) int { return cmp.Compare(a.Topic, b.Topic) })
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return o.print(cmd, out, func(p *printer) {
+				p.linef("outbox %s: %d pending, %d failed, oldest pending %s", out.Table, out.Pending, out.Failed, out.OldestPendingAge)
+				if len(out.Topics) == 0 {
+					return
+				}
+				p.linef("")
+				tw := p.table("TOPIC", "PENDING", "FAILED", "OLDEST PENDING")
+				for _, t := range out.Topics {
+					tw.row(t.Topic, t.Pending, t.Failed, t.OldestPendingAge)
+				}
+				tw.flush()
+			})
+		}),
+	}
+}
+
+// age is a duration shown as text ("3m4s", "-" for none) and seconds.
+type age struct {
+	OldestPendingAge        string  `json:"oldest_pending_age"`
+	OldestPendingAgeSeconds float64 `json:"oldest_pending_age_seconds"`
+}
+
+func newAge(d time.Duration) age {
+	return age{OldestPendingAge: formatAge(d), OldestPendingAgeSeconds: d.Seconds()}
+}
+
+// formatAge rounds an age for people: milliseconds below a second, whole
+// seconds above; "-" for none.
+func formatAge(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "-"
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
+type statusOutput struct {
+	Table   string `json:"table"`
+	Pending int64  `json:"pending"`
+	Failed  int64  `json:"failed"`
+	age
+	Topics []topicStatus `json:"topics"`
+}
+
+type topicStatus struct {
+	Topic   string `json:"topic"`
+	Pending int64  `json:"pending"`
+	Failed  int64  `json:"failed"`
+	age
+}
+
+func failedCmd(o *options, run runWrapper) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "failed",
+		Short: "List, retry or discard failed (parked) events",
+		Long: `A row is parked (failed) after MaxAttempts failed publishes, or at once when it
+cannot become a message. Its partition key stays blocked until the row is
+retried (after fixing the cause) or discarded (never published).`,
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unknown command %q for %q (use list, retry or discard)", args[0], cmd.CommandPath())
+			}
+			return usagef("missing command for %q (use list, retry or discard)", cmd.CommandPath())
+		}),
+	}
+	cmd.AddCommand(failedListCmd(o, run), failedRetryCmd(o, run), failedDiscardCmd(o, run))
+	return cmd
+}
+
+// maxListLimit bounds failed list --limit.
+const maxListLimit = 10_000
+
+func failedListCmd(o *options, run runWrapper) *cobra.Command {
+	var limit int
+	var after int64
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List failed events, oldest first, with their last error",
+		Example: `  txoutbox failed list
+  txoutbox failed list --limit 100 --after 4711
+  txoutbox failed list --json | jq -r '.failed[].id'`,
+		Args: cobra.NoArgs,
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			if limit <= 0 || limit > maxListLimit {
+				return usagef("--limit %d is out of range (1 to %d)", limit, maxListLimit)
+			}
+			if after < 0 {
+				return usagef("--after %d must not be negative", after)
+			}
+			out := failedListOutput{Failed: []failedRow{}}
+			err := o.withStore(cmd.Context(), func(s *gormstore.Store) error {
+				out.Table = s.Table()
+				rows, err := s.ListFailed(cmd.Context(), after, limit)
+				if err != nil {
+					return err
+				}
+				for _, r := range rows {
+					out.Failed = append(out.Failed, failedRow{
+						ID: r.ID, UUID: r.UUID, Topic: r.Topic, PartitionKey: r.PartitionKey,
+						Attempts: r.Attempts, CreatedAt: r.CreatedAt.UTC(), FailedAt: r.FailedAt.UTC(), LastError: r.LastError,
+					})
+				}
+				if len(rows) == limit {
+					out.NextAfter = rows[len(rows)-1].ID
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return o.print(cmd, out, func(p *printer) {
+				if len(out.Failed) == 0 {
+					p.linef("no failed events in %s", out.Table)
+					return
+				}
+				tw := p.table("ID", "TOPIC", "KEY", "ATTEMPTS", "FAILED AT", "LAST ERROR")
+				for _, r := range out.Failed {
+					tw.row(r.ID, r.Topic, r.PartitionKey, r.Attempts, r.FailedAt.Format(time.RFC3339), oneLine(r.LastError, 80))
+				}
+				tw.flush()
+				if out.NextAfter != 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "more failed events may follow: txoutbox failed list --after %d\n", out.NextAfter)
+				}
+			})
+		}),
+	}
+	cmd.Flags().IntVar(&limit, "limit", 50, "most rows to list")
+	cmd.Flags().Int64Var(&after, "after", 0, "list rows with an ID greater than this (paging)")
+	return cmd
+}
+
+type failedListOutput struct {
+	Table  string      `json:"table"`
+	Failed []failedRow `json:"failed"`
+	// NextAfter is the --after of the next page, 0 on the last page.
+	NextAfter int64 `json:"next_after,omitempty"`
+}
+
+type failedRow struct {
+	ID           int64     `json:"id"`
+	UUID         string    `json:"uuid"`
+	Topic        string    `json:"topic"`
+	PartitionKey string    `json:"partition_key"`
+	Attempts     int       `json:"attempts"`
+	CreatedAt    time.Time `json:"created_at"`
+	FailedAt     time.Time `json:"failed_at"`
+	LastError    string    `json:"last_error"`
+}
+
+// oneLine puts s on one line, cut to at most n runes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+// parseIDs parses row IDs given as arguments.
+func parseIDs(args []string) ([]int64, error) {
+	ids := make([]int64, 0, len(args))
+	for _, a := range args {
+		for _, part := range strings.Split(a, ",") {
+			if part == "" {
+				continue
+			}
+			id, err := strconv.ParseInt(part, 10, 64)
+			if err != nil || id <= 0 {
+				return nil, usagef("invalid row ID %q (IDs are positive integers, as failed list shows them)", part)
+			}
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids), nil
+}
+
+func failedRetryCmd(o *options, run runWrapper) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "retry ID... | --all",
+		Short: "Make failed events pending again, attempts reset (fix the cause first)",
+		Long: `Make the failed (parked) rows with the given IDs, or all of them with --all,
+pending again with attempts reset to 0. The forwarder retries them, and their
+partition keys flow again in order. IDs that are not parked rows are skipped.`,
+		Example: `  txoutbox failed retry 17 18
+  txoutbox failed retry --all`,
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return usagef("give row IDs or --all, not both or neither")
+			}
+			ids, err := parseIDs(args)
+			if err != nil {
+				return err
+			}
+			out := changeOutput{All: all, Requested: int64(len(ids))}
+			err = o.withStore(cmd.Context(), func(s *gormstore.Store) error {
+				out.Table = s.Table()
+				var n int64
+				var err error
+				if all {
+					n, err = s.RequeueAll(cmd.Context())
+				} else {
+					n, err = s.Requeue(cmd.Context(), ids...)
+				}
+				out.Changed = n
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			return o.print(cmd, out.as("requeued"), func(p *printer) {
+				p.linef("requeued %d failed events in %s", out.Changed, out.Table)
+				out.warnSkipped(cmd)
+			})
+		}),
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "retry every failed event")
+	return cmd
+}
+
+func failedDiscardCmd(o *options, run runWrapper) *cobra.Command {
+	return &cobra.Command{
+		Use:   "discard ID...",
+		Short: "Delete failed events: they are never published, their keys flow on",
+		Long: `Delete the failed (parked) rows with the given IDs. Their events are never
+published; the later rows of their partition keys flow again. Only parked rows
+are deleted; other IDs are skipped.`,
+		Example: `  txoutbox failed discard 17 18`,
+		Args:    cobra.MinimumNArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			ids, err := parseIDs(args)
+			if err != nil {
+				return err
+			}
+			if len(ids) == 0 {
+				return usagef("no row IDs given")
+			}
+			out := changeOutput{Requested: int64(len(ids))}
+			err = o.withStore(cmd.Context(), func(s *gormstore.Store) error {
+				out.Table = s.Table()
+				n, err := s.Discard(cmd.Context(), ids...)
+				out.Changed = n
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			return o.print(cmd, out.as("discarded"), func(p *printer) {
+				p.linef("discarded %d failed events from %s", out.Changed, out.Table)
+				out.warnSkipped(cmd)
+			})
+		}),
+	}
+}
+
+// changeOutput is the result of retry and discard.
+type changeOutput struct {
+	Table     string
+	All       bool
+	Requested int64
+	Changed   int64
+}
+
+// as returns the JSON form, the count under key.
+func (c changeOutput) as(key string) map[string]any {
+	m := map[string]any{"table": c.Table, key: c.Changed}
+	if c.All {
+		m["all"] = true
+	} else {
+		m["requested"] = c.Requested
+	}
+	return m
+}
+
+func (c changeOutput) warnSkipped(cmd *cobra.Command) {
+	if !c.All && c.Changed < c.Requested {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%d of %d IDs were not failed events (wrong ID, already retried, discarded or delivered) and were skipped\n",
+			c.Requested-c.Changed, c.Requested)
+	}
+}
+
+func purgeCmd(o *options, run runWrapper) *cobra.Command {
+	var deliveredBefore, inboxOlderThan durationFlag
+	var batch int
+	cmd := &cobra.Command{
+		Use:   "purge --delivered-before DURATION [--inbox-older-than DURATION]",
+		Short: "Delete delivered outbox rows and old inbox rows, in small batches",
+		Long: `Delete outbox rows delivered more than --delivered-before ago (they exist only
+with gormstore.Config.KeepDelivered; 0 deletes every delivered row), and inbox
+rows received more than --inbox-older-than ago, --batch-size rows per
+statement. Pending and failed rows are never deleted. Safe while the
+application runs, also next to retention.Cleaner on other instances.
+
+Durations: Go syntax (90m, 36h) plus days (7d, 1d12h).`,
+		Example: `  txoutbox purge --delivered-before 72h
+  txoutbox purge --delivered-before 7d --inbox-older-than 30d`,
+		Args: cobra.NoArgs,
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			if !deliveredBefore.set && !inboxOlderThan.set {
+				return usagef("nothing to purge: give --delivered-before, --inbox-older-than, or both")
+			}
+			if inboxOlderThan.set && inboxOlderThan.d <= 0 {
+				return usagef("--inbox-older-than %v must be positive: inbox rows guard against redelivered duplicates", inboxOlderThan.d)
+			}
+			if batch <= 0 || batch > retention.MaxBatchSize {
+				return usagef("--batch-size %d is out of range (1 to %d)", batch, retention.MaxBatchSize)
+			}
+			var out purgeOutput
+			err := o.withDB(cmd.Context(), false, func(db *gorm.DB) error {
+				ctx := cmd.Context()
+				var (
+					s   *gormstore.Store
+					in  *inbox.Inbox
+					err error
+				)
+				if deliveredBefore.set {
+					if s, err = gormstore.New(db, gormstore.Config{Table: o.table}); err != nil {
+						return err
+					}
+				}
+				if inboxOlderThan.set {
+					if in, err = inbox.New(db, inbox.Config{Table: o.inboxTable}); err != nil {
+						return err
+					}
+				}
+				if s != nil {
+					n, err := purgeOutbox(ctx, s, deliveredBefore.d, batch)
+					out.Outbox = &purgeTable{Table: s.Table(), OlderThan: deliveredBefore.d.String(), Deleted: n}
+					if err != nil {
+						return hintMissingTable(err)
+					}
+				}
+				if in != nil {
+					n, err := in.Cleanup(ctx, inboxOlderThan.d, batch)
+					out.Inbox = &purgeTable{Table: in.Table(), OlderThan: inboxOlderThan.d.String(), Deleted: n}
+					if err != nil {
+						return hintMissingTable(err)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return o.print(cmd, out, func(p *printer) {
+				if t := out.Outbox; t != nil {
+					p.linef("deleted %d delivered rows from %s (delivered more than %s ago)", t.Deleted, t.Table, t.OlderThan)
+				}
+				if t := out.Inbox; t != nil {
+					p.linef("deleted %d inbox rows from %s (received more than %s ago)", t.Deleted, t.Table, t.OlderThan)
+				}
+			})
+		}),
+	}
+	cmd.Flags().Var(&deliveredBefore, "delivered-before", "delete outbox rows delivered more than this long ago (0: all delivered rows)")
+	cmd.Flags().Var(&inboxOlderThan, "inbox-older-than", "delete inbox rows received more than this long ago")
+	cmd.Flags().IntVar(&batch, "batch-size", retention.DefaultBatchSize, "rows deleted per statement")
+	return cmd
+}
+
+// purgeOutbox deletes due delivered rows batch by batch.
+func purgeOutbox(ctx context.Context, s *gormstore.Store, olderThan time.Duration, batch int) (int64, error) {
+	var total int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		n, err := s.PurgeDeliveredBatch(ctx, olderThan, batch)
+		total += n
+		if err != nil || n < int64(batch) {
+			return total, err
+		}
+	}
+}
+
+type purgeOutput struct {
+	Outbox *purgeTable `json:"outbox,omitempty"`
+	Inbox  *purgeTable `json:"inbox,omitempty"`
+}
+
+type purgeTable struct {
+	Table     string `json:"table"`
+	OlderThan string `json:"older_than"`
+	Deleted   int64  `json:"deleted"`
+}
+
+// durationFlag is a duration flag that also takes days ("7d", "1d12h")
+// and remembers whether it was given.
+type durationFlag struct {
+	d   time.Duration
+	set bool
+}
+
+func (f *durationFlag) String() string {
+	if !f.set {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f *durationFlag) Type() string { return "duration" }
+
+func (f *durationFlag) Set(s string) error {
+	d, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	f.d, f.set = d, true
+	return nil
+}
+
+// parseDuration parses a non-negative Go duration with an optional
+// leading number of days: "36h", "7d", "1d12h".
+func parseDuration(s string) (time.Duration, error) {
+	orig := s
+	var days time.Duration
+	if i := strings.IndexByte(s, 'd'); i > 0 {
+		n, err := strconv.ParseUint(s[:i], 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q (use 90m, 36h, 7d or 1d12h)", orig)
+		}
+		days = time.Duration(n) * 24 * time.Hour
+		s = s[i+1:]
+		if s == "" {
+			return days, nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("invalid duration %q (use 90m, 36h, 7d or 1d12h)", orig)
+	}
+	return days + d, nil
+}

@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/glebarez/sqlite"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+)
+
+// dbTarget is a parsed --database-url.
+type dbTarget struct {
+	// postgres is true for PostgreSQL, false for SQLite.
+	postgres bool
+	// dsn is what the driver opens.
+	dsn string
+	// path is the SQLite file.
+	path string
+	// display names the database in messages, without a password.
+	display string
+}
+
+// parseDatabaseURL accepts postgres:// and postgresql:// URLs, and SQLite
+// as a file path, file:path[?params] or sqlite://path (sqlite:///abs/path).
+func parseDatabaseURL(raw string, timeout time.Duration) (dbTarget, error) {
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return dbTarget{}, usagef("no database: set --database-url or %s (postgres://user@host:5432/db, or a SQLite file path)", EnvDatabaseURL)
+	}
+	scheme, rest, hasScheme := strings.Cut(raw, "://")
+	if hasScheme {
+		switch strings.ToLower(scheme) {
+		case "postgres", "postgresql":
+			u, err := url.Parse(raw)
+			if err != nil {
+				var uerr *url.Error
+				if errors.As(err, &uerr) {
+					err = uerr.Err
+				}
+				return dbTarget{}, usagef("invalid database URL %s: %v", redactURL(raw), err)
+			}
+			if u.Host == "" && u.Query().Get("host") == "" {
+				return dbTarget{}, usagef("invalid database URL %s: no host (use postgres://user@host:5432/db)", redactURL(raw))
+			}
+			q := u.Query()
+			if q.Get("connect_timeout") == "" {
+				q.Set("connect_timeout", fmt.Sprint(max(1, int(timeout.Round(time.Second).Seconds()))))
+				u.RawQuery = q.Encode()
+			}
+			display := *u
+			display.RawQuery = ""
+			return dbTarget{postgres: true, dsn: u.String(), display: display.Redacted()}, nil
+		case "sqlite", "sqlite3":
+			if rest == "" || strings.ContainsAny(rest, "?#") {
+				return dbTarget{}, usagef("invalid database URL %q: use sqlite:///path/to/file.db (no parameters; use file:path.db?... for those)", raw)
+			}
+			return sqliteTarget(rest, ""), nil
+		}
+		return dbTarget{}, usagef("invalid database URL %s: unsupported scheme %q (use postgres://, a SQLite file path, or file:path.db)", redactURL(raw), scheme)
+	}
+	if path, ok := strings.CutPrefix(raw, "file:"); ok {
+		path, params, _ := strings.Cut(path, "?")
+		if path == "" {
+			return dbTarget{}, usagef("invalid database URL %q: file: needs a path", raw)
+		}
+		return sqliteTarget(path, params), nil
+	}
+	return sqliteTarget(raw, ""), nil
+}
+
+// sqliteTarget returns a SQLite file with a busy timeout added, so the CLI
+// waits for the application's writes instead of failing with "database is
+// locked".
+func sqliteTarget(path, params string) dbTarget {
+	q := params
+	if !strings.Contains(q, "busy_timeout") {
+		if q != "" {
+			q += "&"
+		}
+		q += "_pragma=busy_timeout(10000)"
+	}
+	return dbTarget{dsn: "file:" + path + "?" + q, path: path, display: "sqlite file " + path}
+}
+
+// open opens the database and checks that it answers within timeout. A
+// SQLite file must exist unless create is set (migrate).
+func (t dbTarget) open(ctx context.Context, timeout time.Duration, create bool) (*gorm.DB, error) {
+	if !t.postgres && !create && !strings.HasPrefix(t.path, ":memory:") {
+		if _, err := os.Stat(t.path); err != nil {
+			return nil, fmt.Errorf("cannot open %s: %w (run txoutbox migrate to create it)", t.display, err)
+		}
+	}
+	cfg := &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true}
+	var dialector gorm.Dialector
+	if t.postgres {
+		dialector = postgres.Open(t.dsn)
+	} else {
+		dialector = sqlite.Open(t.dsn)
+	}
+	db, err := gorm.Open(dialector, cfg)
+	if err != nil {
+		return nil, connectError(t.display, err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, err
+	}
+	sqlDB.SetMaxOpenConns(2)
+	pingCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := sqlDB.PingContext(pingCtx); err != nil {
+		_ = sqlDB.Close()
+		return nil, connectError(t.display, err)
+	}
+	return db, nil
+}
+
+func closeDB(db *gorm.DB) {
+	if sqlDB, err := db.DB(); err == nil {
+		_ = sqlDB.Close()
+	}
+}
+
+// redactURL hides the password of a URL, also of one that does not parse.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	if i := strings.LastIndex(raw, "@"); i >= 0 {
+		if j := strings.Index(raw, "://"); j >= 0 && j < i {
+			return raw[:j+3] + "xxxxx" + raw[i:]
+		}
+	}
+	return raw
+}
