@@ -24,6 +24,7 @@ import (
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
+	"github.com/txoutbox/txoutbox/retention"
 	"gorm.io/gorm"
 )
 
@@ -75,6 +76,7 @@ type App struct {
 
 	router    *message.Router
 	publisher *countingPublisher
+	cleaner   *retention.Cleaner
 }
 
 // New migrates the database and builds the app. It starts nothing.
@@ -144,6 +146,13 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Inbox rows are kept for the retention window (7 days), then deleted
+	// in small batches, every minute. Delivered outbox rows are deleted at
+	// delivery, so there is nothing to purge there.
+	a.cleaner, err = retention.New(retention.Config{Inbox: in, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
 	wmLog := watermill.NewSlogLoggerWithLevelMapping(cfg.Logger, map[slog.Level]slog.Level{
 		slog.LevelInfo: slog.LevelDebug, // the router's info lines are chatty
 	})
@@ -180,8 +189,8 @@ func (a *App) Topic() string { return a.cfg.Topic }
 func (a *App) Published(topic string) int64 { return a.publisher.count(topic) }
 
 // Run starts the consumer, then the forwarder (a GoChannel drops messages
-// published while nobody subscribes), then the HTTP server on ln when ln is
-// not nil, and serves until ctx ends. Then it shuts down in the reverse
+// published while nobody subscribes) and the inbox cleaner, then the HTTP
+// server on ln when ln is not nil, and serves until ctx ends. Then it shuts down in the reverse
 // order, each step bounded by ShutdownTimeout: the HTTP server stops taking
 // requests and finishes those in flight, the forwarder finishes its batch,
 // the consumer finishes the messages in flight. Events committed but not
@@ -207,6 +216,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 			log.Error("forwarder stopped", "error", err)
 		}
 	})
+	fwdWG.Go(func() { _ = a.cleaner.Run(fwdCtx) })
 
 	var srv *http.Server
 	srvDone := make(chan error, 1)

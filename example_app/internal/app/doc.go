@@ -9,6 +9,7 @@
 //	                                                  ▼
 //	GET /orders/{id} ◀── order_views
 //
-// Everything runs in one process; only the broker (package broker) and the
-// database (package database) change with the configuration.
+// A retention.Cleaner deletes inbox rows older than seven days, every
+// minute. Everything runs in one process; only the broker (package broker)
+// and the database (package database) change with the configuration.
 package app
