@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseDuration(t *testing.T) {
+	t.Parallel()
+	good := map[string]time.Duration{
+		"0":     0,
+		"90m":   90 * time.Minute,
+		"36h":   36 * time.Hour,
+		"7d":    7 * 24 * time.Hour,
+		"1d12h": 36 * time.Hour,
+		"2d30m": 48*time.Hour + 30*time.Minute,
+		"1.5h":  90 * time.Minute,
+		"0d":    0,
+		"365d":  365 * 24 * time.Hour,
+	}
+	for s, want := range good {
+		got, err := parseDuration(s)
+		require.NoError(t, err, s)
+		require.Equal(t, want, got, s)
+	}
+	for _, s := range []string{"", "d", "7", "7days", "-1h", "-1d", "1d-1h", "xd", "1d1d", "1h30m5"} {
+		_, err := parseDuration(s)
+		require.Error(t, err, s)
+	}
+}
+
+func TestFormatAge(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "-", formatAge(0))
+	require.Equal(t, "12ms", formatAge(12345*time.Microsecond))
+	require.Equal(t, "3m4s", formatAge(3*time.Minute+4400*time.Millisecond))
+	require.Equal(t, "50h0m0s", formatAge(50*time.Hour))
+}
+
+func TestOneLine(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "a b c", oneLine("a\n b\t\tc ", 10))
+	require.Equal(t, "abcd…", oneLine("abcdefgh", 5))
+	require.Equal(t, "äöü", oneLine("äöü", 3))
+}
+
+func TestParseDatabaseURL(t *testing.T) {
+	t.Parallel()
+	pg, err := parseDatabaseURL("postgres://u:pw@db:5432/app?sslmode=disable", 3*time.Second)
+	require.NoError(t, err)
+	require.True(t, pg.postgres)
+	require.Equal(t, "postgres://u:pw@db:5432/app?connect_timeout=3&sslmode=disable", pg.dsn)
+	require.Equal(t, "postgres://u:xxxxx@db:5432/app", pg.display)
+
+	pg, err = parseDatabaseURL("postgresql://db/app?connect_timeout=9", time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "postgresql://db/app?connect_timeout=9", pg.dsn, "a connect_timeout given is kept")
+
+	for raw, path := range map[string]string{
+		"app.db":                 "app.db",
+		"/var/lib/app/app.db":    "/var/lib/app/app.db",
+		"sqlite:///var/app.db":   "/var/app.db",
+		"sqlite://rel.db":        "rel.db",
+		"file:app.db":            "app.db",
+		"file:/x/app.db?mode=rw": "/x/app.db",
+	} {
+		tg, err := parseDatabaseURL(raw, time.Second)
+		require.NoError(t, err, raw)
+		require.False(t, tg.postgres, raw)
+		require.Equal(t, path, tg.path, raw)
+		require.Contains(t, tg.dsn, "_pragma=busy_timeout(10000)", raw)
+	}
+	tg, err := parseDatabaseURL("file:app.db?_pragma=busy_timeout(1)", time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "file:app.db?_pragma=busy_timeout(1)", tg.dsn)
+}
