@@ -112,13 +112,16 @@ type settings struct {
 // usageError is a configuration problem: exit code 2.
 type usageError struct{ err error }
 
+// Error returns the problem.
 func (e usageError) Error() string { return e.err.Error() }
+
+// Unwrap returns the problem.
 func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 // parse reads args and the environment. It returns flag.ErrHelp for -h.
-func parse(args []string, getenv func(string) string, stderr io.Writer) (settings, error) {
+func parse(args []string, getenv func(string) string) (settings, error) {
 	var s settings
 	if len(args) > 0 && (args[0] == "demo" || args[0] == "serve") {
 		s.demo = args[0] == "demo"
@@ -188,7 +191,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (setting
 // environment getenv, and returns the exit code. It stops when ctx ends
 // (main cancels it on SIGINT and SIGTERM).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	s, err := parse(args, getenv, stderr)
+	s, err := parse(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(stdout, usageText, DefaultDataDir(), demo.DefaultOrders, demo.DefaultConcurrency, demo.DefaultTimeout)
 		return ExitOK

@@ -58,11 +58,16 @@ type CancelOrder struct {
 
 // OrderPlaced says an order was placed.
 type OrderPlaced struct {
-	OrderID     string    `json:"order_id"`
-	Customer    string    `json:"customer"`
-	AmountCents int64     `json:"amount_cents"`
-	Version     int       `json:"version"`
-	PlacedAt    time.Time `json:"placed_at"`
+	// OrderID is the order placed; also the partition key.
+	OrderID string `json:"order_id"`
+	// Customer placed it.
+	Customer string `json:"customer"`
+	// AmountCents is its total in cents.
+	AmountCents int64 `json:"amount_cents"`
+	// Version is 1.
+	Version int `json:"version"`
+	// PlacedAt is when the command ran.
+	PlacedAt time.Time `json:"placed_at"`
 }
 
 // PartitionKey orders the events of one order.
@@ -70,10 +75,14 @@ func (e OrderPlaced) PartitionKey() string { return e.OrderID }
 
 // OrderPaid says an order was paid.
 type OrderPaid struct {
-	OrderID     string    `json:"order_id"`
-	AmountCents int64     `json:"amount_cents"`
-	Version     int       `json:"version"`
-	PaidAt      time.Time `json:"paid_at"`
+	// OrderID is the order paid; also the partition key.
+	OrderID string `json:"order_id"`
+	// AmountCents is the amount paid, in cents.
+	AmountCents int64 `json:"amount_cents"`
+	// Version is the order's version after the payment (2).
+	Version int `json:"version"`
+	// PaidAt is when the command ran.
+	PaidAt time.Time `json:"paid_at"`
 }
 
 // PartitionKey orders the events of one order.
@@ -81,9 +90,13 @@ func (e OrderPaid) PartitionKey() string { return e.OrderID }
 
 // OrderCancelled says an order was cancelled.
 type OrderCancelled struct {
-	OrderID     string    `json:"order_id"`
-	Reason      string    `json:"reason,omitempty"`
-	Version     int       `json:"version"`
+	// OrderID is the order cancelled; also the partition key.
+	OrderID string `json:"order_id"`
+	// Reason is the reason given, if any.
+	Reason string `json:"reason,omitempty"`
+	// Version is the order's version after the cancellation (2).
+	Version int `json:"version"`
+	// CancelledAt is when the command ran.
 	CancelledAt time.Time `json:"cancelled_at"`
 }
 
