@@ -17,7 +17,8 @@
 #
 # rabbitmq: RabbitMQ at TEST_AMQP_URL
 # (default amqp://guest:guest@127.0.0.1:5672/), used by the chaos tests
-# (make test-chaos), which stop and start it with rabbitmqctl.
+# (make test-chaos), which stop and start it with rabbitmqctl, and by the
+# example app's tests and demo.
 #   1. the AMQP port answers            -> ok
 #   2. installed here but down          -> rabbitmqctl start_app if the node
 #                                          runs with its application stopped,
