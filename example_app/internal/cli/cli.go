@@ -287,19 +287,20 @@ func runDemo(ctx context.Context, s settings, stdout, stderr io.Writer) error {
 		// service's data or locks.
 		s.db.Path = filepath.Join(s.dataDir, "demo-"+runID+".db")
 	}
+	if ownFile && !s.keep {
+		// Runs last, also when connecting to the broker failed.
+		defer func() {
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				_ = os.Remove(s.db.Path + suffix)
+			}
+		}()
+	}
 	db, b, err := connect(ctx, s, log)
 	if err != nil {
 		return err
 	}
+	defer database.Close(db)
 	defer b.Close()
-	defer func() {
-		_ = database.Close(db)
-		if ownFile && !s.keep {
-			for _, suffix := range []string{"", "-wal", "-shm"} {
-				_ = os.Remove(s.db.Path + suffix)
-			}
-		}
-	}()
 
 	rec := demo.NewRecorder(prefix)
 	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Topic: s.topic, Logger: log, AfterCommit: []func(middleware.AfterCommitParams){rec.AfterCommit}})

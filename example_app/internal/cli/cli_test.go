@@ -128,12 +128,18 @@ func TestUnreachableExitsWithOne(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			for _, args := range [][]string{nil, {"demo"}} {
-				env := map[string]string{"DATA_DIR": t.TempDir(), "HTTP_ADDR": "127.0.0.1:0", tc.key: tc.url}
+				dir := t.TempDir()
+				env := map[string]string{"DATA_DIR": dir, "HTTP_ADDR": "127.0.0.1:0", tc.key: tc.url}
 				r := mainWith(t.Context(), env, args...)
 				require.Equal(t, cli.ExitFailure, r.code, r.stderr)
 				require.Contains(t, r.stderr, tc.want)
 				require.Less(t, r.took, 10*time.Second)
 				require.Empty(t, r.stdout)
+				if len(args) > 0 {
+					entries, err := os.ReadDir(dir)
+					require.NoError(t, err)
+					require.Empty(t, entries, "the demo removes its database file also when it could not start")
+				}
 			}
 		})
 	}
