@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel"
@@ -43,10 +44,16 @@ type telemetry struct {
 	pending       metric.Int64ObservableGauge
 	failed        metric.Int64ObservableGauge
 	oldestAge     metric.Float64ObservableGauge
+
+	// topics are the topics seen so far: the gauges report 0 for those
+	// with nothing waiting, rather than dropping their series.
+	topicsMu sync.Mutex
+	topics   map[string]bool
 }
 
 func newTelemetry(cfg ForwarderConfig) (*telemetry, error) {
 	t := &telemetry{
+		topics:     map[string]bool{},
 		tracer:     cfg.TracerProvider.Tracer(instrumentationName),
 		propagator: cfg.Propagator,
 		meter:      cfg.MeterProvider.Meter(instrumentationName),
@@ -76,7 +83,8 @@ func newTelemetry(cfg ForwarderConfig) (*telemetry, error) {
 		return nil, err
 	}
 	if t.batchDuration, err = m.Float64Histogram("txoutbox.relay.batch.duration", metric.WithUnit("s"),
-		metric.WithDescription("Time from claim to finish of a batch.")); err != nil {
+		metric.WithDescription("Time from claim to finish of a batch."),
+		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)); err != nil {
 		return nil, err
 	}
 	if t.pending, err = m.Int64ObservableGauge("txoutbox.outbox.pending", metric.WithUnit("{message}"),
@@ -102,7 +110,13 @@ func (t *telemetry) observeStats(stats func(context.Context) (Stats, error)) (fu
 		if err != nil {
 			return err
 		}
-		for topic, ts := range st.Topics {
+		t.topicsMu.Lock()
+		defer t.topicsMu.Unlock()
+		for topic := range st.Topics {
+			t.topics[topic] = true
+		}
+		for topic := range t.topics {
+			ts := st.Topics[topic]
 			attrs := metric.WithAttributes(attribute.String("messaging.destination.name", topic))
 			o.ObserveInt64(t.pending, ts.Pending, attrs)
 			o.ObserveInt64(t.failed, ts.Failed, attrs)
@@ -198,6 +212,11 @@ func (t *telemetry) recordBatch(ctx context.Context, info BatchInfo, rows []Row,
 		}
 		c.failed++
 	}
+	t.topicsMu.Lock()
+	for topic := range perTopic {
+		t.topics[topic] = true
+	}
+	t.topicsMu.Unlock()
 	for topic, c := range perTopic {
 		attrs := metric.WithAttributes(attribute.String("messaging.destination.name", topic))
 		if c.published > 0 {

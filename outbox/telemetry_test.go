@@ -154,6 +154,10 @@ func TestTelemetry_MetricsForFailuresAndGauges(t *testing.T) {
 		return sumOf(rm, "txoutbox.relay.published", "m") == 4 && sumOf(rm, "txoutbox.relay.parked", "m") == 1
 	}, 10*time.Second, 20*time.Millisecond)
 	require.Equal(t, int64(1), sumOf(rm, "txoutbox.relay.publish_failures", "m"))
+	// The gauges are read at collection time; collect again now that the
+	// batch that parked the row has committed.
+	rm = metricdata.ResourceMetrics{}
+	require.NoError(t, reader.Collect(ctx, &rm))
 	require.Equal(t, int64(1), gaugeOf(rm, "txoutbox.outbox.failed", "m"), "the parked row")
 	require.Equal(t, int64(1), gaugeOf(rm, "txoutbox.outbox.pending", "m"), "the row behind it")
 }

@@ -94,6 +94,13 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if cfg.Forwarder.Logger == nil {
 		cfg.Forwarder.Logger = cfg.Logger
 	}
+	meters, metricsHandler, err := newMetrics()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Forwarder.MeterProvider == nil {
+		cfg.Forwarder.MeterProvider = meters
+	}
 
 	store, err := gormstore.New(cfg.DB, gormstore.Config{})
 	if err != nil {
@@ -174,7 +181,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		wmiddleware.Recoverer,
 	)
 
-	a.Handler, err = httpapi.New(httpapi.Config{Bus: a.Bus, DB: cfg.DB, Stats: store.Stats, Logger: cfg.Logger})
+	a.Handler, err = httpapi.New(httpapi.Config{Bus: a.Bus, DB: cfg.DB, Stats: store.Stats, Metrics: metricsHandler, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}

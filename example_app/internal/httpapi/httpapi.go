@@ -28,6 +28,8 @@ type Config struct {
 	DB *gorm.DB
 	// Stats reports the outbox for GET /healthz. Optional.
 	Stats func(ctx context.Context) (outbox.Stats, error)
+	// Metrics serves GET /metrics. Optional.
+	Metrics http.Handler
 	// Logger receives the errors answered with 500. Optional; default
 	// slog.Default().
 	Logger *slog.Logger
@@ -48,6 +50,9 @@ func New(cfg Config) (http.Handler, error) {
 	mux.HandleFunc("POST /orders/{id}/cancel", a.cancel)
 	mux.HandleFunc("GET /orders/{id}", a.get)
 	mux.HandleFunc("GET /healthz", a.health)
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics)
+	}
 	return mux, nil
 }
 

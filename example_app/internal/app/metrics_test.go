@@ -1,0 +1,52 @@
+package app_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/example_app/internal/app"
+	"github.com/txoutbox/txoutbox/example_app/internal/broker"
+	"github.com/txoutbox/txoutbox/example_app/internal/orders"
+	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+)
+
+// GET /metrics serves the relay metrics in the Prometheus text format.
+func TestMetricsEndpoint(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db := testdb.Open(t, testdb.SQLite)
+	b, err := broker.Open(ctx, broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Close() })
+	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx, nil) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+
+	require.NoError(t, a.Bus.Dispatch(ctx, orders.PlaceOrder{OrderID: "o-1", Customer: "ada", AmountCents: 7}))
+	require.Eventually(t, func() bool {
+		_, err := readmodel.Get(ctx, db, "o-1")
+		return err == nil
+	}, 10*time.Second, 5*time.Millisecond)
+
+	var body string
+	require.Eventually(t, func() bool {
+		rec := httptest.NewRecorder()
+		a.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		body = rec.Body.String()
+		return rec.Code == http.StatusOK && strings.Contains(body, `txoutbox_relay_published_total{`)
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Contains(t, body, `messaging_destination_name="orders"`)
+	require.Contains(t, body, "txoutbox_outbox_pending")
+	require.Contains(t, body, "txoutbox_relay_batch_duration_seconds_bucket")
+}
