@@ -16,8 +16,11 @@ CREATE TABLE IF NOT EXISTS "txoutbox_outbox" (
     failed_at       TIMESTAMPTZ
 );
 
--- Every message UUID is stored once.
-CREATE UNIQUE INDEX IF NOT EXISTS "txoutbox_outbox_uuid_key" ON "txoutbox_outbox" (uuid);
+-- A message UUID is stored once among the rows not yet delivered. Delivered
+-- rows kept for retention leave the index, so marking a row delivered does
+-- not touch a random leaf among millions of kept rows.
+CREATE UNIQUE INDEX IF NOT EXISTS "txoutbox_outbox_uuid_key" ON "txoutbox_outbox" (uuid)
+    WHERE delivered_at IS NULL;
 
 -- Only undelivered rows are indexed for claims, so claims stay fast when
 -- millions of delivered rows are kept for a retention window.

@@ -16,7 +16,9 @@ CREATE TABLE IF NOT EXISTS "txoutbox_outbox" (
     failed_at       TIMESTAMP
 );
 
-CREATE UNIQUE INDEX IF NOT EXISTS "txoutbox_outbox_uuid_key" ON "txoutbox_outbox" (uuid);
+-- A message UUID is stored once among the rows not yet delivered.
+CREATE UNIQUE INDEX IF NOT EXISTS "txoutbox_outbox_uuid_key" ON "txoutbox_outbox" (uuid)
+    WHERE delivered_at IS NULL;
 
 CREATE INDEX IF NOT EXISTS "txoutbox_outbox_pending_idx" ON "txoutbox_outbox" (id)
     WHERE delivered_at IS NULL AND failed_at IS NULL;
