@@ -1,0 +1,32 @@
+// Package bench holds the project's end-to-end benchmarks: the relay drain
+// rate and the commit-to-publish latency of the txoutbox forwarder, side by
+// side with the stock Watermill path they replace (a watermill-sql/v3 table
+// relayed by components/forwarder) and with the bare database floor.
+//
+// The package has no API; everything lives in _test.go files. The
+// benchmarks need the PostgreSQL test database (see internal/testdb) and
+// fail when it is unreachable. Run them alone on a quiet machine, one
+// drain per iteration:
+//
+//	go test -run '^$' -bench 'BenchmarkRelay|BenchmarkCommitToPublish' \
+//	    -benchtime 1x -count 3 -timeout 30m ./bench/
+//
+// BenchmarkRelay drains a pre-filled backlog (50,000 events of about 200
+// bytes on 50 partition keys; 200,000 for native-200k) to a Watermill
+// GoChannel and reports events/s for:
+//
+//	backend=native                   outbox.Forwarder on gormstore (PostgreSQL)
+//	backend=watermill-sql-forwarder  components/forwarder over a watermill-sql/v3
+//	                                 Subscriber (batch 100, poll 10 ms)
+//	backend=floor                    DELETE ... RETURNING in batches of 500, no publish
+//	backend=native-200k              native with 200,000 events
+//
+// BenchmarkCommitToPublish dispatches 1,000 commands/s for 10 s through the
+// transactional middleware (8 producers, one event each) and reports the
+// latency from the commit's return to the GoChannel subscriber (p50-ms,
+// p99-ms) and the statements the relay sends while nothing is pending
+// (idle-queries/s), counted at the pgx driver.
+//
+// The numbers and the machine they were measured on are in
+// docs/benchmarks.md.
+package bench

@@ -1,0 +1,232 @@
+package bench_test
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/outbox"
+)
+
+// drainTimeout bounds one drain; a relay slower than this has failed.
+const drainTimeout = 10 * time.Minute
+
+// floorBatch is the floor's rows per DELETE, the native forwarder's
+// default batch size.
+const floorBatch = outbox.DefaultBatchSize
+
+// drainResult is one timed drain: wall time, and the CPU time this process
+// and the PostgreSQL server used meanwhile.
+type drainResult struct {
+	elapsed time.Duration
+	cpu     cpuSample
+}
+
+// BenchmarkRelay drains a pre-filled backlog to a GoChannel and reports
+// events/s, and the CPU time per event of this process (go-cpu-us/event)
+// and of all PostgreSQL server processes (pg-cpu-us/event). Each iteration is one full drain of a fresh schema, filled and
+// settled (VACUUM ANALYZE) with the timer stopped; run it with
+// -benchtime 1x.
+func BenchmarkRelay(b *testing.B) {
+	cases := []struct {
+		name   string
+		events int
+		drain  func(b *testing.B, events int) drainResult
+	}{
+		{"backend=native", 50_000, drainNative},
+		{"backend=watermill-sql-forwarder", 50_000, drainStock},
+		{"backend=floor", 50_000, drainFloor},
+		{"backend=native-200k", 200_000, drainNative},
+	}
+	for _, bc := range cases {
+		b.Run(bc.name, func(b *testing.B) {
+			var total time.Duration
+			var cpu cpuSample
+			for range b.N {
+				b.StopTimer()
+				r := bc.drain(b, bc.events)
+				total += r.elapsed
+				cpu.goCPU += r.cpu.goCPU
+				cpu.pgCPU += r.cpu.pgCPU
+			}
+			events := float64(bc.events) * float64(b.N)
+			us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / events }
+			b.ReportMetric(events/total.Seconds(), "events/s")
+			b.ReportMetric(float64(total.Nanoseconds())/events, "ns/event")
+			b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
+			b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// drainNative relays the backlog with outbox.Forwarder on gormstore, with
+// default settings, and returns the time from Run until Run returned after
+// the last message arrived (its last batch finished).
+func drainNative(b *testing.B, events int) drainResult {
+	db, _ := testdb.OpenPostgres(b)
+	gs, err := gormstore.New(db, gormstore.Config{})
+	store := &timedStore{Store: gs}
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := store.Migrate(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	fillNative(b, db, store.Table(), events)
+	slogger, _ := newLogs(b)
+	s := newSink(b, int64(events), nil)
+	fw, err := outbox.NewForwarder(store, s.pubSub, outbox.ForwarderConfig{Logger: slogger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runtime.GC()
+
+	b.StartTimer()
+	start, cpu := time.Now(), sampleCPU()
+	runErr := make(chan error, 1)
+	go func() { runErr <- fw.Run(ctx) }()
+	s.wait(b, drainTimeout)
+	cancel()
+	err = <-runErr
+	r := drainResult{time.Since(start), sampleCPU().sub(cpu)}
+	b.StopTimer()
+
+	if err != nil {
+		b.Fatalf("Run: %v", err)
+	}
+	if left := testdb.Count(b, db, store.Table(), ""); left != 0 {
+		b.Fatalf("%d rows left in the outbox after %d deliveries", left, s.received.Load())
+	}
+	b.Log(store.summary())
+	return r
+}
+
+// drainStock relays the backlog with Watermill's stock forwarder reading
+// the watermill-sql/v3 table, and returns the time from Run until the last
+// message arrived. The forwarder is closed after the timer stops; its last
+// offset ack may be rolled back by the close, which is why every
+// iteration uses a fresh schema.
+func drainStock(b *testing.B, events int) drainResult {
+	db, schema := testdb.OpenPostgres(b)
+	sqlDB, err := db.DB()
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, wlog := newLogs(b)
+	fillStock(b, schema, wlog, events)
+	settle(b, db, stockTable)
+	s := newSink(b, int64(events), nil)
+	fwd := newStockForwarder(b, sqlDB, s.pubSub, wlog)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runtime.GC()
+
+	b.StartTimer()
+	start, cpu := time.Now(), sampleCPU()
+	runErr := make(chan error, 1)
+	go func() { runErr <- fwd.Run(ctx) }()
+	s.wait(b, drainTimeout)
+	r := drainResult{time.Since(start), sampleCPU().sub(cpu)}
+	b.StopTimer()
+
+	if err := fwd.Close(); err != nil {
+		b.Fatalf("close stock forwarder: %v", err)
+	}
+	if err := <-runErr; err != nil {
+		b.Fatalf("stock forwarder Run: %v", err)
+	}
+	return r
+}
+
+// drainFloor deletes the native backlog in batches of floorBatch with
+// DELETE ... RETURNING on one connection, reads the returned rows, and
+// publishes nothing: what PostgreSQL and pgx alone cost. Like the native
+// relay's transactions it runs with synchronous_commit off.
+func drainFloor(b *testing.B, events int) drainResult {
+	db, _ := testdb.OpenPostgres(b)
+	store, err := gormstore.New(db, gormstore.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := store.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	t := store.Table()
+	fillNative(b, db, t, events)
+	sqlDB, err := db.DB()
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := sqlDB.Conn(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	query := `DELETE FROM ` + t + ` WHERE id = ANY(ARRAY(
+	SELECT id FROM ` + t + ` ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
+
+	var r drainResult
+	total := 0
+	err = conn.Raw(func(dc any) error {
+		px := dc.(*stdlib.Conn).Conn()
+		if _, err := px.Exec(ctx, "SET synchronous_commit = off"); err != nil {
+			return err
+		}
+		defer func() { _, _ = px.Exec(ctx, "RESET synchronous_commit") }()
+		runtime.GC()
+
+		b.StartTimer()
+		start, cpu := time.Now(), sampleCPU()
+		for total < events {
+			rows, err := px.Query(ctx, query, floorBatch)
+			if err != nil {
+				return err
+			}
+			n, err := scanFloor(rows)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				break
+			}
+			total += n
+		}
+		r = drainResult{time.Since(start), sampleCPU().sub(cpu)}
+		b.StopTimer()
+		return nil
+	})
+	if err != nil {
+		b.Fatalf("floor: %v", err)
+	}
+	if total != events {
+		b.Fatalf("floor deleted %d of %d rows", total, events)
+	}
+	return r
+}
+
+// scanFloor reads the returned rows into outbox.Row values, as the relay
+// reads its claims, and returns how many there were.
+func scanFloor(rows pgx.Rows) (int, error) {
+	defer rows.Close()
+	out := make([]outbox.Row, 0, floorBatch)
+	for rows.Next() {
+		var r outbox.Row
+		var attempts int32
+		if err := rows.Scan(&r.ID, &r.UUID, &r.Topic, &r.PartitionKey, &r.Payload, &r.Metadata, &attempts); err != nil {
+			return 0, err
+		}
+		r.Attempts = int(attempts)
+		out = append(out, r)
+	}
+	return len(out), rows.Err()
+}
