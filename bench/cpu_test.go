@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -15,11 +16,18 @@ const clockTick = 10 * time.Millisecond
 
 // cpuSample is the CPU time used so far by this process and by every
 // PostgreSQL server process on the machine (all sessions, not only the
-// benchmark's: run the benchmarks alone).
-type cpuSample struct{ goCPU, pgCPU time.Duration }
+// benchmark's: run the benchmarks alone), and this process's heap
+// allocations.
+type cpuSample struct {
+	goCPU, pgCPU time.Duration
+	mallocs      uint64
+}
 
 func sampleCPU() cpuSample {
 	var s cpuSample
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	s.mallocs = ms.Mallocs
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		s.goCPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
@@ -47,5 +55,5 @@ func sampleCPU() cpuSample {
 }
 
 func (a cpuSample) sub(b cpuSample) cpuSample {
-	return cpuSample{a.goCPU - b.goCPU, a.pgCPU - b.pgCPU}
+	return cpuSample{a.goCPU - b.goCPU, a.pgCPU - b.pgCPU, a.mallocs - b.mallocs}
 }

@@ -28,8 +28,9 @@ type drainResult struct {
 }
 
 // BenchmarkRelay drains a pre-filled backlog to a GoChannel and reports
-// events/s, and the CPU time per event of this process (go-cpu-us/event)
-// and of all PostgreSQL server processes (pg-cpu-us/event). Each iteration is one full drain of a fresh schema, filled and
+// events/s, the CPU time per event of this process (go-cpu-us/event) and
+// of all PostgreSQL server processes (pg-cpu-us/event), and this process's
+// heap allocations per event (allocs/event). Each iteration is one full drain of a fresh schema, filled and
 // settled (VACUUM ANALYZE) with the timer stopped; run it with
 // -benchtime 1x.
 func BenchmarkRelay(b *testing.B) {
@@ -53,6 +54,7 @@ func BenchmarkRelay(b *testing.B) {
 				total += r.elapsed
 				cpu.goCPU += r.cpu.goCPU
 				cpu.pgCPU += r.cpu.pgCPU
+				cpu.mallocs += r.cpu.mallocs
 			}
 			events := float64(bc.events) * float64(b.N)
 			us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / events }
@@ -60,6 +62,7 @@ func BenchmarkRelay(b *testing.B) {
 			b.ReportMetric(float64(total.Nanoseconds())/events, "ns/event")
 			b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
 			b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
+			b.ReportMetric(float64(cpu.mallocs)/events, "allocs/event")
 			b.ReportMetric(0, "ns/op")
 		})
 	}

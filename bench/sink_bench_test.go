@@ -13,7 +13,8 @@ import (
 // BenchmarkSink publishes 50,000 ready messages straight to the GoChannel
 // sink the relay benchmarks publish to, in Publish calls of 500 (the
 // native relay's batch): what the sink alone costs, the ceiling of any
-// relay measured with it. Reports events/s and go-cpu-us/event.
+// relay measured with it. Reports events/s, go-cpu-us/event and
+// allocs/event.
 func BenchmarkSink(b *testing.B) {
 	const events = 50_000
 	enc := outbox.NewEncoder(outbox.EncoderConfig{})
@@ -44,10 +45,12 @@ func BenchmarkSink(b *testing.B) {
 		c := sampleCPU().sub(before)
 		b.StopTimer()
 		cpu.goCPU += c.goCPU
+		cpu.mallocs += c.mallocs
 	}
 	n := float64(events) * float64(b.N)
 	b.ReportMetric(n/total.Seconds(), "events/s")
 	b.ReportMetric(float64(cpu.goCPU)/float64(time.Microsecond)/n, "go-cpu-us/event")
+	b.ReportMetric(float64(cpu.mallocs)/n, "allocs/event")
 	b.ReportMetric(0, "ns/op")
 }
 
