@@ -47,7 +47,9 @@ type latencyRig struct {
 // the command's commit (the first AfterCommit hook) to the GoChannel
 // subscriber. Then, with nothing pending, it counts for idleDuration the
 // statements the relay sends to PostgreSQL, at the pgx driver of the
-// relay's own pool. Run it with -benchtime 1x.
+// relay's own pool. others-cpu-% is the share of the machine that other
+// processes used during the load: a run is clean only when it is near 0.
+// Run it with -benchtime 1x.
 func BenchmarkCommitToPublish(b *testing.B) {
 	cases := []struct {
 		name  string
@@ -63,6 +65,7 @@ func BenchmarkCommitToPublish(b *testing.B) {
 			var idleTime time.Duration
 			var commands int
 			var loadTime time.Duration
+			var cpu cpuSample
 			for range b.N {
 				b.StopTimer()
 				r := measureLatency(b, bc.setup)
@@ -74,6 +77,7 @@ func BenchmarkCommitToPublish(b *testing.B) {
 				load.statements += r.load.statements
 				commands += r.commands
 				loadTime += r.loadTime
+				cpu.others += r.cpu.others
 			}
 			slices.Sort(all)
 			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -85,6 +89,7 @@ func BenchmarkCommitToPublish(b *testing.B) {
 			b.ReportMetric(float64(idle.statements)/idleTime.Seconds(), "idle-queries/s")
 			b.ReportMetric(float64(idle.roundTrips)/idleTime.Seconds(), "idle-roundtrips/s")
 			b.ReportMetric(float64(idle.transactions)/idleTime.Seconds(), "idle-xacts/s")
+			b.ReportMetric(cpu.othersShare(loadTime), "others-cpu-%")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
@@ -160,6 +165,7 @@ type latencyResult struct {
 	load      counts // relay statements during the measured load
 	idle      counts
 	idleTime  time.Duration
+	cpu       cpuSample // during the load
 }
 
 // measureLatency runs one load + idle cycle on a fresh schema.
@@ -223,20 +229,20 @@ func measureLatency(b *testing.B, setup func(b *testing.B, db *gorm.DB, schema s
 
 	runtime.GC()
 	measuring.Store(true)
-	before := rig.counter.snapshot()
+	before, cpu := rig.counter.snapshot(), sampleCPU()
 	b.StartTimer()
 	n, loadTime := produce(b, cmdBus, &next, int(loadDuration.Seconds()*loadRate))
 	waitFor(b, arrivalWindow, func() bool { return measured.Load() >= int64(n) })
 	b.StopTimer()
 	measuring.Store(false)
-	load := rig.counter.snapshot().sub(before)
+	load, loadCPU := rig.counter.snapshot().sub(before), sampleCPU().sub(cpu)
 
 	time.Sleep(idleSettle)
 	idleStart, idleBefore := time.Now(), rig.counter.snapshot()
 	time.Sleep(idleDuration)
 	idle, idleTime := rig.counter.snapshot().sub(idleBefore), time.Since(idleStart)
 
-	res := latencyResult{commands: n, loadTime: loadTime, load: load, idle: idle, idleTime: idleTime}
+	res := latencyResult{commands: n, loadTime: loadTime, load: load, idle: idle, idleTime: idleTime, cpu: loadCPU}
 	early := 0
 	sent.Range(func(k, v any) bool {
 		r, ok := recv.Load(k)

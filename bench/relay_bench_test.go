@@ -30,7 +30,9 @@ type drainResult struct {
 // BenchmarkRelay drains a pre-filled backlog to a GoChannel and reports
 // events/s, the CPU time per event of this process (go-cpu-us/event) and
 // of all PostgreSQL server processes (pg-cpu-us/event), and this process's
-// heap allocations per event (allocs/event). Each iteration is one full drain of a fresh schema, filled and
+// heap allocations per event (allocs/event). others-cpu-% is the share of
+// the machine that other processes used meanwhile: a run is clean only
+// when it is near 0. Each iteration is one full drain of a fresh schema, filled and
 // settled (VACUUM ANALYZE) with the timer stopped; run it with
 // -benchtime 1x.
 func BenchmarkRelay(b *testing.B) {
@@ -55,6 +57,7 @@ func BenchmarkRelay(b *testing.B) {
 				cpu.goCPU += r.cpu.goCPU
 				cpu.pgCPU += r.cpu.pgCPU
 				cpu.mallocs += r.cpu.mallocs
+				cpu.others += r.cpu.others
 			}
 			events := float64(bc.events) * float64(b.N)
 			us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / events }
@@ -63,6 +66,7 @@ func BenchmarkRelay(b *testing.B) {
 			b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
 			b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
 			b.ReportMetric(float64(cpu.mallocs)/events, "allocs/event")
+			b.ReportMetric(cpu.othersShare(total), "others-cpu-%")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
