@@ -18,7 +18,9 @@
 //	backend=native                   outbox.Forwarder on gormstore (PostgreSQL)
 //	backend=watermill-sql-forwarder  components/forwarder over a watermill-sql/v3
 //	                                 Subscriber (batch 100, poll 10 ms)
-//	backend=floor                    DELETE ... RETURNING in batches of 500, no publish
+//	backend=floor                    DELETE ... RETURNING in batches of 500, no publish,
+//	                                 synchronous_commit off (as the relay's transactions)
+//	backend=floor-sync-commit        the same, each batch waiting for its WAL flush
 //	backend=native-200k              native with 200,000 events
 //
 // BenchmarkCommitToPublish dispatches 1,000 commands/s for 10 s through the
@@ -27,6 +29,8 @@
 // p99-ms) and the statements the relay sends while nothing is pending
 // (idle-queries/s), counted at the pgx driver.
 //
+// BenchmarkSink and BenchmarkDecodeMetadata measure two parts of the
+// relay's cost alone: the GoChannel sink, and decoding stored metadata.
 // The numbers and the machine they were measured on are in
 // docs/benchmarks.md.
 package bench

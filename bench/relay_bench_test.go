@@ -43,7 +43,8 @@ func BenchmarkRelay(b *testing.B) {
 	}{
 		{"backend=native", 50_000, drainNative},
 		{"backend=watermill-sql-forwarder", 50_000, drainStock},
-		{"backend=floor", 50_000, drainFloor},
+		{"backend=floor", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, false) }},
+		{"backend=floor-sync-commit", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, true) }},
 		{"backend=native-200k", 200_000, drainNative},
 	}
 	for _, bc := range cases {
@@ -156,8 +157,9 @@ func drainStock(b *testing.B, events int) drainResult {
 // drainFloor deletes the native backlog in batches of floorBatch with
 // DELETE ... RETURNING on one connection, reads the returned rows, and
 // publishes nothing: what PostgreSQL and pgx alone cost. Like the native
-// relay's transactions it runs with synchronous_commit off.
-func drainFloor(b *testing.B, events int) drainResult {
+// relay's transactions it runs with synchronous_commit off, unless
+// syncCommit (each batch then waits for its WAL flush).
+func drainFloor(b *testing.B, events int, syncCommit bool) drainResult {
 	db, _ := testdb.OpenPostgres(b)
 	store, err := gormstore.New(db, gormstore.Config{})
 	if err != nil {
@@ -186,8 +188,10 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 	total := 0
 	err = conn.Raw(func(dc any) error {
 		px := dc.(*stdlib.Conn).Conn()
-		if _, err := px.Exec(ctx, "SET synchronous_commit = off"); err != nil {
-			return err
+		if !syncCommit {
+			if _, err := px.Exec(ctx, "SET synchronous_commit = off"); err != nil {
+				return err
+			}
 		}
 		defer func() { _, _ = px.Exec(ctx, "RESET synchronous_commit") }()
 		runtime.GC()
