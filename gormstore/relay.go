@@ -46,7 +46,15 @@ func newRelaySQL(s *Store) relaySQL {
 		} else {
 			r.delivered = fmt.Sprintf(r.delivered, "= ANY($1)")
 		}
-		keys := func(topics string) string {
+		// One statement claims the ordered rows. It locks the keys of the
+		// oldest pending rows with advisory locks, then picks a prefix of
+		// each locked key's undelivered rows and locks them FOR UPDATE.
+		// The ids are chosen in the statement's snapshot, which may predate
+		// the commit of the forwarder that held a key before; FOR UPDATE
+		// re-reads each row's latest version, so a row that forwarder
+		// delivered is skipped and a row it failed comes back blocked, and
+		// the relay stops that key there.
+		keyed := func(topics string) string {
 			return `WITH blocked AS MATERIALIZED (
 	SELECT DISTINCT partition_key FROM ` + t + `
 	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
@@ -56,32 +64,31 @@ func newRelaySQL(s *Store) relaySQL {
 	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() AND partition_key <> ''
 	  AND partition_key NOT IN (SELECT partition_key FROM blocked)` + topics + `
 	ORDER BY id LIMIT $1
+), k AS MATERIALIZED (
+	SELECT partition_key FROM (
+		SELECT partition_key, min(id) AS first FROM w GROUP BY partition_key ORDER BY first OFFSET 0
+	) d
+	WHERE pg_try_advisory_xact_lock($2, hashtext(partition_key))
+	LIMIT $3
 )
-SELECT partition_key FROM (
-	SELECT partition_key, min(id) AS first FROM w GROUP BY partition_key ORDER BY first OFFSET 0
-) d
-WHERE pg_try_advisory_xact_lock($2, hashtext(partition_key))
-LIMIT $3`
+SELECT ` + rowColumns + `, (failed_at IS NOT NULL OR next_attempt_at > now()) FROM ` + t + ` WHERE id = ANY(ARRAY(
+	SELECT r.id FROM k, LATERAL (
+		SELECT id FROM ` + t + ` WHERE delivered_at IS NULL AND partition_key = k.partition_key` + topics + `
+		ORDER BY id LIMIT greatest(1, $3 / greatest(1, (SELECT count(*) FROM k)))
+	) r
+)) AND delivered_at IS NULL
+ORDER BY id
+FOR UPDATE`
 		}
-		r.keys, r.keysTopics = keys(""), keys(" AND topic = ANY($4)")
+		r.keyed, r.keyedTopics = keyed(""), keyed(" AND topic = ANY($4)")
 		unkeyed := func(topics string) string {
-			return `SELECT ` + rowColumns + ` FROM ` + t + ` WHERE id = ANY(ARRAY(
+			return `SELECT ` + rowColumns + `, false FROM ` + t + ` WHERE id = ANY(ARRAY(
 	SELECT id FROM ` + t + `
 	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() AND partition_key = ''` + topics + `
 	ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
 ORDER BY id`
 		}
 		r.unkeyed, r.unkeyedTopics = unkeyed(""), unkeyed(" AND topic = ANY($2)")
-		keyed := func(topics string) string {
-			return `SELECT ` + rowColumns + `, (failed_at IS NOT NULL OR next_attempt_at > now()) FROM ` + t + ` WHERE id = ANY(ARRAY(
-	SELECT r.id FROM unnest($1::text[]) AS k(key), LATERAL (
-		SELECT id FROM ` + t + ` WHERE delivered_at IS NULL AND partition_key = k.key` + topics + `
-		ORDER BY id LIMIT $2
-	) r
-)) AND delivered_at IS NULL
-ORDER BY id`
-		}
-		r.keyed, r.keyedTopics = keyed(""), keyed(" AND topic = ANY($3)")
 		r.fail = `UPDATE ` + t + ` AS o SET
 	attempts = o.attempts + 1,
 	last_error = f.err,

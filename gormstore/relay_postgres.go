@@ -58,41 +58,20 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		// A lost delivery mark after a crash means a redelivery, never a
 		// loss, so the relay's commits need not wait for the WAL flush.
 		b.Queue("SET LOCAL synchronous_commit = off")
-		window := p.Limit * 4
+		window := p.Limit * 2
 		if len(p.Topics) > 0 {
-			b.Queue(r.keysTopics, window, r.lockspace, p.Limit, p.Topics)
+			b.Queue(r.keyedTopics, window, r.lockspace, p.Limit, p.Topics)
 			b.Queue(r.unkeyedTopics, p.Limit, p.Topics)
 		} else {
-			b.Queue(r.keys, window, r.lockspace, p.Limit)
+			b.Queue(r.keyed, window, r.lockspace, p.Limit)
 			b.Queue(r.unkeyed, p.Limit)
 		}
 		br := px.SendBatch(ctx, b)
-		keys, err := c.readBatch(br)
+		err := c.readBatch(br, p.Limit)
 		if cerr := br.Close(); err == nil {
 			err = cerr
 		}
-		if err != nil {
-			return err
-		}
-		if left := p.Limit - len(c.rows); len(keys) > 0 && left > 0 {
-			perKey := max(left/len(keys), 1)
-			var rows pgx.Rows
-			if len(p.Topics) > 0 {
-				rows, err = px.Query(ctx, r.keyedTopics, keys, perKey, p.Topics)
-			} else {
-				rows, err = px.Query(ctx, r.keyed, keys, perKey)
-			}
-			if err != nil {
-				return err
-			}
-			keyed, err := scanRows(rows, true)
-			if err != nil {
-				return err
-			}
-			c.rows = append(c.rows, keyed...)
-			slices.SortFunc(c.rows, func(a, b outbox.Row) int { return cmp.Compare(a.ID, b.ID) })
-		}
-		return nil
+		return err
 	})
 	if err != nil {
 		c.abort()
@@ -101,39 +80,39 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 	return c, nil
 }
 
-func (c *pgClaim) readBatch(br pgx.BatchResults) ([]string, error) {
+// readBatch reads the claim's rows: the keyed and the unordered ones, in ID
+// order, at most limit (rows past it stay untouched and are released at
+// the end of the claim's transaction).
+func (c *pgClaim) readBatch(br pgx.BatchResults, limit int) error {
 	for range 2 { // BEGIN, SET LOCAL
 		if _, err := br.Exec(); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, err
+	for range 2 { // keyed, unordered
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		got, err := scanRows(rows)
+		if err != nil {
+			return err
+		}
+		c.rows = append(c.rows, got...)
 	}
-	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, err
-	}
-	rows, err = br.Query()
-	if err != nil {
-		return nil, err
-	}
-	c.rows, err = scanRows(rows, false)
-	return keys, err
+	slices.SortFunc(c.rows, func(a, b outbox.Row) int { return cmp.Compare(a.ID, b.ID) })
+	// Dropping the tail keeps each key's rows a prefix in ID order.
+	c.rows = c.rows[:min(len(c.rows), limit)]
+	return nil
 }
 
-func scanRows(rows pgx.Rows, withBlocked bool) ([]outbox.Row, error) {
+func scanRows(rows pgx.Rows) ([]outbox.Row, error) {
 	defer rows.Close()
 	var out []outbox.Row
 	for rows.Next() {
 		var r outbox.Row
 		var attempts int32
-		dest := []any{&r.ID, &r.UUID, &r.Topic, &r.PartitionKey, &r.Payload, &r.Metadata, &attempts}
-		if withBlocked {
-			dest = append(dest, &r.Blocked)
-		}
-		if err := rows.Scan(dest...); err != nil {
+		if err := rows.Scan(&r.ID, &r.UUID, &r.Topic, &r.PartitionKey, &r.Payload, &r.Metadata, &attempts, &r.Blocked); err != nil {
 			return nil, err
 		}
 		r.Attempts = int(attempts)

@@ -485,3 +485,36 @@ func TestForwarder_FailingKeyDoesNotStallLaterKeys(t *testing.T) {
 		require.Equal(t, "k01", got[0].ev.Key)
 	})
 }
+
+// Several forwarders with a publisher that fails at random: keys move
+// between forwarders while their rows are being retried, and order per key
+// must still hold among first deliveries.
+func TestForwarder_FourForwardersWithFailuresKeepKeyOrder(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := newStore(t, db, gormstore.Config{})
+	counts := fill(t, db, st, "orders", 20, 150) // 3,000 events
+	pub := newRecordingPublisher()
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(3, 4))
+	pub.fail = func(string, seqEvent) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if rng.IntN(20) == 0 {
+			return errors.New("broker hiccup")
+		}
+		return nil
+	}
+	for range 4 {
+		st, err := gormstore.New(db, gormstore.Config{})
+		require.NoError(t, err)
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+			BatchSize: 40, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+			MaxAttempts: 1000, PollInterval: 5 * time.Millisecond,
+		}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+	}
+	got := pub.waitUnique(t, 3000, 120*time.Second)
+	requireKeyOrder(t, got, counts)
+}
