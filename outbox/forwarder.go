@@ -3,7 +3,6 @@ package outbox
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"go.opentelemetry.io/otel"
@@ -648,11 +647,8 @@ func decodeRow(r Row) (*message.Message, error) {
 	}
 	msg := message.NewMessage(r.UUID, r.Payload)
 	if len(r.Metadata) > 0 {
-		if err := json.Unmarshal(r.Metadata, &msg.Metadata); err != nil {
+		if err := decodeMetadata(r.Metadata, msg.Metadata); err != nil {
 			return nil, fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
-		}
-		if msg.Metadata == nil {
-			msg.Metadata = make(message.Metadata)
 		}
 	}
 	return msg, nil
