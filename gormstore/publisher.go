@@ -83,9 +83,13 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 	if tx, err := Tx(ctx); err == nil {
 		return p.store.Save(ctx, tx, recs)
 	}
-	return p.store.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := p.store.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		return p.store.Save(ctx, tx, recs)
 	})
+	if err == nil {
+		p.store.NotifyCommitted()
+	}
+	return err
 }
 
 // Close makes later Publish calls fail. It does not close the database.

@@ -15,6 +15,9 @@ import (
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
+// errBadConn makes database/sql discard a connection.
+var errBadConn = driver.ErrBadConn
+
 // errNotPgx is returned when the *gorm.DB does not run on pgx.
 var errNotPgx = errors.New("gormstore: the PostgreSQL relay needs the pgx driver (gorm.io/driver/postgres with its default pgx/v5 stdlib connection)")
 
@@ -188,7 +191,7 @@ func (c *pgClaim) abort() {
 }
 
 // Listen calls wake whenever a transaction that saved outbox rows commits
-// (PostgreSQL NOTIFY, see Config.NoNotify), until ctx ends or the
+// (PostgreSQL NOTIFY, see NotifyCommitted), until ctx ends or the
 // connection fails. It holds one connection of the pool while it runs. On
 // SQLite it returns outbox.ErrListenUnsupported at once: forwarders there
 // rely on in-process wake-ups and polling.
@@ -205,9 +208,13 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 		return err
 	}
 	defer conn.Close()
+	ch, err := s.channelName(ctx)
+	if err != nil {
+		return err
+	}
 	var listenErr error
 	_ = withPgx(conn, func(px *pgx.Conn) error {
-		if _, err := px.Exec(ctx, "LISTEN "+quoteIdent(s.channel())); err != nil {
+		if _, err := px.Exec(ctx, "LISTEN "+quoteIdent(ch)); err != nil {
 			listenErr = err
 			return driver.ErrBadConn
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/txoutbox/txoutbox/outbox"
@@ -43,8 +44,9 @@ type Config struct {
 	// Optional; default false (delete at delivery).
 	KeepDelivered bool
 	// NoNotify stops the PostgreSQL store from sending a NOTIFY on the
-	// table's channel from each outbox transaction. Forwarders in other
-	// processes then find new rows by polling. Optional; default false.
+	// table's channel after a transaction that saved rows commits.
+	// Forwarders in other processes then find new rows by polling.
+	// Optional; default false.
 	NoNotify bool
 }
 
@@ -70,6 +72,10 @@ type Store struct {
 	table   sqlschema.Table
 	quoted  string
 	relay   relaySQL
+	notify  notifier
+	// channel caches channelName for an unqualified table.
+	chanOnce sync.Mutex
+	channel  string
 	// sqliteClaim serialises SQLite claims: one claim at a time per store.
 	sqliteClaim chan struct{}
 }
@@ -95,6 +101,7 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 	}
 	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), sqliteClaim: make(chan struct{}, 1)}
 	s.relay = newRelaySQL(s)
+	s.notify.send = s.sendNotify
 	return s, nil
 }
 
@@ -182,14 +189,5 @@ func (s *Store) insertSQL(records []outbox.Record) (string, []any, error) {
 		}
 		b.WriteByte(')')
 	}
-	if s.dialect == postgres && !s.cfg.NoNotify {
-		// Wake listening forwarders when the transaction commits, in the
-		// same round trip as the insert.
-		args = append(args, s.channel())
-		return "WITH ins AS (" + b.String() + ") SELECT pg_notify($" + strconv.Itoa(n+1) + ", '')", args, nil
-	}
 	return b.String(), args, nil
 }
-
-// channel is the PostgreSQL notification channel of the store's table.
-func (s *Store) channel() string { return s.table.String() }

@@ -222,6 +222,9 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 		}, t.txOptsSlice()...)
 		if err == nil {
 			if len(recs) > 0 {
+				if n, ok := t.cfg.Store.(outbox.CommitNotifier); ok {
+					n.NotifyCommitted()
+				}
 				p := AfterCommitParams{Ctx: ctx, Command: cmd, Records: recs}
 				for _, f := range t.cfg.AfterCommit {
 					f(p)

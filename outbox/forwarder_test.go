@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -378,7 +379,11 @@ func TestForwarder_WakesOnNotifyFromAnotherConnection(t *testing.T) {
 	writer := testdb.OpenURL(t, testdb.SchemaURL(t, schema))
 	wst, err := gormstore.New(writer, gormstore.Config{})
 	require.NoError(t, err)
-	fill(t, writer, wst, "orders", 1, 1)
+	tm, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: writer, Store: wst})
+	require.NoError(t, err)
+	require.NoError(t, tm.Run(context.Background(), "Write", func(ctx context.Context) error {
+		return outbox.Emit(ctx, seqEvent{Key: "k", Seq: 0})
+	}))
 	pub.waitUnique(t, 1, 10*time.Second) // with a one-hour poll, only NOTIFY can do this
 }
 

@@ -15,3 +15,11 @@ type Store interface {
 	// Save with no records does nothing.
 	Save(ctx context.Context, tx *gorm.DB, records []Record) error
 }
+
+// CommitNotifier is implemented by stores that tell other processes when
+// rows were committed (gormstore on PostgreSQL sends a NOTIFY). The
+// transactional middleware calls NotifyCommitted after each top-level
+// commit that saved events; it must not block.
+type CommitNotifier interface {
+	NotifyCommitted()
+}
