@@ -14,6 +14,9 @@ var _ outbox.CommitNotifier = (*Store)(nil)
 // notifyTimeout bounds one NOTIFY round trip.
 const notifyTimeout = 5 * time.Second
 
+// notifyInterval is the least time between two NOTIFYs of one store.
+const notifyInterval = time.Millisecond
+
 // NotifyCommitted tells forwarders in other processes that rows were
 // committed: on PostgreSQL it sends a NOTIFY on the table's channel, after
 // the commit and outside the command's transaction. The transactional
@@ -88,6 +91,9 @@ func (n *notifier) kick() {
 	go func() {
 		for {
 			n.send()
+			// At most one NOTIFY per notifyInterval: under load the
+			// forwarders are busy anyway, and a burst still ends with one.
+			time.Sleep(notifyInterval)
 			n.mu.Lock()
 			if !n.pending {
 				n.running = false

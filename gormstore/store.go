@@ -3,7 +3,6 @@ package gormstore
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
@@ -156,13 +155,7 @@ func (s *Store) insertSQL(records []outbox.Record) (string, []any, error) {
 		if r.Message == nil {
 			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
 		}
-		md := []byte("{}") // never JSON null: a relay decoding it would get a nil Metadata
-		if len(r.Message.Metadata) > 0 {
-			var err error
-			if md, err = json.Marshal(r.Message.Metadata); err != nil {
-				return "", nil, fmt.Errorf("gormstore: encode metadata of message %s: %w", r.Message.UUID, err)
-			}
-		}
+		md := appendMetadata(nil, r.Message.Metadata) // never JSON null: "{}" when empty
 		payload := []byte(r.Message.Payload)
 		if payload == nil {
 			payload = []byte{}
