@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -104,6 +103,31 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// insertPostgres builds one INSERT with one array parameter per column: the
+// statement text is the same for any number of rows, so pgx prepares it
+// once per connection, and it binds 5 parameters instead of 5 per row.
+func (s *Store) insertPostgres(records []outbox.Record) (string, []any, error) {
+	n := len(records)
+	uuids, topics, keys, mds := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([][]byte, n)
+	var buf []byte
+	for i, r := range records {
+		if r.Message == nil {
+			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
+		}
+		uuids[i], topics[i], keys[i] = r.Message.UUID, r.Topic, r.PartitionKey
+		payloads[i] = []byte(r.Message.Payload)
+		if payloads[i] == nil {
+			payloads[i] = []byte{}
+		}
+		buf = appendMetadata(buf[:0], r.Message.Metadata)
+		mds[i] = string(buf)
+	}
+	return "INSERT INTO " + s.quoted + ` (uuid, topic, partition_key, payload, metadata)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])`,
+		[]any{uuids, topics, keys, payloads, mds}, nil
+}
+
 // Table returns the store's table name as configured.
 func (s *Store) Table() string { return s.table.String() }
 
@@ -138,49 +162,35 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 }
 
 func (s *Store) insertSQL(records []outbox.Record) (string, []any, error) {
+	if s.dialect == postgres {
+		return s.insertPostgres(records)
+	}
+	return s.insertSQLite(records)
+}
+
+// insertSQLite builds one multi-row INSERT. SQLite has no column default
+// for the times, so they are set here, in UTC.
+func (s *Store) insertSQLite(records []outbox.Record) (string, []any, error) {
 	var b strings.Builder
 	b.WriteString("INSERT INTO ")
 	b.WriteString(s.quoted)
-	cols := 5
-	if s.dialect == sqlite {
-		b.WriteString(" (uuid, topic, partition_key, payload, metadata, created_at, next_attempt_at) VALUES ")
-		cols = 7
-	} else {
-		b.WriteString(" (uuid, topic, partition_key, payload, metadata) VALUES ")
-	}
-	args := make([]any, 0, len(records)*cols)
+	b.WriteString(" (uuid, topic, partition_key, payload, metadata, created_at, next_attempt_at) VALUES ")
+	args := make([]any, 0, len(records)*7)
 	now := time.Now().UTC()
-	n := 0
 	for i, r := range records {
 		if r.Message == nil {
 			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
 		}
-		md := appendMetadata(nil, r.Message.Metadata) // never JSON null: "{}" when empty
 		payload := []byte(r.Message.Payload)
 		if payload == nil {
 			payload = []byte{}
 		}
-		args = append(args, r.Message.UUID, r.Topic, r.PartitionKey, payload, string(md))
-		if s.dialect == sqlite {
-			args = append(args, now, now)
-		}
+		md := appendMetadata(nil, r.Message.Metadata) // never JSON null: "{}" when empty
+		args = append(args, r.Message.UUID, r.Topic, r.PartitionKey, payload, string(md), now, now)
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteByte('(')
-		for c := 0; c < cols; c++ {
-			if c > 0 {
-				b.WriteByte(',')
-			}
-			n++
-			if s.dialect == postgres {
-				b.WriteByte('$')
-				b.WriteString(strconv.Itoa(n))
-			} else {
-				b.WriteByte('?')
-			}
-		}
-		b.WriteByte(')')
+		b.WriteString("(?,?,?,?,?,?,?)")
 	}
 	return b.String(), args, nil
 }
