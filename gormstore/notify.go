@@ -2,6 +2,7 @@ package gormstore
 
 import (
 	"context"
+	"hash/fnv"
 	"sync"
 	"time"
 
@@ -125,4 +126,17 @@ func (s *Store) channelName(ctx context.Context) (string, error) {
 	}
 	s.channel = schema + "." + s.table.Name
 	return s.channel, nil
+}
+
+// lockspace is the first key of the advisory locks the claims take on
+// partition keys: a hash of the schema-qualified table name, so tables of
+// the same name in other schemas do not share key locks.
+func (s *Store) lockspace(ctx context.Context) (int32, error) {
+	name, err := s.channelName(ctx)
+	if err != nil {
+		return 0, err
+	}
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return int32(h.Sum32()), nil
 }

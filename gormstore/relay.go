@@ -3,7 +3,6 @@ package gormstore
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -24,7 +23,6 @@ type relaySQL struct {
 	window, windowTopics   string // SQLite: claimable rows
 	delivered              string
 	fail                   string
-	lockspace              int32
 }
 
 // rowColumns are the columns of an outbox.Row, in scan order.
@@ -32,9 +30,7 @@ const rowColumns = "id, uuid, topic, partition_key, payload, metadata, attempts"
 
 func newRelaySQL(s *Store) relaySQL {
 	t := s.quoted
-	h := fnv.New32a()
-	h.Write([]byte(s.table.String()))
-	r := relaySQL{lockspace: int32(h.Sum32())}
+	r := relaySQL{}
 	if s.cfg.KeepDelivered {
 		r.delivered = "UPDATE " + t + " SET delivered_at = %s WHERE id %s"
 	} else {

@@ -54,6 +54,11 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		return nil, fmt.Errorf("gormstore: connect: %w", err)
 	}
 	c := &pgClaim{s: s, conn: conn}
+	lockspace, err := s.lockspace(ctx)
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("gormstore: claim from %s: %w", s.table, err)
+	}
 	err = withPgx(conn, func(px *pgx.Conn) error {
 		r := &s.relay
 		b := &pgx.Batch{}
@@ -63,10 +68,10 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		b.Queue("SET LOCAL synchronous_commit = off")
 		window := p.Limit * 2
 		if len(p.Topics) > 0 {
-			b.Queue(r.keyedTopics, window, r.lockspace, p.Limit, p.Topics)
+			b.Queue(r.keyedTopics, window, lockspace, p.Limit, p.Topics)
 			b.Queue(r.unkeyedTopics, p.Limit, p.Topics)
 		} else {
-			b.Queue(r.keyed, window, r.lockspace, p.Limit)
+			b.Queue(r.keyed, window, lockspace, p.Limit)
 			b.Queue(r.unkeyed, p.Limit)
 		}
 		br := px.SendBatch(ctx, b)
