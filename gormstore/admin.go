@@ -191,3 +191,22 @@ func (s *Store) nowSQL() (string, []any) {
 	}
 	return "?", []any{time.Now().UTC()}
 }
+
+var _ outbox.DueChecker = (*Store)(nil)
+
+// HasDue reports whether a pending row of the given topics (all when
+// empty) is due, with one index probe and no transaction.
+func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
+	nowSQL, args := s.nowSQL()
+	q := `SELECT EXISTS (SELECT 1 FROM ` + s.quoted + ` WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL
+	if len(topics) > 0 {
+		q += ` AND topic IN ?`
+		args = append(args, topics)
+	}
+	q += `)`
+	var due bool
+	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&due).Error; err != nil {
+		return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)
+	}
+	return due, nil
+}

@@ -63,9 +63,6 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		r := &s.relay
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
-		// A lost delivery mark after a crash means a redelivery, never a
-		// loss, so the relay's commits need not wait for the WAL flush.
-		b.Queue("SET LOCAL synchronous_commit = off")
 		window := p.Limit * 2
 		if len(p.Topics) > 0 {
 			b.Queue(r.keyedTopics, window, lockspace, p.Limit, p.Topics)
@@ -92,10 +89,8 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 // order, at most limit (rows past it stay untouched and are released at
 // the end of the claim's transaction).
 func (c *pgClaim) readBatch(br pgx.BatchResults, limit int) error {
-	for range 2 { // BEGIN, SET LOCAL
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
+	if _, err := br.Exec(); err != nil { // BEGIN
+		return err
 	}
 	for range 2 { // keyed, unordered
 		rows, err := br.Query()
@@ -156,6 +151,9 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 			}
 			b.Queue(r.fail, ids, errs, delays, park)
 		}
+		// A lost delivery mark after a crash means a redelivery, never a
+		// loss, so the relay's commits need not wait for the WAL flush.
+		b.Queue("SET LOCAL synchronous_commit = off")
 		b.Queue("COMMIT")
 		return px.SendBatch(ctx, b).Close()
 	})

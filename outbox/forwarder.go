@@ -262,10 +262,20 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}()
 	}
 
-	var failures int // consecutive batches that published nothing
+	dueChecker, _ := f.store.(DueChecker)
+	var failures int // consecutive failed batches
+	polled := false  // woken by the poll timer, not by a commit
 	for {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if polled && dueChecker != nil {
+			if due, err := dueChecker.HasDue(ctx, f.cfg.Topics); err == nil && !due {
+				if !f.wait(ctx, &polled) {
+					return nil
+				}
+				continue
+			}
 		}
 		info := f.batch(ctx)
 		switch {
@@ -281,18 +291,29 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			failures = 0
 		}
 		if info.Claimed > 0 {
+			polled = false
 			continue // more may be waiting
 		}
-		timer := time.NewTimer(f.cfg.PollInterval)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
+		if !f.wait(ctx, &polled) {
 			return nil
-		case <-f.wake:
-		case <-timer.C:
 		}
-		timer.Stop()
 	}
+}
+
+// wait waits for a wake-up or the poll interval; polled tells which. It
+// returns false when ctx ends.
+func (f *Forwarder) wait(ctx context.Context, polled *bool) bool {
+	timer := time.NewTimer(f.cfg.PollInterval)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-f.wake:
+		*polled = false
+	case <-timer.C:
+		*polled = true
+	}
+	return true
 }
 
 func (f *Forwarder) logFailure(n int, info BatchInfo) {

@@ -77,6 +77,16 @@ type RelayStore interface {
 	Stats(ctx context.Context) (Stats, error)
 }
 
+// DueChecker is implemented by stores that can tell cheaply, without a
+// transaction, whether any row is due. A forwarder woken by its poll timer
+// (not by a commit) asks first, so an idle forwarder sends one query per
+// PollInterval.
+type DueChecker interface {
+	// HasDue reports whether a row of the given topics (all when empty)
+	// is due for relaying.
+	HasDue(ctx context.Context, topics []string) (bool, error)
+}
+
 // ErrListenUnsupported is returned by a Listener whose database cannot
 // notify (SQLite); the forwarder then relies on wake-ups and polling.
 var ErrListenUnsupported = errors.New("outbox: store cannot listen for commits")

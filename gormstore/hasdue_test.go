@@ -1,0 +1,36 @@
+package gormstore_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
+)
+
+func TestHasDue(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		s, err := gormstore.New(db, gormstore.Config{})
+		require.NoError(t, err)
+		require.NoError(t, s.Migrate(ctx))
+		due := func(topics ...string) bool {
+			ok, err := s.HasDue(ctx, topics)
+			require.NoError(t, err)
+			return ok
+		}
+		require.False(t, due(), "empty table")
+		require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+			return s.Save(ctx, tx, []outbox.Record{record("a", "k", "1")})
+		}))
+		require.True(t, due())
+		require.True(t, due("a"))
+		require.False(t, due("b"), "topic filter")
+		require.NoError(t, db.Exec("UPDATE txoutbox_outbox SET failed_at = created_at").Error)
+		require.False(t, due(), "parked rows are not due")
+	})
+}
