@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"sync"
 	"time"
 
@@ -267,7 +268,7 @@ func (s *Subscriber) listen() {
 		if attempt == 1 || attempt%10 == 0 {
 			s.logger.Error("Notification listener stopped; polling until it reconnects", err, watermill.LogFields{"attempt": attempt})
 		}
-		if !sleepCtx(ctx, s.cfg.RetryInterval) {
+		if !ctxtime.Sleep(ctx, s.cfg.RetryInterval) {
 			return
 		}
 		s.wakeAll() // catch up on what was committed while not listening
@@ -289,7 +290,7 @@ func (s *Subscriber) run(ctx context.Context, sub *subscription) {
 			wait = s.cfg.RetryInterval
 		case res.nacked:
 			failures = 0
-			if s.cfg.NackDelay > 0 && !sleepCtx(ctx, s.cfg.NackDelay) {
+			if s.cfg.NackDelay > 0 && !ctxtime.Sleep(ctx, s.cfg.NackDelay) {
 				return
 			}
 			continue
@@ -405,15 +406,4 @@ func decodeSubscriberRow(r outbox.Row) (*message.Message, error) {
 		}
 	}
 	return msg, nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -235,7 +236,7 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 		if attempt >= t.cfg.MaxRetries || !t.cfg.Retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		if !sleep(ctx, t.backoff(attempt)) {
+		if !ctxtime.Sleep(ctx, t.backoff(attempt)) {
 			return err
 		}
 	}
@@ -278,17 +279,6 @@ func (t *Transactional) txOptsSlice() []*sql.TxOptions {
 func (t *Transactional) backoff(attempt int) time.Duration {
 	d := t.cfg.RetryBackoff << min(attempt, 16)
 	return d/2 + rand.N(d+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // IsRetryable reports whether err is a PostgreSQL serialization failure

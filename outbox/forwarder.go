@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -282,7 +283,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		case info.Err != nil || info.Outage:
 			failures++
 			f.logFailure(failures, info)
-			if !sleepCtx(ctx, min(f.backoff(failures), maxOutageBackoff)) {
+			if !ctxtime.Sleep(ctx, min(f.backoff(failures), maxOutageBackoff)) {
 				return nil
 			}
 			continue
@@ -344,7 +345,7 @@ func (f *Forwarder) listen(ctx context.Context, l Listener) {
 		if attempt == 1 || attempt%10 == 0 {
 			f.log.Warn("outbox relay: notification listener stopped; polling until it reconnects", "error", err, "attempt", attempt)
 		}
-		if !sleepCtx(ctx, f.backoff(attempt)) {
+		if !ctxtime.Sleep(ctx, f.backoff(attempt)) {
 			return
 		}
 		f.Wake() // catch up on what was committed while not listening
@@ -562,17 +563,6 @@ func jitter(d time.Duration) time.Duration {
 		return d
 	}
 	return d*8/10 + rand.N(d*4/10+1)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // batchPlan is a claimed batch turned into publish groups.

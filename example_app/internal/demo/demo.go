@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"io"
 	"net/http"
 	"slices"
@@ -219,7 +220,7 @@ func Run(ctx context.Context, a *app.App, db *gorm.DB, baseURL string, rec *Reco
 				cfg.Timeout, projected, len(events), ts.Pending, ts.Failed))
 			break
 		}
-		if !sleep(ctx, 10*time.Millisecond) {
+		if !ctxtime.Sleep(ctx, 10*time.Millisecond) {
 			return res, ctx.Err()
 		}
 	}
@@ -513,15 +514,4 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	i := (p*len(s) + 99) / 100
 	return s[min(max(i-1, 0), len(s)-1)]
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
