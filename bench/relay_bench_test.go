@@ -97,15 +97,17 @@ func drainNative(b *testing.B, events int) drainResult {
 	defer cancel()
 	runtime.GC()
 
+	cpu := sampleCPU()
 	b.StartTimer()
-	start, cpu := time.Now(), sampleCPU()
+	start := time.Now()
 	runErr := make(chan error, 1)
 	go func() { runErr <- fw.Run(ctx) }()
 	s.wait(b, drainTimeout)
 	cancel()
 	err = <-runErr
-	r := drainResult{time.Since(start), sampleCPU().sub(cpu)}
+	elapsed := time.Since(start)
 	b.StopTimer()
+	r := drainResult{elapsed, sampleCPU().sub(cpu)}
 
 	if err != nil {
 		b.Fatalf("Run: %v", err)
@@ -137,13 +139,15 @@ func drainStock(b *testing.B, events int) drainResult {
 	defer cancel()
 	runtime.GC()
 
+	cpu := sampleCPU()
 	b.StartTimer()
-	start, cpu := time.Now(), sampleCPU()
+	start := time.Now()
 	runErr := make(chan error, 1)
 	go func() { runErr <- fwd.Run(ctx) }()
 	s.wait(b, drainTimeout)
-	r := drainResult{time.Since(start), sampleCPU().sub(cpu)}
+	elapsed := time.Since(start)
 	b.StopTimer()
+	r := drainResult{elapsed, sampleCPU().sub(cpu)}
 
 	if err := fwd.Close(); err != nil {
 		b.Fatalf("close stock forwarder: %v", err)
@@ -196,8 +200,9 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 		defer func() { _, _ = px.Exec(ctx, "RESET synchronous_commit") }()
 		runtime.GC()
 
+		cpu := sampleCPU()
 		b.StartTimer()
-		start, cpu := time.Now(), sampleCPU()
+		start := time.Now()
 		for total < events {
 			rows, err := px.Query(ctx, query, floorBatch)
 			if err != nil {
@@ -212,8 +217,9 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 			}
 			total += n
 		}
-		r = drainResult{time.Since(start), sampleCPU().sub(cpu)}
+		elapsed := time.Since(start)
 		b.StopTimer()
+		r = drainResult{elapsed, sampleCPU().sub(cpu)}
 		return nil
 	})
 	if err != nil {

@@ -33,8 +33,9 @@ func BenchmarkSink(b *testing.B) {
 		s := newSink(b, events, nil)
 		runtime.GC()
 
+		before := sampleCPU()
 		b.StartTimer()
-		start, before := time.Now(), sampleCPU()
+		start := time.Now()
 		for i := 0; i < events; i += outbox.DefaultBatchSize {
 			if err := s.pubSub.Publish(eventTopic, msgs[i:i+outbox.DefaultBatchSize]...); err != nil {
 				b.Fatal(err)
@@ -42,8 +43,8 @@ func BenchmarkSink(b *testing.B) {
 		}
 		s.wait(b, drainTimeout)
 		total += time.Since(start)
-		c := sampleCPU().sub(before)
 		b.StopTimer()
+		c := sampleCPU().sub(before)
 		cpu.goCPU += c.goCPU
 		cpu.mallocs += c.mallocs
 	}
