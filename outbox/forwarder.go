@@ -600,7 +600,11 @@ func planBatch(rows []Row) batchPlan {
 	}
 	var plan batchPlan
 	keys := map[string]*keyState{}
-	index := map[[2]any]*publishGroup{}
+	type groupKey struct {
+		round int
+		topic string
+	}
+	index := map[groupKey]*publishGroup{}
 	for _, r := range rows {
 		round := 0
 		var ks *keyState
@@ -633,7 +637,7 @@ func planBatch(rows []Row) batchPlan {
 			}
 			continue
 		}
-		gk := [2]any{round, r.Topic}
+		gk := groupKey{round, r.Topic}
 		g := index[gk]
 		if g == nil {
 			g = &publishGroup{round: round, topic: r.Topic}
