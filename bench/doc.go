@@ -29,8 +29,7 @@
 // p99-ms) and the statements the relay sends while nothing is pending
 // (idle-queries/s), counted at the pgx driver.
 //
-// BenchmarkSink and BenchmarkDecodeMetadata measure two parts of the
-// relay's cost alone: the GoChannel sink, and decoding stored metadata.
-// The numbers and the machine they were measured on are in
+// BenchmarkSink measures the GoChannel sink alone, the ceiling of any relay
+// measured with it. The numbers and the machine they were measured on are in
 // docs/benchmarks.md.
 package bench

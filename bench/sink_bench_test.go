@@ -1,7 +1,6 @@
 package bench_test
 
 import (
-	"encoding/json"
 	"runtime"
 	"testing"
 	"time"
@@ -53,18 +52,4 @@ func BenchmarkSink(b *testing.B) {
 	b.ReportMetric(float64(cpu.goCPU)/float64(time.Microsecond)/n, "go-cpu-us/event")
 	b.ReportMetric(float64(cpu.mallocs)/n, "allocs/event")
 	b.ReportMetric(0, "ns/op")
-}
-
-// BenchmarkDecodeMetadata measures what the relay pays per row to turn
-// the stored JSONB metadata (as PostgreSQL returns it) back into Watermill
-// metadata with encoding/json, as outbox.decodeRow does.
-func BenchmarkDecodeMetadata(b *testing.B) {
-	raw := []byte(`{"name": "OrderPlaced", "command": "PlaceOrder", "created_at": "2026-11-27T14:21:48.123456Z", "causation_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "partition_key": "customer-07", "correlation_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}`)
-	b.ReportAllocs()
-	for b.Loop() {
-		md := message.Metadata{}
-		if err := json.Unmarshal(raw, &md); err != nil {
-			b.Fatal(err)
-		}
-	}
 }
