@@ -43,8 +43,11 @@ func newRelaySQL(s *Store) relaySQL {
 			r.delivered = fmt.Sprintf(r.delivered, "= ANY($1)")
 		}
 		// One statement claims the ordered rows. It locks the keys of the
-		// oldest pending rows with advisory locks, then picks a prefix of
-		// each locked key's undelivered rows and locks them FOR UPDATE.
+		// oldest pending rows (the window w) with advisory locks, then takes
+		// the window's rows of those keys, oldest first (a prefix of each
+		// key's undelivered rows), and locks them FOR UPDATE. Taking the rows
+		// from the window, not from a scan per key, keeps the claim's cost
+		// flat on a long backlog full of not yet vacuumed index entries.
 		// The ids are chosen in the statement's snapshot, which may predate
 		// the commit of the forwarder that held a key before; FOR UPDATE
 		// re-reads each row's latest version, so a row that forwarder
@@ -68,10 +71,7 @@ func newRelaySQL(s *Store) relaySQL {
 	LIMIT $3
 )
 SELECT ` + rowColumns + `, (failed_at IS NOT NULL OR next_attempt_at > now()) FROM ` + t + ` WHERE id = ANY(ARRAY(
-	SELECT r.id FROM k, LATERAL (
-		SELECT id FROM ` + t + ` WHERE delivered_at IS NULL AND partition_key = k.partition_key` + topics + `
-		ORDER BY id LIMIT greatest(1, $3 / greatest(1, (SELECT count(*) FROM k)))
-	) r
+	SELECT w.id FROM w JOIN k USING (partition_key) ORDER BY w.id LIMIT $3
 )) AND delivered_at IS NULL
 ORDER BY id
 FOR UPDATE`
