@@ -85,7 +85,7 @@ smoke: services-example
 	@echo "smoke: 4 passed, 0 failed"
 
 bench: services
-	$(GO) test -run '^$$' -bench . $(BENCH_FLAGS) $(PKGS)
+	$(GO) test -run '^$$' -bench . -timeout 60m $(BENCH_FLAGS) $(PKGS)
 
 cover: services
 	$(GO) test -race -count=1 -covermode=atomic -coverprofile=$(COVERPROFILE) $(TEST_FLAGS) $(PKGS)
