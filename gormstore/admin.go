@@ -16,42 +16,44 @@ var sqliteTimeLayouts = []string{
 	time.RFC3339Nano,
 }
 
-// Stats reports pending and parked rows, overall and per topic.
+// Stats reports pending and parked rows, overall and per topic, in one
+// query. On PostgreSQL the age of the oldest pending row is computed by the
+// database clock, which timestamped the rows; on SQLite by the local clock.
 func (s *Store) Stats(ctx context.Context) (outbox.Stats, error) {
 	type topicRow struct {
-		Topic   string
-		Pending int64
-		Failed  int64
-		Oldest  sql.NullString
+		Topic     string
+		Pending   int64
+		Failed    int64
+		AgeSecs   sql.NullFloat64 // PostgreSQL
+		OldestStr sql.NullString  // SQLite
 	}
 	var q string
 	if s.dialect == postgres {
 		q = `SELECT topic,
 	count(*) FILTER (WHERE failed_at IS NULL) AS pending,
 	count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
-	to_char(min(created_at) FILTER (WHERE failed_at IS NULL) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS oldest
+	EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL))::float8 AS age_secs
 FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
 	} else {
 		q = `SELECT topic,
 	sum(failed_at IS NULL) AS pending,
 	sum(failed_at IS NOT NULL) AS failed,
-	min(CASE WHEN failed_at IS NULL THEN created_at END) AS oldest
+	min(CASE WHEN failed_at IS NULL THEN created_at END) AS oldest_str
 FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
 	}
 	var rows []topicRow
 	if err := s.db.WithContext(ctx).Raw(q).Scan(&rows).Error; err != nil {
 		return outbox.Stats{}, fmt.Errorf("gormstore: stats of %s: %w", s.table, err)
 	}
-	now, err := s.now(ctx)
-	if err != nil {
-		return outbox.Stats{}, err
-	}
 	st := outbox.Stats{Topics: make(map[string]outbox.TopicStats, len(rows))}
 	for _, r := range rows {
 		ts := outbox.TopicStats{Pending: r.Pending, Failed: r.Failed}
-		if r.Oldest.Valid {
-			if t, ok := parseTime(r.Oldest.String); ok {
-				ts.OldestPendingAge = max(now.Sub(t), 0)
+		if r.AgeSecs.Valid {
+			ts.OldestPendingAge = max(time.Duration(r.AgeSecs.Float64*float64(time.Second)), 0)
+		}
+		if r.OldestStr.Valid {
+			if t, ok := parseTime(r.OldestStr.String); ok {
+				ts.OldestPendingAge = max(time.Since(t), 0)
 			}
 		}
 		st.Topics[r.Topic] = ts
@@ -60,21 +62,6 @@ FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
 		st.OldestPendingAge = max(st.OldestPendingAge, ts.OldestPendingAge)
 	}
 	return st, nil
-}
-
-// now returns the database's clock on PostgreSQL (rows are timestamped by
-// it) and the local clock on SQLite.
-func (s *Store) now(ctx context.Context) (time.Time, error) {
-	if s.dialect != postgres {
-		return time.Now().UTC(), nil
-	}
-	var ts string
-	err := s.db.WithContext(ctx).Raw(`SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')`).Scan(&ts).Error
-	if err != nil {
-		return time.Time{}, fmt.Errorf("gormstore: read clock: %w", err)
-	}
-	t, _ := parseTime(ts)
-	return t, nil
 }
 
 func parseTime(s string) (time.Time, bool) {

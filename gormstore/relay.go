@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/txoutbox/txoutbox/outbox"
@@ -148,5 +147,3 @@ func cleanError(s string) string {
 	}
 	return s
 }
-
-func durationMicros(d time.Duration) int64 { return d.Microseconds() }

@@ -147,7 +147,7 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 			delays := make([]int64, len(failures))
 			park := make([]bool, len(failures))
 			for i, f := range failures {
-				ids[i], errs[i], delays[i], park[i] = f.ID, cleanError(f.Error), durationMicros(f.RetryAfter), f.Park
+				ids[i], errs[i], delays[i], park[i] = f.ID, cleanError(f.Error), f.RetryAfter.Microseconds(), f.Park
 			}
 			b.Queue(r.fail, ids, errs, delays, park)
 		}

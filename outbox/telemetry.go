@@ -20,8 +20,12 @@ const instrumentationName = "github.com/txoutbox/txoutbox/outbox"
 // propagator writes them, or nil when it writes nothing (no propagator set,
 // or no span and no baggage in ctx).
 func traceContext(ctx context.Context) map[string]string {
+	p := otel.GetTextMapPropagator()
+	if len(p.Fields()) == 0 {
+		return nil // no propagator set: nothing to store, nothing to allocate
+	}
 	c := propagation.MapCarrier{}
-	otel.GetTextMapPropagator().Inject(ctx, c)
+	p.Inject(ctx, c)
 	if len(c) == 0 {
 		return nil
 	}
