@@ -44,7 +44,10 @@ func newRelaySQL(s *Store) relaySQL {
 		// One statement claims the ordered rows. It locks the keys of the
 		// oldest pending rows (the window w) with advisory locks, then takes
 		// the window's rows of those keys, oldest first (a prefix of each
-		// key's undelivered rows), and locks them FOR UPDATE. Taking the rows
+		// key's undelivered rows), and locks them FOR UPDATE. It tries only
+		// the keys whose window rows fit in the limit, in the order of their
+		// oldest row, so it holds no key it returns no row of: a concurrent
+		// claim, told the keys to skip ($4), takes the others. Taking the rows
 		// from the window, not from a scan per key, keeps the claim's cost
 		// flat on a long backlog full of not yet vacuumed index entries.
 		// The ids are chosen in the statement's snapshot, which may predate
@@ -60,14 +63,16 @@ func newRelaySQL(s *Store) relaySQL {
 ), w AS MATERIALIZED (
 	SELECT id, partition_key FROM ` + t + `
 	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() AND partition_key <> ''
-	  AND partition_key NOT IN (SELECT partition_key FROM blocked)` + topics + `
+	  AND partition_key NOT IN (SELECT partition_key FROM blocked)
+	  AND partition_key NOT IN (SELECT unnest($4::text[]))` + topics + `
 	ORDER BY id LIMIT $1
 ), k AS MATERIALIZED (
 	SELECT partition_key FROM (
-		SELECT partition_key, min(id) AS first FROM w GROUP BY partition_key ORDER BY first OFFSET 0
+		SELECT partition_key, first, sum(n) OVER (ORDER BY first) - n AS before FROM (
+			SELECT partition_key, min(id) AS first, count(*) AS n FROM w GROUP BY partition_key
+		) g ORDER BY first OFFSET 0
 	) d
-	WHERE pg_try_advisory_xact_lock($2, hashtext(partition_key))
-	LIMIT $3
+	WHERE CASE WHEN before < $3 THEN pg_try_advisory_xact_lock($2, hashtext(partition_key)) ELSE false END
 )
 SELECT ` + rowColumns + `, (failed_at IS NOT NULL OR next_attempt_at > now()) FROM ` + t + ` WHERE id = ANY(ARRAY(
 	SELECT w.id FROM w JOIN k USING (partition_key) ORDER BY w.id LIMIT $3
@@ -75,7 +80,7 @@ SELECT ` + rowColumns + `, (failed_at IS NOT NULL OR next_attempt_at > now()) FR
 ORDER BY id
 FOR UPDATE`
 		}
-		r.keyed, r.keyedTopics = keyed(""), keyed(" AND topic = ANY($4)")
+		r.keyed, r.keyedTopics = keyed(""), keyed(" AND topic = ANY($5)")
 		unkeyed := func(topics string) string {
 			return `SELECT ` + rowColumns + `, false FROM ` + t + ` WHERE id = ANY(ARRAY(
 	SELECT id FROM ` + t + `

@@ -64,11 +64,15 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		window := p.Limit * 2
+		exclude := p.ExcludeKeys
+		if exclude == nil {
+			exclude = []string{}
+		}
 		if len(p.Topics) > 0 {
-			b.Queue(r.keyedTopics, window, lockspace, p.Limit, p.Topics)
+			b.Queue(r.keyedTopics, window, lockspace, p.Limit, exclude, p.Topics)
 			b.Queue(r.unkeyedTopics, p.Limit, p.Topics)
 		} else {
-			b.Queue(r.keyed, window, lockspace, p.Limit)
+			b.Queue(r.keyed, window, lockspace, p.Limit, exclude)
 			b.Queue(r.unkeyed, p.Limit)
 		}
 		br := px.SendBatch(ctx, b)

@@ -265,12 +265,14 @@ func (f *Forwarder) Run(ctx context.Context) error {
 
 	dueChecker, _ := f.store.(DueChecker)
 	var failures int // consecutive failed batches
-	polled := false  // woken by the poll timer, not by a commit
+	polled := false  // woken by the poll timer, or after a short batch: ask HasDue first
+	var next Claim   // the next batch, claimed while the last one was publishing
+	defer func() { f.release(ctx, next) }()
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if polled && dueChecker != nil {
+		if next == nil && polled && dueChecker != nil {
 			if due, err := dueChecker.HasDue(ctx, f.cfg.Topics); err == nil && !due {
 				if !f.wait(ctx, &polled) {
 					return nil
@@ -278,9 +280,12 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				continue
 			}
 		}
-		info := f.batch(ctx)
+		var info BatchInfo
+		info, next = f.batch(ctx, next)
 		switch {
 		case info.Err != nil || info.Outage:
+			f.release(ctx, next)
+			next = nil
 			failures++
 			f.logFailure(failures, info)
 			if !ctxtime.Sleep(ctx, min(f.backoff(failures), maxOutageBackoff)) {
@@ -291,13 +296,36 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			f.log.Info("outbox relay recovered", "failed_batches", failures)
 			failures = 0
 		}
-		if info.Claimed > 0 {
-			polled = false
-			continue // more may be waiting
+		switch {
+		case next != nil, info.Claimed >= f.cfg.BatchSize:
+			polled = false // more is waiting
+			continue
+		case info.Claimed > 0:
+			// A short batch took what was due when it was claimed. Ask
+			// HasDue (one statement) before claiming again (four). A
+			// wake-up pending now was sent for a commit that HasDue sees.
+			select {
+			case <-f.wake:
+			default:
+			}
+			polled = true
+			continue
 		}
 		if !f.wait(ctx, &polled) {
 			return nil
 		}
+	}
+}
+
+// release gives a claim that will not be processed back, if there is one.
+func (f *Forwarder) release(ctx context.Context, c Claim) {
+	if c == nil {
+		return
+	}
+	relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if err := c.Release(relCtx); err != nil {
+		f.log.Warn("outbox relay: cannot release a claimed batch; its rows come back when the connection closes", "rows", len(c.Rows()), "error", err)
 	}
 }
 
@@ -352,20 +380,27 @@ func (f *Forwarder) listen(ctx context.Context, l Listener) {
 	}
 }
 
-// batch claims, publishes and finishes one batch. The batch runs in its own
-// goroutine with a context that outlives ctx by ShutdownTimeout, so a
-// shutdown lets it finish; if it does not finish in time it is released.
-func (f *Forwarder) batch(ctx context.Context) BatchInfo {
+// batch publishes and finishes one batch: claim, or a new claim when
+// claim is nil. The batch runs in its own goroutine with a context that
+// outlives ctx by ShutdownTimeout, so a shutdown lets it finish; if it does
+// not finish in time it is released. While a full batch publishes, batch
+// claims the next one from the other keys and returns it (nil if nothing
+// was claimed), so the database work of one batch overlaps the publishing
+// of the other.
+func (f *Forwarder) batch(ctx context.Context, claim Claim) (BatchInfo, Claim) {
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 
-	claim, err := f.store.Claim(workCtx, ClaimParams{Limit: f.cfg.BatchSize, Topics: f.cfg.Topics})
-	if err != nil {
-		return BatchInfo{Err: fmt.Errorf("claim: %w", err)}
+	if claim == nil {
+		var err error
+		claim, err = f.store.Claim(workCtx, ClaimParams{Limit: f.cfg.BatchSize, Topics: f.cfg.Topics})
+		if err != nil {
+			return BatchInfo{Err: fmt.Errorf("claim: %w", err)}, nil
+		}
 	}
 	if len(claim.Rows()) == 0 {
 		_ = claim.Release(workCtx)
-		return BatchInfo{}
+		return BatchInfo{}, nil
 	}
 
 	var (
@@ -384,26 +419,52 @@ func (f *Forwarder) batch(ctx context.Context) BatchInfo {
 		}, mu.Unlock)
 	}()
 
+	var next Claim
+	if len(claim.Rows()) >= f.cfg.BatchSize {
+		next = f.prefetch(ctx, claim.Rows())
+	}
 	select {
 	case info := <-done:
-		return info
+		return info, next
 	case <-ctx.Done():
 	}
+	f.release(ctx, next)
 	timer := time.NewTimer(f.cfg.ShutdownTimeout)
 	defer timer.Stop()
 	select {
 	case info := <-done:
-		return info
+		return info, nil
 	case <-timer.C:
 	}
 	mu.Lock()
 	abandoned = true
 	mu.Unlock()
-	relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	err = claim.Release(relCtx)
-	f.log.Warn("outbox relay: batch not finished within ShutdownTimeout; released for redelivery", "rows", len(claim.Rows()), "release_error", err)
-	return BatchInfo{Claimed: len(claim.Rows()), Err: errors.New("shutdown timeout")}
+	f.release(ctx, claim)
+	f.log.Warn("outbox relay: batch not finished within ShutdownTimeout; released for redelivery", "rows", len(claim.Rows()))
+	return BatchInfo{Claimed: len(claim.Rows()), Err: errors.New("shutdown timeout")}, nil
+}
+
+// prefetch claims the batch after rows, skipping the keys of rows, which
+// are still held. It returns nil when nothing was claimed; an error is
+// left for the next regular claim to meet and report.
+func (f *Forwarder) prefetch(ctx context.Context, rows []Row) Claim {
+	var keys []string
+	seen := map[string]bool{}
+	for _, r := range rows {
+		if r.PartitionKey != "" && !seen[r.PartitionKey] {
+			seen[r.PartitionKey] = true
+			keys = append(keys, r.PartitionKey)
+		}
+	}
+	next, err := f.store.Claim(ctx, ClaimParams{Limit: f.cfg.BatchSize, Topics: f.cfg.Topics, ExcludeKeys: keys})
+	if err != nil {
+		return nil
+	}
+	if len(next.Rows()) == 0 {
+		f.release(ctx, next)
+		return nil
+	}
+	return next
 }
 
 // process publishes a claimed batch and finishes it. lock reports whether

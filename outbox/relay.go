@@ -62,6 +62,12 @@ type ClaimParams struct {
 	Limit int
 	// Topics, when not empty, restricts the claim to these topics.
 	Topics []string
+	// ExcludeKeys lists partition keys the caller holds in another claim
+	// that is still open. The claim skips their rows without trying to
+	// take them, so a forwarder can claim its next batch from the other
+	// keys while it publishes the current one. Stores that serialise
+	// claims (SQLite) may ignore it.
+	ExcludeKeys []string
 }
 
 // RelayStore is the side of a [Store] that a [Forwarder] reads from.
@@ -70,8 +76,10 @@ type ClaimParams struct {
 type RelayStore interface {
 	// Claim claims up to p.Limit committed, due rows: the oldest first,
 	// and for each partition key only a prefix of its undelivered rows in
-	// ID order, stopping at the key's first blocked row. It returns a
-	// claim with no rows when nothing is due.
+	// ID order, stopping at the key's first blocked row. It holds only
+	// the keys of the rows it returns, so a concurrent claim (another
+	// forwarder, or this forwarder's next batch) can take the others. It
+	// returns a claim with no rows when nothing is due.
 	Claim(ctx context.Context, p ClaimParams) (Claim, error)
 	// Stats reports what is waiting in the outbox.
 	Stats(ctx context.Context) (Stats, error)
