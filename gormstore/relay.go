@@ -16,13 +16,17 @@ var (
 
 // relaySQL holds the store's relay statements, built once per store.
 type relaySQL struct {
-	keys, keysTopics       string // PostgreSQL: lock the keys of a claim
-	unkeyed, unkeyedTopics string // PostgreSQL: claim unordered rows
-	keyed, keyedTopics     string // PostgreSQL: rows of locked keys
-	window, windowTopics   string // SQLite: claimable rows
-	delivered              string
-	fail                   string
+	pick, pickTopics     string // PostgreSQL: lock a claim's keys, pick its rows (template)
+	take                 string // PostgreSQL: take the picked rows
+	window, windowTopics string // SQLite: claimable rows
+	delivered            string
+	fail                 string
 }
+
+// claimSetting is the transaction-local setting that carries a claim's
+// picked row ids from the statement that picks them to the one that takes
+// them.
+const claimSetting = "txoutbox.claim_ids"
 
 // rowColumns are the columns of an outbox.Row, in scan order.
 const rowColumns = "id, uuid, topic, partition_key, payload, metadata, attempts"
@@ -41,54 +45,83 @@ func newRelaySQL(s *Store) relaySQL {
 		} else {
 			r.delivered = fmt.Sprintf(r.delivered, "= ANY($1)")
 		}
-		// One statement claims the ordered rows. It locks the keys of the
-		// oldest pending rows (the window w) with advisory locks, then takes
-		// the window's rows of those keys, oldest first (a prefix of each
-		// key's undelivered rows), and locks them FOR UPDATE. It tries only
-		// the keys whose window rows fit in the limit, in the order of their
-		// oldest row, so it holds no key it returns no row of: a concurrent
-		// claim, told the keys to skip ($4), takes the others. Taking the rows
+		// A claim is two statements in a READ COMMITTED transaction.
+		//
+		// pick chooses the claim's rows from the window w of the oldest due
+		// rows: it walks the window's keys (each unordered row counts as a key
+		// of its own) in the order of their oldest row while their rows fit
+		// in the limit, takes an advisory lock on each key it can, locks the
+		// unordered rows it can with FOR UPDATE SKIP LOCKED, and keeps the
+		// ids of the picked rows, oldest first, in a transaction-local
+		// setting. A key's picked rows are a prefix of its due rows. It holds
+		// no key it picks no row of, so a concurrent claim takes the others;
+		// keys already held by the caller are skipped ($2). Taking the rows
 		// from the window, not from a scan per key, keeps the claim's cost
 		// flat on a long backlog full of not yet vacuumed index entries.
-		// The ids are chosen in the statement's snapshot, which may predate
-		// the commit of the forwarder that held a key before; FOR UPDATE
-		// re-reads each row's latest version, so a row that forwarder
-		// delivered is skipped and a row it failed comes back blocked, and
-		// the relay stops that key there.
-		keyed := func(topics string) string {
+		//
+		// take, after a SAVEPOINT, deletes the picked rows (or marks them
+		// delivered) and returns them: if every row is published, Finish only
+		// commits; otherwise it rolls back to the savepoint and records what
+		// happened. take runs in a snapshot taken after pick's key locks were
+		// granted, so after the commit of the forwarder that held a key
+		// before: a row it delivered is gone, and a key whose row it failed
+		// stops before that row (stop). No other writer touches a held key's
+		// rows.
+		//
+		// Limits are written into the text ({window}, {limit}) and the claim
+		// runs with generic plans: one plan per statement and connection, not
+		// one per claim. Plans must stay sound on a table not analyzed yet,
+		// whose statistics guess that few rows are undelivered: ids are
+		// matched through arrays (the primary key), and take tests
+		// delivered_at inside a CASE so that no index on undelivered rows
+		// looks cheaper than the primary key.
+		pick := func(topics string) string {
 			return `WITH blocked AS MATERIALIZED (
 	SELECT DISTINCT partition_key FROM ` + t + `
 	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
 	  AND (failed_at IS NOT NULL OR next_attempt_at > now())
 ), w AS MATERIALIZED (
 	SELECT id, partition_key FROM ` + t + `
-	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() AND partition_key <> ''
+	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
 	  AND partition_key NOT IN (SELECT partition_key FROM blocked)
-	  AND partition_key NOT IN (SELECT unnest($4::text[]))` + topics + `
-	ORDER BY id LIMIT $1
+	  AND partition_key NOT IN (SELECT unnest($2::text[]))` + topics + `
+	ORDER BY id LIMIT {window}
+), g AS MATERIALIZED (
+	SELECT partition_key, first, sum(n) OVER (ORDER BY first) - n AS before FROM (
+		SELECT partition_key, min(id) AS first, count(*) AS n FROM w WHERE partition_key <> '' GROUP BY partition_key
+		UNION ALL
+		SELECT '', id, 1 FROM w WHERE partition_key = ''
+	) x
 ), k AS MATERIALIZED (
-	SELECT partition_key FROM (
-		SELECT partition_key, first, sum(n) OVER (ORDER BY first) - n AS before FROM (
-			SELECT partition_key, min(id) AS first, count(*) AS n FROM w GROUP BY partition_key
-		) g ORDER BY first OFFSET 0
-	) d
-	WHERE CASE WHEN before < $3 THEN pg_try_advisory_xact_lock($2, hashtext(partition_key)) ELSE false END
-)
-SELECT ` + rowColumns + `, (failed_at IS NOT NULL OR next_attempt_at > now()) FROM ` + t + ` WHERE id = ANY(ARRAY(
-	SELECT w.id FROM w JOIN k USING (partition_key) ORDER BY w.id LIMIT $3
-)) AND delivered_at IS NULL
-ORDER BY id
-FOR UPDATE`
-		}
-		r.keyed, r.keyedTopics = keyed(""), keyed(" AND topic = ANY($5)")
-		unkeyed := func(topics string) string {
-			return `SELECT ` + rowColumns + `, false FROM ` + t + ` WHERE id = ANY(ARRAY(
+	SELECT partition_key FROM (SELECT partition_key, before FROM g WHERE partition_key <> '' ORDER BY first OFFSET 0) d
+	WHERE CASE WHEN before < {limit} THEN pg_try_advisory_xact_lock($1, hashtext(partition_key)) ELSE false END
+), u AS MATERIALIZED (
 	SELECT id FROM ` + t + `
-	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() AND partition_key = ''` + topics + `
-	ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
-ORDER BY id`
+	WHERE id = ANY(ARRAY(SELECT first FROM g WHERE partition_key = '' AND before < {limit}))
+	  AND delivered_at IS NULL AND failed_at IS NULL
+	FOR UPDATE SKIP LOCKED
+)
+SELECT set_config('` + claimSetting + `', coalesce(array_agg(id ORDER BY id)::text, '{}'), true) FROM (
+	SELECT id FROM (SELECT w.id FROM w JOIN k USING (partition_key) UNION ALL SELECT id FROM u) p
+	ORDER BY id LIMIT {limit}
+) c`
 		}
-		r.unkeyed, r.unkeyedTopics = unkeyed(""), unkeyed(" AND topic = ANY($2)")
+		r.pick, r.pickTopics = pick(""), pick(" AND topic = ANY($3)")
+		take := "DELETE FROM " + t + " AS o"
+		if s.cfg.KeepDelivered {
+			take = "UPDATE " + t + " AS o SET delivered_at = now()"
+		}
+		r.take = `WITH stop AS MATERIALIZED (
+	SELECT partition_key, min(id) AS at FROM ` + t + `
+	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
+	  AND (failed_at IS NOT NULL OR next_attempt_at > now())
+	GROUP BY partition_key
+)
+` + take + `
+WHERE o.id = ANY(current_setting('` + claimSetting + `')::bigint[])
+  AND CASE WHEN o.delivered_at IS NULL THEN true ELSE false END
+  AND NOT EXISTS (SELECT 1 FROM stop WHERE stop.partition_key = o.partition_key AND stop.at <= o.id)
+RETURNING o.id, o.uuid, o.topic, o.partition_key, o.payload, o.metadata, o.attempts`
 		r.fail = `UPDATE ` + t + ` AS o SET
 	attempts = o.attempts + 1,
 	last_error = f.err,

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -60,21 +62,21 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		return nil, fmt.Errorf("gormstore: claim from %s: %w", s.table, err)
 	}
 	err = withPgx(conn, func(px *pgx.Conn) error {
-		r := &s.relay
 		b := &pgx.Batch{}
-		b.Queue("BEGIN")
-		window := p.Limit * 2
+		b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
+		b.Queue("SET LOCAL plan_cache_mode = force_generic_plan")
 		exclude := p.ExcludeKeys
 		if exclude == nil {
 			exclude = []string{}
 		}
+		sql := s.claimSQL(p.Limit, len(p.Topics) > 0)
 		if len(p.Topics) > 0 {
-			b.Queue(r.keyedTopics, window, lockspace, p.Limit, exclude, p.Topics)
-			b.Queue(r.unkeyedTopics, p.Limit, p.Topics)
+			b.Queue(sql.pick, lockspace, exclude, p.Topics)
 		} else {
-			b.Queue(r.keyed, window, lockspace, p.Limit, exclude)
-			b.Queue(r.unkeyed, p.Limit)
+			b.Queue(sql.pick, lockspace, exclude)
 		}
+		b.Queue("SAVEPOINT " + takeSavepoint)
+		b.Queue(s.relay.take)
 		br := px.SendBatch(ctx, b)
 		err := c.readBatch(br, p.Limit)
 		if cerr := br.Close(); err == nil {
@@ -89,37 +91,64 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 	return c, nil
 }
 
-// readBatch reads the claim's rows: the keyed and the unordered ones, in ID
-// order, at most limit (rows past it stay untouched and are released at
-// the end of the claim's transaction).
+// takeSavepoint is set before a claim takes its rows; Finish rolls back
+// to it when not every row was delivered.
+const takeSavepoint = "txoutbox_take"
+
+type claimSQLKey struct {
+	limit  int
+	topics bool
+}
+
+// claimSQL holds a PostgreSQL pick statement for one limit.
+type claimSQL struct {
+	pick string
+}
+
+// claimSQL returns the claim statements for limit rows, built once per
+// limit: the limits are part of the text, so that generic plans know them.
+func (s *Store) claimSQL(limit int, topics bool) claimSQL {
+	k := claimSQLKey{limit, topics}
+	if v, ok := s.claimSQLs.Load(k); ok {
+		return v.(claimSQL)
+	}
+	pick := s.relay.pick
+	if topics {
+		pick = s.relay.pickTopics
+	}
+	fill := strings.NewReplacer("{window}", strconv.Itoa(2*limit), "{limit}", strconv.Itoa(limit))
+	st := claimSQL{pick: fill.Replace(pick)}
+	s.claimSQLs.Store(k, st)
+	return st
+}
+
+// readBatch reads the claim's rows, in ID order. The pick statement
+// chose at most limit of them.
 func (c *pgClaim) readBatch(br pgx.BatchResults, limit int) error {
-	if _, err := br.Exec(); err != nil { // BEGIN
+	for range 4 { // BEGIN, SET LOCAL, pick, SAVEPOINT
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
 		return err
 	}
-	for range 2 { // keyed, unordered
-		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		got, err := scanRows(rows)
-		if err != nil {
-			return err
-		}
-		c.rows = append(c.rows, got...)
+	c.rows, err = scanRows(rows, limit)
+	if err != nil {
+		return err
 	}
 	slices.SortFunc(c.rows, func(a, b outbox.Row) int { return cmp.Compare(a.ID, b.ID) })
-	// Dropping the tail keeps each key's rows a prefix in ID order.
-	c.rows = c.rows[:min(len(c.rows), limit)]
 	return nil
 }
 
-func scanRows(rows pgx.Rows) ([]outbox.Row, error) {
+func scanRows(rows pgx.Rows, limit int) ([]outbox.Row, error) {
 	defer rows.Close()
-	var out []outbox.Row
+	out := make([]outbox.Row, 0, limit)
 	for rows.Next() {
 		var r outbox.Row
 		var attempts int32
-		if err := rows.Scan(&r.ID, &r.UUID, &r.Topic, &r.PartitionKey, &r.Payload, &r.Metadata, &attempts, &r.Blocked); err != nil {
+		if err := rows.Scan(&r.ID, &r.UUID, &r.Topic, &r.PartitionKey, &r.Payload, &r.Metadata, &attempts); err != nil {
 			return nil, err
 		}
 		r.Attempts = int(attempts)
@@ -130,8 +159,10 @@ func scanRows(rows pgx.Rows) ([]outbox.Row, error) {
 
 func (c *pgClaim) Rows() []outbox.Row { return c.rows }
 
-// Finish marks delivered rows, records failures and commits, in one round
-// trip.
+// Finish commits the claim, in one round trip. The claim took its rows
+// already: when every row was delivered it only commits; otherwise it
+// rolls back to the savepoint before the take, marks the delivered rows,
+// records the failures, and commits.
 func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outbox.Failure) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -142,18 +173,21 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 	r := &c.s.relay
 	err := withPgx(c.conn, func(px *pgx.Conn) error {
 		b := &pgx.Batch{}
-		if len(delivered) > 0 {
-			b.Queue(r.delivered, delivered)
-		}
-		if len(failures) > 0 {
-			ids := make([]int64, len(failures))
-			errs := make([]string, len(failures))
-			delays := make([]int64, len(failures))
-			park := make([]bool, len(failures))
-			for i, f := range failures {
-				ids[i], errs[i], delays[i], park[i] = f.ID, cleanError(f.Error), f.RetryAfter.Microseconds(), f.Park
+		if len(failures) > 0 || !c.allDelivered(delivered) {
+			b.Queue("ROLLBACK TO SAVEPOINT " + takeSavepoint)
+			if len(delivered) > 0 {
+				b.Queue(r.delivered, delivered)
 			}
-			b.Queue(r.fail, ids, errs, delays, park)
+			if len(failures) > 0 {
+				ids := make([]int64, len(failures))
+				errs := make([]string, len(failures))
+				delays := make([]int64, len(failures))
+				park := make([]bool, len(failures))
+				for i, f := range failures {
+					ids[i], errs[i], delays[i], park[i] = f.ID, cleanError(f.Error), f.RetryAfter.Microseconds(), f.Park
+				}
+				b.Queue(r.fail, ids, errs, delays, park)
+			}
 		}
 		// A lost delivery mark after a crash means a redelivery, never a
 		// loss, so the relay's commits need not wait for the WAL flush.
@@ -166,6 +200,21 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 		return fmt.Errorf("gormstore: finish claim on %s: %w", c.s.table, err)
 	}
 	return c.conn.Close()
+}
+
+// allDelivered reports whether delivered holds every claimed row.
+func (c *pgClaim) allDelivered(delivered []int64) bool {
+	if len(delivered) != len(c.rows) {
+		return false
+	}
+	ids := slices.Clone(delivered)
+	slices.Sort(ids)
+	for i, r := range c.rows {
+		if ids[i] != r.ID {
+			return false
+		}
+	}
+	return true
 }
 
 // Release rolls the claim's transaction back: every row stays as it was.

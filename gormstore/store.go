@@ -70,7 +70,9 @@ type Store struct {
 	table   sqlschema.Table
 	quoted  string
 	relay   relaySQL
-	notify  notifier
+	// claimSQLs caches the PostgreSQL claim statements per limit.
+	claimSQLs sync.Map
+	notify    notifier
 	// channel caches channelName for an unqualified table.
 	chanOnce sync.Mutex
 	channel  string

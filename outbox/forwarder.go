@@ -666,6 +666,7 @@ func planBatch(rows []Row) batchPlan {
 		topic string
 	}
 	index := map[groupKey]*publishGroup{}
+	in := interner{}
 	for _, r := range rows {
 		round := 0
 		var ks *keyState
@@ -690,7 +691,7 @@ func planBatch(rows []Row) batchPlan {
 		} else if r.Blocked {
 			continue
 		}
-		msg, err := decodeRow(r)
+		msg, err := decodeRow(r, in)
 		if err != nil {
 			plan.parked = append(plan.parked, parkedRow{row: r, reason: err.Error()})
 			if ks != nil {
@@ -714,7 +715,7 @@ func planBatch(rows []Row) batchPlan {
 
 // decodeRow turns a stored row back into a message. A row that cannot
 // become a message is parked at once with the reason.
-func decodeRow(r Row) (*message.Message, error) {
+func decodeRow(r Row, in interner) (*message.Message, error) {
 	if r.UUID == "" {
 		return nil, errors.New("undecodable row: empty message UUID")
 	}
@@ -723,7 +724,7 @@ func decodeRow(r Row) (*message.Message, error) {
 	}
 	msg := message.NewMessage(r.UUID, r.Payload)
 	if len(r.Metadata) > 0 {
-		if err := decodeMetadata(r.Metadata, msg.Metadata); err != nil {
+		if err := decodeMetadata(r.Metadata, msg.Metadata, in); err != nil {
 			return nil, fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
 		}
 	}

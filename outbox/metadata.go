@@ -10,19 +10,48 @@ import (
 
 var errNotFlat = errors.New("not a flat JSON object of strings")
 
+// interner shares equal strings among the rows of a batch: metadata keys,
+// and the values of the keys that repeat from row to row (event and
+// command names, partition keys). It saves an allocation per string.
+type interner map[string]string
+
+// maxInterned bounds an interner, whatever the batch holds.
+const maxInterned = 1024
+
+func (in interner) get(b []byte) string {
+	if s, ok := in[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(in) < maxInterned {
+		in[s] = s
+	}
+	return s
+}
+
+// internValue tells the metadata keys whose values repeat across rows.
+func internValue(key string) bool {
+	switch key {
+	case MetadataName, MetadataCommand, MetadataPartitionKey:
+		return true
+	}
+	return false
+}
+
 // decodeMetadata decodes a JSON object of strings, the stored form of
 // Watermill metadata, into m. It is the relay's per-row hot path: a
 // hand-written scanner for the flat shape the store writes, with
 // encoding/json as the reference for everything else (and for errors).
-func decodeMetadata(data []byte, m map[string]string) error {
-	if err := decodeFlat(data, m); err == nil {
+// in, when not nil, shares strings with earlier rows.
+func decodeMetadata(data []byte, m map[string]string, in interner) error {
+	if err := decodeFlat(data, m, in); err == nil {
 		return nil
 	}
 	clear(m)
 	return json.Unmarshal(data, &m)
 }
 
-func decodeFlat(d []byte, m map[string]string) error {
+func decodeFlat(d []byte, m map[string]string, in interner) error {
 	i := skipSpace(d, 0)
 	if i >= len(d) || d[i] != '{' {
 		return errNotFlat
@@ -32,7 +61,7 @@ func decodeFlat(d []byte, m map[string]string) error {
 		return trailing(d, i+1)
 	}
 	for {
-		k, next, err := readString(d, i)
+		k, next, err := readString(d, i, in)
 		if err != nil {
 			return err
 		}
@@ -40,7 +69,11 @@ func decodeFlat(d []byte, m map[string]string) error {
 		if i >= len(d) || d[i] != ':' {
 			return errNotFlat
 		}
-		v, next, err := readString(d, skipSpace(d, i+1))
+		vin := in
+		if !internValue(k) {
+			vin = nil
+		}
+		v, next, err := readString(d, skipSpace(d, i+1), vin)
 		if err != nil {
 			return err
 		}
@@ -75,8 +108,9 @@ func skipSpace(d []byte, i int) int {
 }
 
 // readString reads the JSON string starting at d[i] and returns it and
-// the index after its closing quote.
-func readString(d []byte, i int) (string, int, error) {
+// the index after its closing quote; a string without escapes comes from
+// in when in is not nil.
+func readString(d []byte, i int, in interner) (string, int, error) {
 	if i >= len(d) || d[i] != '"' {
 		return "", 0, errNotFlat
 	}
@@ -89,6 +123,9 @@ func readString(d []byte, i int) (string, int, error) {
 			s := d[start:j]
 			if !utf8.Valid(s) {
 				return "", 0, errNotFlat
+			}
+			if in != nil {
+				return in.get(s), j + 1, nil
 			}
 			return string(s), j + 1, nil
 		case c == '\\':

@@ -21,7 +21,7 @@ func FuzzDecodeMetadata(f *testing.F) {
 		var want map[string]string
 		wantErr := json.Unmarshal(data, &want)
 		got := map[string]string{}
-		err := decodeMetadata(data, got)
+		err := decodeMetadata(data, got, nil)
 		if wantErr != nil {
 			require.Error(t, err, "encoding/json rejects %q", data)
 			return
@@ -31,15 +31,24 @@ func FuzzDecodeMetadata(f *testing.F) {
 			want = map[string]string{}
 		}
 		require.Equal(t, want, got, "%q", data)
+		// The same through an interner, twice: the second decode takes
+		// its strings from the first.
+		in := interner{}
+		for range 2 {
+			got := map[string]string{}
+			require.NoError(t, decodeMetadata(data, got, in), "%q", data)
+			require.Equal(t, want, got, "%q, interned", data)
+		}
 	})
 }
 
 func BenchmarkDecodeMetadataFlat(b *testing.B) {
 	raw := []byte(`{"name": "OrderPlaced", "command": "PlaceOrder", "created_at": "2026-11-27T14:21:48.123456Z", "causation_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "partition_key": "customer-07", "correlation_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}`)
 	b.ReportAllocs()
+	in := interner{}
 	for b.Loop() {
 		m := make(map[string]string, 8)
-		if err := decodeMetadata(raw, m); err != nil {
+		if err := decodeMetadata(raw, m, in); err != nil {
 			b.Fatal(err)
 		}
 	}
