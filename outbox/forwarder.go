@@ -22,7 +22,7 @@ import (
 
 // Defaults of ForwarderConfig.
 const (
-	DefaultBatchSize       = 500
+	DefaultBatchSize       = 1000
 	DefaultPollInterval    = 2 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultMinBackoff      = time.Second
@@ -43,7 +43,8 @@ var ErrAlreadyRunning = errors.New("outbox: forwarder is already running")
 // field has a default.
 type ForwarderConfig struct {
 	// BatchSize is the most rows claimed and published per batch.
-	// Optional; default DefaultBatchSize (500).
+	// Optional; default DefaultBatchSize (1000). A batch is also the most
+	// events published twice after a crash.
 	BatchSize int
 	// PollInterval is how long the forwarder waits for a wake-up (a commit
 	// in this process, or a PostgreSQL notification) before it looks for
