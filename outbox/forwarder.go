@@ -302,14 +302,15 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			polled = false // more is waiting
 			continue
 		case info.Claimed > 0:
-			// A short batch took what was due when it was claimed. Ask
-			// HasDue (one statement) before claiming again (four). A
-			// wake-up pending now was sent for a commit that HasDue sees.
+			// A short batch took what was due when it was claimed. If a
+			// commit woke the forwarder meanwhile, claim at once; if not,
+			// ask HasDue (one statement) before claiming (six).
 			select {
 			case <-f.wake:
+				polled = false
 			default:
+				polled = true
 			}
-			polled = true
 			continue
 		}
 		if !f.wait(ctx, &polled) {
