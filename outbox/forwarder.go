@@ -385,10 +385,11 @@ func (f *Forwarder) listen(ctx context.Context, l Listener) {
 // batch publishes and finishes one batch: claim, or a new claim when
 // claim is nil. The batch runs in its own goroutine with a context that
 // outlives ctx by ShutdownTimeout, so a shutdown lets it finish; if it does
-// not finish in time it is released. While a full batch publishes, batch
-// claims the next one from the other keys and returns it (nil if nothing
-// was claimed), so the database work of one batch overlaps the publishing
-// of the other.
+// not finish in time it is released. While a full batch publishes, or
+// when a commit wakes the forwarder during a short one, batch claims the
+// next one from the other keys and returns it (nil if nothing was
+// claimed), so the database work of one batch overlaps the publishing of
+// the other.
 func (f *Forwarder) batch(ctx context.Context, claim Claim) (BatchInfo, Claim) {
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -421,14 +422,24 @@ func (f *Forwarder) batch(ctx context.Context, claim Claim) (BatchInfo, Claim) {
 		}, mu.Unlock)
 	}()
 
+	// Claim the next batch now if this one is full, or as soon as a
+	// commit wakes the forwarder while this one is in flight.
 	var next Claim
+	wake := f.wake
 	if len(claim.Rows()) >= f.cfg.BatchSize {
 		next = f.prefetch(ctx, claim.Rows())
+		wake = nil
 	}
-	select {
-	case info := <-done:
-		return info, next
-	case <-ctx.Done():
+	for waiting := true; waiting; {
+		select {
+		case info := <-done:
+			return info, next
+		case <-wake:
+			next = f.prefetch(ctx, claim.Rows())
+			wake = nil
+		case <-ctx.Done():
+			waiting = false
+		}
 	}
 	f.release(ctx, next)
 	timer := time.NewTimer(f.cfg.ShutdownTimeout)
