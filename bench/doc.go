@@ -18,7 +18,8 @@
 //	backend=native                   outbox.Forwarder on gormstore (PostgreSQL)
 //	backend=watermill-sql-forwarder  components/forwarder over a watermill-sql/v3
 //	                                 Subscriber (batch 100, poll 10 ms)
-//	backend=floor                    DELETE ... RETURNING in batches of 500, no publish,
+//	backend=floor                    DELETE ... RETURNING in batches of the forwarder's
+//	                                 default size (1,000), no publish,
 //	                                 synchronous_commit off (as the relay's transactions)
 //	backend=floor-sync-commit        the same, each batch waiting for its WAL flush
 //	backend=native-200k              native with 200,000 events
