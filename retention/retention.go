@@ -216,31 +216,19 @@ func (c *Cleaner) purgeOutbox(ctx context.Context) (int64, error) {
 
 // Run calls RunOnce at once and then every Interval until ctx ends, and
 // returns nil then. A failed run is logged and reported to OnRun; the next
-// one retries. Rows left by a run cut short by ctx are deleted by the next
-// cleaner to run.
+// one retries. A run cut short by ctx is reported (without the
+// cancellation as its error) when it deleted rows; the rows it left are
+// deleted by the next cleaner to run.
 func (c *Cleaner) Run(ctx context.Context) error {
-	log := c.cfg.Logger
 	for {
 		res, err := c.RunOnce(ctx)
 		if ctx.Err() != nil {
+			if res.OutboxDeleted+res.InboxDeleted > 0 {
+				c.report(context.WithoutCancel(ctx), res, nil)
+			}
 			return nil
 		}
-		attrs := []any{
-			slog.Int64("outbox_deleted", res.OutboxDeleted),
-			slog.Int64("inbox_deleted", res.InboxDeleted),
-			slog.Duration("duration", res.Duration),
-		}
-		switch {
-		case err != nil:
-			log.WarnContext(ctx, "retention run failed; retrying at the next interval", append(attrs, slog.Any("error", err))...)
-		case res.OutboxDeleted+res.InboxDeleted > 0:
-			log.InfoContext(ctx, "retention run deleted rows", attrs...)
-		default:
-			log.DebugContext(ctx, "retention run found nothing to delete", attrs...)
-		}
-		if c.cfg.OnRun != nil {
-			c.cfg.OnRun(OnRunParams{Result: res, Err: err})
-		}
+		c.report(ctx, res, err)
 		t := time.NewTimer(jitter(c.cfg.Interval))
 		select {
 		case <-ctx.Done():
@@ -248,6 +236,27 @@ func (c *Cleaner) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+	}
+}
+
+// report logs a run and passes it to OnRun.
+func (c *Cleaner) report(ctx context.Context, res Result, err error) {
+	log := c.cfg.Logger
+	attrs := []any{
+		slog.Int64("outbox_deleted", res.OutboxDeleted),
+		slog.Int64("inbox_deleted", res.InboxDeleted),
+		slog.Duration("duration", res.Duration),
+	}
+	switch {
+	case err != nil:
+		log.WarnContext(ctx, "retention run failed; retrying at the next interval", append(attrs, slog.Any("error", err))...)
+	case res.OutboxDeleted+res.InboxDeleted > 0:
+		log.InfoContext(ctx, "retention run deleted rows", attrs...)
+	default:
+		log.DebugContext(ctx, "retention run found nothing to delete", attrs...)
+	}
+	if c.cfg.OnRun != nil {
+		c.cfg.OnRun(OnRunParams{Result: res, Err: err})
 	}
 }
 
