@@ -346,6 +346,36 @@ func TestForwarder_ShutdownReleasesStuckBatch(t *testing.T) {
 	})
 }
 
+// A full batch makes the forwarder claim the next one while it publishes.
+// At shutdown both are given back: nothing is lost, and a new forwarder
+// delivers every row exactly once.
+func TestForwarder_ShutdownReleasesNextBatchToo(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := newStore(t, db, gormstore.Config{})
+	counts := fill(t, db, st, "orders", 4, 10)
+	pub := &blockingPublisher{started: make(chan struct{}), release: make(chan struct{})}
+	defer close(pub.release)
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{BatchSize: 5, ShutdownTimeout: 200 * time.Millisecond}))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	<-pub.started
+	time.Sleep(100 * time.Millisecond) // the next batch is claimed meanwhile
+	cancel()
+	require.NoError(t, <-done)
+	require.Equal(t, int64(40), pending(t, db, ""), "both batches were released, nothing lost")
+
+	pub2 := newRecordingPublisher()
+	f2, err := outbox.NewForwarder(st, pub2, quietConfig(outbox.ForwarderConfig{BatchSize: 5}))
+	require.NoError(t, err)
+	runForwarder(t, f2)
+	got := pub2.waitUnique(t, 40, 10*time.Second)
+	require.Len(t, got, 40, "each event published exactly once")
+	requireKeyOrder(t, got, counts)
+}
+
 func TestForwarder_ShutdownFinishesBatchInFlight(t *testing.T) {
 	t.Parallel()
 	db := testdb.Open(t, testdb.Postgres)
