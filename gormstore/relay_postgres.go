@@ -144,7 +144,7 @@ func (c *pgClaim) readBatch(br pgx.BatchResults, limit int) error {
 
 func scanRows(rows pgx.Rows, limit int) ([]outbox.Row, error) {
 	defer rows.Close()
-	out := make([]outbox.Row, 0, limit)
+	out := make([]outbox.Row, 0, min(limit, 64)) // most claims under light load are small
 	for rows.Next() {
 		var r outbox.Row
 		var attempts int32
