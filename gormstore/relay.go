@@ -28,6 +28,14 @@ type relaySQL struct {
 // them.
 const claimSetting = "txoutbox.claim_ids"
 
+// blockedRow is the condition of a row that stops its partition key: not
+// delivered, and parked or waiting for its retry time. The blocked partial
+// index serves it. now is the SQL expression of the current time.
+func blockedRow(now string) string {
+	return `delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
+	  AND (failed_at IS NOT NULL OR next_attempt_at > ` + now + `)`
+}
+
 // rowColumns are the columns of an outbox.Row, in scan order.
 const rowColumns = "id, uuid, topic, partition_key, payload, metadata, attempts"
 
@@ -77,9 +85,7 @@ func newRelaySQL(s *Store) relaySQL {
 		// looks cheaper than the primary key.
 		pick := func(topics string) string {
 			return `WITH blocked AS MATERIALIZED (
-	SELECT DISTINCT partition_key FROM ` + t + `
-	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
-	  AND (failed_at IS NOT NULL OR next_attempt_at > now())
+	SELECT DISTINCT partition_key FROM ` + t + ` WHERE ` + blockedRow("now()") + `
 ), w AS MATERIALIZED (
 	SELECT id, partition_key FROM ` + t + `
 	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
@@ -112,16 +118,14 @@ SELECT set_config('` + claimSetting + `', coalesce(array_agg(id ORDER BY id)::te
 			take = "UPDATE " + t + " AS o SET delivered_at = now()"
 		}
 		r.take = `WITH stop AS MATERIALIZED (
-	SELECT partition_key, min(id) AS at FROM ` + t + `
-	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
-	  AND (failed_at IS NOT NULL OR next_attempt_at > now())
+	SELECT partition_key, min(id) AS at FROM ` + t + ` WHERE ` + blockedRow("now()") + `
 	GROUP BY partition_key
 )
 ` + take + `
 WHERE o.id = ANY(current_setting('` + claimSetting + `')::bigint[])
   AND CASE WHEN o.delivered_at IS NULL THEN true ELSE false END
   AND NOT EXISTS (SELECT 1 FROM stop WHERE stop.partition_key = o.partition_key AND stop.at <= o.id)
-RETURNING o.id, o.uuid, o.topic, o.partition_key, o.payload, o.metadata, o.attempts`
+RETURNING ` + rowColumns
 		r.fail = `UPDATE ` + t + ` AS o SET
 	attempts = o.attempts + 1,
 	last_error = f.err,
@@ -141,9 +145,7 @@ WHERE o.id = f.id`
 		return `SELECT ` + rowColumns + ` FROM ` + t + `
 WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= @now` + topics + `
   AND partition_key NOT IN (
-	SELECT partition_key FROM ` + t + `
-	WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
-	  AND (failed_at IS NOT NULL OR next_attempt_at > @now))
+	SELECT partition_key FROM ` + t + ` WHERE ` + blockedRow("@now") + `)
 ORDER BY id LIMIT @limit`
 	}
 	r.window, r.windowTopics = window(""), window(" AND topic IN @topics")

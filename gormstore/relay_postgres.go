@@ -69,11 +69,11 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		if exclude == nil {
 			exclude = []string{}
 		}
-		sql := s.claimSQL(p.Limit, len(p.Topics) > 0)
+		pick := s.pickSQL(p.Limit, len(p.Topics) > 0)
 		if len(p.Topics) > 0 {
-			b.Queue(sql.pick, lockspace, exclude, p.Topics)
+			b.Queue(pick, lockspace, exclude, p.Topics)
 		} else {
-			b.Queue(sql.pick, lockspace, exclude)
+			b.Queue(pick, lockspace, exclude)
 		}
 		b.Queue("SAVEPOINT " + takeSavepoint)
 		b.Queue(s.relay.take)
@@ -95,31 +95,25 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 // to it when not every row was delivered.
 const takeSavepoint = "txoutbox_take"
 
-type claimSQLKey struct {
+type pickKey struct {
 	limit  int
 	topics bool
 }
 
-// claimSQL holds a PostgreSQL pick statement for one limit.
-type claimSQL struct {
-	pick string
-}
-
-// claimSQL returns the claim statements for limit rows, built once per
-// limit: the limits are part of the text, so that generic plans know them.
-func (s *Store) claimSQL(limit int, topics bool) claimSQL {
-	k := claimSQLKey{limit, topics}
-	if v, ok := s.claimSQLs.Load(k); ok {
-		return v.(claimSQL)
+// pickSQL returns the pick statement for limit rows, built once per limit:
+// the limits are part of the text, so that generic plans know them.
+func (s *Store) pickSQL(limit int, topics bool) string {
+	k := pickKey{limit, topics}
+	if v, ok := s.picks.Load(k); ok {
+		return v.(string)
 	}
 	pick := s.relay.pick
 	if topics {
 		pick = s.relay.pickTopics
 	}
-	fill := strings.NewReplacer("{window}", strconv.Itoa(2*limit), "{limit}", strconv.Itoa(limit))
-	st := claimSQL{pick: fill.Replace(pick)}
-	s.claimSQLs.Store(k, st)
-	return st
+	q := strings.NewReplacer("{window}", strconv.Itoa(2*limit), "{limit}", strconv.Itoa(limit)).Replace(pick)
+	s.picks.Store(k, q)
+	return q
 }
 
 // readBatch reads the claim's rows, in ID order. The pick statement

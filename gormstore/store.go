@@ -70,9 +70,9 @@ type Store struct {
 	table   sqlschema.Table
 	quoted  string
 	relay   relaySQL
-	// claimSQLs caches the PostgreSQL claim statements per limit.
-	claimSQLs sync.Map
-	notify    notifier
+	// picks caches the PostgreSQL pick statement per limit (pickSQL).
+	picks  sync.Map
+	notify notifier
 	// channel caches channelName for an unqualified table.
 	chanOnce sync.Mutex
 	channel  string

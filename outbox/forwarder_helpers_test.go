@@ -3,8 +3,10 @@ package outbox_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -195,6 +197,21 @@ func pending(t *testing.T, db *gorm.DB, where string) int64 {
 	}
 	require.NoError(t, db.Raw(q).Scan(&n).Error)
 	return n
+}
+
+// failOneIn returns a recordingPublisher.fail that fails about one
+// message in n, at random from seed, safely for concurrent publishers.
+func failOneIn(n int, seed uint64) func(string, seqEvent) error {
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	return func(string, seqEvent) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if rng.IntN(n) == 0 {
+			return errors.New("broker hiccup")
+		}
+		return nil
+	}
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,16 +47,7 @@ func TestForwarder_RandomPublishFailures(t *testing.T) {
 		st := newStore(t, db, gormstore.Config{})
 		counts := fill(t, db, st, "orders", 20, 50)
 		pub := newRecordingPublisher()
-		var mu sync.Mutex
-		rng := rand.New(rand.NewPCG(1, 2))
-		pub.fail = func(string, seqEvent) error {
-			mu.Lock()
-			defer mu.Unlock()
-			if rng.IntN(10) == 0 {
-				return errors.New("broker hiccup")
-			}
-			return nil
-		}
+		pub.fail = failOneIn(10, 1)
 		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
 			BatchSize: 50, MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,
 			MaxAttempts: 1000, PollInterval: 20 * time.Millisecond,
@@ -362,7 +352,20 @@ func TestForwarder_ShutdownReleasesNextBatchToo(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
 	<-pub.started
-	time.Sleep(100 * time.Millisecond) // the next batch is claimed meanwhile
+	// While the first batch (k00, k01) hangs in Publish, the next one (k02) is
+	// claimed ahead: a claim from elsewhere then finds only k03 free.
+	other, err := gormstore.New(db, gormstore.Config{}) // no Migrate: it would wait for the claims' locks
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		c, err := other.Claim(context.Background(), outbox.ClaimParams{Limit: 40})
+		require.NoError(t, err)
+		defer c.Release(context.Background())
+		keys := map[string]bool{}
+		for _, r := range c.Rows() {
+			keys[r.PartitionKey] = true
+		}
+		return len(keys) == 1 && keys["k03"]
+	}, 10*time.Second, 10*time.Millisecond, "the next batch was not claimed while the first one published")
 	cancel()
 	require.NoError(t, <-done)
 	require.Equal(t, int64(40), pending(t, db, ""), "both batches were released, nothing lost")
@@ -530,16 +533,7 @@ func TestForwarder_FourForwardersWithFailuresKeepKeyOrder(t *testing.T) {
 	st := newStore(t, db, gormstore.Config{})
 	counts := fill(t, db, st, "orders", 20, 150) // 3,000 events
 	pub := newRecordingPublisher()
-	var mu sync.Mutex
-	rng := rand.New(rand.NewPCG(3, 4))
-	pub.fail = func(string, seqEvent) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if rng.IntN(20) == 0 {
-			return errors.New("broker hiccup")
-		}
-		return nil
-	}
+	pub.fail = failOneIn(20, 3)
 	for range 4 {
 		st, err := gormstore.New(db, gormstore.Config{})
 		require.NoError(t, err)
