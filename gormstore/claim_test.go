@@ -1,10 +1,14 @@
 package gormstore_test
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
@@ -96,4 +100,83 @@ func requirePrefixes(t *testing.T, db *gorm.DB, c outbox.Claim) {
 		require.NoError(t, db.Raw("SELECT id FROM txoutbox_outbox WHERE partition_key = ? ORDER BY id LIMIT ?", k, len(ids)).Scan(&want).Error)
 		require.Equal(t, want, ids, "key %s", k)
 	}
+}
+
+// A claim returns its rows as they were saved, byte for byte, whatever
+// protocol the pool speaks: pgx's default extended protocol, whose raw
+// values the claim reads directly, and the simple protocol (all text),
+// which goes through pgx's Scan. A batch's rows share no buffers.
+func TestClaimReadsRowsAsSaved(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"", "simple_protocol"} {
+		t.Run("mode="+cmp.Or(mode, "default"), func(t *testing.T) {
+			t.Parallel()
+			db, schema := testdb.OpenPostgres(t)
+			if mode != "" {
+				db = testdb.OpenURL(t, testdb.SchemaURL(t, schema)+"&default_query_exec_mode="+mode)
+			}
+			s, err := gormstore.New(db, gormstore.Config{})
+			require.NoError(t, err)
+			ctx := context.Background()
+			require.NoError(t, s.Migrate(ctx))
+
+			binary := make([]byte, 256)
+			for i := range binary {
+				binary[i] = byte(i)
+			}
+			recs := []outbox.Record{
+				record("orders", "order-1", `{"id":"order-1"}`),
+				{Topic: "blobs", Message: message.NewMessage(outbox.NewUUID(), binary)},
+				record("orders", "order-2", ""),
+				{Topic: "orders", PartitionKey: "order-1", Message: message.NewMessage(outbox.NewUUID(), nil)},
+				record("invoices", "order-2", "plain text"),
+			}
+			recs[0].Message.Metadata = message.Metadata{"name": "OrderPlaced", "note": "żółw 🐢 \"quoted\"\n"}
+			recs[2].Message.Metadata = message.Metadata{"name": "OrderPlaced"}
+			// More rows than a small claim's first buffer, and more bytes than
+			// the connection's read buffer.
+			for i := range 300 {
+				recs = append(recs, record("orders", fmt.Sprintf("k%d", i%7), fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", 1000))))
+			}
+			require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return s.Save(ctx, tx, recs) }))
+
+			// One failed attempt, retried at once, so a row comes back with
+			// attempts = 1.
+			c, err := s.Claim(ctx, outbox.ClaimParams{Limit: 1})
+			require.NoError(t, err)
+			require.Len(t, c.Rows(), 1)
+			require.NoError(t, c.Finish(ctx, nil, []outbox.Failure{{ID: c.Rows()[0].ID, Error: "boom"}}))
+
+			c, err = s.Claim(ctx, outbox.ClaimParams{Limit: 1000})
+			require.NoError(t, err)
+			defer c.Release(ctx)
+			rows := c.Rows()
+			require.Len(t, rows, len(recs))
+			for i, rec := range recs {
+				r := rows[i]
+				require.Equal(t, rec.Message.UUID, r.UUID, "row %d", i)
+				require.Equal(t, rec.Topic, r.Topic, "row %d", i)
+				require.Equal(t, rec.PartitionKey, r.PartitionKey, "row %d", i)
+				require.Equal(t, string(rec.Message.Payload), string(r.Payload), "row %d", i)
+				var md map[string]string
+				require.NoError(t, json.Unmarshal(r.Metadata, &md), "row %d", i)
+				require.Equal(t, nilIfEmpty(rec.Message.Metadata), nilIfEmpty(md), "row %d", i)
+				wantAttempts := 0
+				if i == 0 {
+					wantAttempts = 1 // the row that failed once
+				}
+				require.Equal(t, wantAttempts, r.Attempts, "row %d", i)
+				if i > 0 {
+					require.Greater(t, r.ID, rows[i-1].ID)
+				}
+			}
+		})
+	}
+}
+
+func nilIfEmpty(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,6 +14,8 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -136,19 +139,104 @@ func (c *pgClaim) readBatch(br pgx.BatchResults, limit int) error {
 	return nil
 }
 
+// scanRows reads a claim's rows. Most claims come in the formats pgx's
+// extended protocol gives these columns (binary integers and bytea, text
+// strings and jsonb): their raw values are read directly, with a row's
+// payload and metadata in one allocation and topics and partition keys
+// shared among the batch's rows. Other formats (the simple protocol) go
+// through pgx's Scan.
 func scanRows(rows pgx.Rows, limit int) ([]outbox.Row, error) {
 	defer rows.Close()
 	out := make([]outbox.Row, 0, min(limit, 64)) // most claims under light load are small
+	raw := rawRowFormats(rows.FieldDescriptions())
+	var shared map[string]string
+	if raw {
+		shared = map[string]string{}
+	}
 	for rows.Next() {
-		var r outbox.Row
-		var attempts int32
-		if err := rows.Scan(&r.ID, &r.UUID, &r.Topic, &r.PartitionKey, &r.Payload, &r.Metadata, &attempts); err != nil {
-			return nil, err
+		if len(out) == cap(out) {
+			out = slices.Grow(out, limit-len(out)) // a claim that is not small is often full
 		}
-		r.Attempts = int(attempts)
+		var r outbox.Row
+		if raw {
+			if err := readRawRow(rows.RawValues(), &r, shared); err != nil {
+				return nil, err
+			}
+		} else {
+			var attempts int32
+			if err := rows.Scan(&r.ID, &r.UUID, &r.Topic, &r.PartitionKey, &r.Payload, &r.Metadata, &attempts); err != nil {
+				return nil, err
+			}
+			r.Attempts = int(attempts)
+		}
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// rawRow is the type and format of each of rowColumns that readRawRow
+// reads; a format of -1 stands for either (text reads the same in both).
+var rawRow = [...]struct {
+	oid    uint32
+	format int16
+}{
+	{pgtype.Int8OID, pgx.BinaryFormatCode},  // id
+	{pgtype.TextOID, -1},                    // uuid
+	{pgtype.TextOID, -1},                    // topic
+	{pgtype.TextOID, -1},                    // partition_key
+	{pgtype.ByteaOID, pgx.BinaryFormatCode}, // payload
+	{pgtype.JSONBOID, pgx.TextFormatCode},   // metadata
+	{pgtype.Int4OID, pgx.BinaryFormatCode},  // attempts
+}
+
+// rawRowFormats reports whether readRawRow can read rows described by fds.
+func rawRowFormats(fds []pgconn.FieldDescription) bool {
+	if len(fds) != len(rawRow) {
+		return false
+	}
+	for i, c := range rawRow {
+		if fds[i].DataTypeOID != c.oid || (c.format >= 0 && fds[i].Format != c.format) {
+			return false
+		}
+	}
+	return true
+}
+
+// maxShared bounds the topics and partition keys shared within a batch.
+const maxShared = 1024
+
+// readRawRow reads one row of rowColumns in the formats of rawRow into r.
+// shared holds the batch's topics and partition keys.
+func readRawRow(v [][]byte, r *outbox.Row, shared map[string]string) error {
+	if len(v) != len(rawRow) || len(v[0]) != 8 || len(v[6]) != 4 {
+		return errors.New("gormstore: malformed outbox row")
+	}
+	for _, b := range v[1:6] {
+		if b == nil {
+			return errors.New("gormstore: NULL column in an outbox row")
+		}
+	}
+	share := func(b []byte) string {
+		if s, ok := shared[string(b)]; ok {
+			return s
+		}
+		s := string(b)
+		if len(shared) < maxShared {
+			shared[s] = s
+		}
+		return s
+	}
+	r.ID = int64(binary.BigEndian.Uint64(v[0]))
+	r.UUID = string(v[1])
+	r.Topic = share(v[2])
+	r.PartitionKey = share(v[3])
+	buf := make([]byte, len(v[4])+len(v[5]))
+	n := copy(buf, v[4])
+	copy(buf[n:], v[5])
+	r.Payload = buf[:n:n]
+	r.Metadata = buf[n:]
+	r.Attempts = int(int32(binary.BigEndian.Uint32(v[6])))
+	return nil
 }
 
 func (c *pgClaim) Rows() []outbox.Row { return c.rows }
