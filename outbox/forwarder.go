@@ -499,7 +499,7 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 	)
 	for _, g := range plan.groups {
 		msgs := make([]*message.Message, 0, len(g.items))
-		items := g.items[:0:0]
+		items := make([]planItem, 0, len(g.items))
 		for _, it := range g.items {
 			if it.row.PartitionKey != "" && blocked[it.row.PartitionKey] {
 				continue // released: waits behind its key's failed row
@@ -534,7 +534,7 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 			if key != "" {
 				blocked[key] = true
 			}
-			failed = append(failed, failedRow{row: it.row, err: err})
+			failed = append(failed, failedRow{row: *it.row, err: err})
 		}
 	}
 
@@ -652,7 +652,7 @@ type publishGroup struct {
 }
 
 type planItem struct {
-	row Row
+	row *Row // in the claim's rows
 	msg *message.Message
 }
 
@@ -680,7 +680,8 @@ func planBatch(rows []Row) batchPlan {
 	}
 	index := map[groupKey]*publishGroup{}
 	in := interner{}
-	for _, r := range rows {
+	for i := range rows {
+		r := &rows[i]
 		round := 0
 		var ks *keyState
 		if r.PartitionKey != "" {
@@ -706,7 +707,7 @@ func planBatch(rows []Row) batchPlan {
 		}
 		msg, err := decodeRow(r, in)
 		if err != nil {
-			plan.parked = append(plan.parked, parkedRow{row: r, reason: err.Error()})
+			plan.parked = append(plan.parked, parkedRow{row: *r, reason: err.Error()})
 			if ks != nil {
 				ks.stopped = true
 			}
@@ -716,6 +717,9 @@ func planBatch(rows []Row) batchPlan {
 		g := index[gk]
 		if g == nil {
 			g = &publishGroup{round: round, topic: r.Topic}
+			if len(plan.groups) == 0 {
+				g.items = make([]planItem, 0, len(rows)-i) // most batches are one group
+			}
 			index[gk] = g
 			plan.groups = append(plan.groups, g)
 		}
@@ -728,7 +732,7 @@ func planBatch(rows []Row) batchPlan {
 
 // decodeRow turns a stored row back into a message. A row that cannot
 // become a message is parked at once with the reason.
-func decodeRow(r Row, in interner) (*message.Message, error) {
+func decodeRow(r *Row, in interner) (*message.Message, error) {
 	if r.UUID == "" {
 		return nil, errors.New("undecodable row: empty message UUID")
 	}
