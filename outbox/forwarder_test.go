@@ -100,8 +100,12 @@ func TestForwarder_PoisonEventParkedOthersFlow(t *testing.T) {
 		require.NoError(t, err)
 		stop := runForwarder(t, f)
 
-		// Every other key drains; k02 stops before its poison event.
-		require.Eventually(t, func() bool { return pending(t, db, "") == 17 }, 30*time.Second, 10*time.Millisecond)
+		// Every other key drains; k02 stops at its poison event, which is
+		// parked after its third attempt.
+		require.Eventually(t, func() bool {
+			stats, err := st.Stats(context.Background())
+			return err == nil && stats.Failed == 1 && pending(t, db, "") == 17
+		}, 30*time.Second, 10*time.Millisecond)
 		stop()
 		parked, err := st.ListFailed(context.Background(), 0, 10)
 		require.NoError(t, err)
