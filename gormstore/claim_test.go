@@ -45,23 +45,23 @@ func TestClaimLeavesOtherKeysToConcurrentClaims(t *testing.T) {
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, s.Migrate(ctx))
-	saveInterleaved(t, s, db, 2, 40) // k0, k1, k0, k1, ...
+	saveInterleaved(t, s, db, 3, 60) // k0, k1, k2, k0, k1, k2, ...
 
-	// The 10 rows of k0 among the oldest pending rows fill the batch, so
-	// the claim takes k0 alone and leaves k1 free.
+	// The rows of k0 and k1 among the oldest pending rows fill the batch,
+	// so the claim takes those two keys and leaves k2 free.
 	first, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10})
 	require.NoError(t, err)
 	defer first.Release(ctx)
-	require.Equal(t, map[string]int{"k0": 10}, claimKeys(first))
+	require.Equal(t, map[string]int{"k0": 5, "k1": 5}, claimKeys(first))
 	requirePrefixes(t, db, first)
 
-	second, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10, ExcludeKeys: []string{"k0"}})
+	second, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10, ExcludeKeys: []string{"k0", "k1"}})
 	require.NoError(t, err)
 	defer second.Release(ctx)
-	require.Equal(t, map[string]int{"k1": 10}, claimKeys(second))
+	require.Equal(t, map[string]int{"k2": 10}, claimKeys(second))
 	requirePrefixes(t, db, second)
 
-	// Without skipping k0, a third claim finds both keys held.
+	// Without skipping any key, a third claim finds every key held.
 	third, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10})
 	require.NoError(t, err)
 	defer third.Release(ctx)

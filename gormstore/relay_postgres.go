@@ -105,6 +105,13 @@ type pickKey struct {
 
 // pickSQL returns the pick statement for limit rows, built once per limit:
 // the limits are part of the text, so that generic plans know them.
+//
+// The window holds half a batch more rows than the batch: a claim's
+// batch rarely spans every key of its window, which leaves keys for the
+// claim made while it publishes, and for other forwarders. Every row of
+// the window is read and grouped, so a wider window costs PostgreSQL CPU
+// on every claim (a window of 2× the batch cost about 0.4 µs more per
+// relayed event, for no more events/s).
 func (s *Store) pickSQL(limit int, topics bool) string {
 	k := pickKey{limit, topics}
 	if v, ok := s.picks.Load(k); ok {
@@ -114,7 +121,7 @@ func (s *Store) pickSQL(limit int, topics bool) string {
 	if topics {
 		pick = s.relay.pickTopics
 	}
-	q := strings.NewReplacer("{window}", strconv.Itoa(2*limit), "{limit}", strconv.Itoa(limit)).Replace(pick)
+	q := strings.NewReplacer("{window}", strconv.Itoa(limit+limit/2), "{limit}", strconv.Itoa(limit)).Replace(pick)
 	s.picks.Store(k, q)
 	return q
 }
