@@ -374,6 +374,11 @@ deliver:
 			break deliver
 		case <-ctx.Done():
 			cancelMsg()
+			select {
+			case <-msg.Acked(): // acked as the subscription ended: no redelivery
+				delivered = append(delivered, r.ID)
+			default:
+			}
 			break deliver
 		}
 	}

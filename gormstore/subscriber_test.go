@@ -110,11 +110,12 @@ func TestSubscriberOrderPerKey(t *testing.T) {
 				seen[m.UUID] = true
 				got[key] = append(got[key], seq)
 				total++
-				if total == len(msgs) {
-					close(done)
-				}
+				last := total == len(msgs)
 				mu.Unlock()
 				m.Ack()
+				if last {
+					close(done)
+				}
 			}
 		}()
 	}
@@ -227,6 +228,26 @@ func TestSubscriberContextEnds(t *testing.T) {
 	m = receive(t, mustSubscribe(t, sub, context.Background(), "t"), 10*time.Second)
 	require.Equal(t, msg.UUID, m.UUID)
 	m.Ack()
+}
+
+// TestSubscriberAckAsContextEnds: a message acked just as the Subscribe
+// context ends counts as delivered: its row is deleted, not redelivered.
+func TestSubscriberAckAsContextEnds(t *testing.T) {
+	t.Parallel()
+	f := newSubscriberFixture(t, testdb.Postgres, gormstore.Config{})
+	sub := f.newSubscriber(t, gormstore.SubscriberConfig{})
+	for i := range 10 { // both ready at once: a random pick would lose about half
+		require.NoError(t, f.pub.Publish("t", keyedMessage("", i)))
+		ctx, cancel := context.WithCancel(context.Background())
+		ch := mustSubscribe(t, sub, ctx, "t")
+		m := receive(t, ch, 10*time.Second)
+		m.Ack()
+		cancel()
+		for range ch {
+			// Drain until closed: the batch is finished by then.
+		}
+		require.Zero(t, testdb.Count(t, f.db, "txoutbox_outbox", ""), "round %d: the acked row was not deleted", i)
+	}
 }
 
 // TestSubscriberWakesOnNotify: with LISTEN (the default) a message
