@@ -67,7 +67,7 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 	err = withPgx(conn, func(px *pgx.Conn) error {
 		b := &pgx.Batch{}
 		b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
-		b.Queue("SET LOCAL plan_cache_mode = force_generic_plan")
+		b.Queue(claimSettings)
 		exclude := p.ExcludeKeys
 		if exclude == nil {
 			exclude = []string{}
@@ -97,6 +97,13 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 // takeSavepoint is set before a claim takes its rows; Finish rolls back
 // to it when not every row was delivered.
 const takeSavepoint = "txoutbox_take"
+
+// claimSettings sets a claim transaction's settings in one statement:
+// generic plans (see newRelaySQL), and a commit that does not wait for
+// the WAL flush. A delivery mark lost in a crash means a redelivery, never
+// a loss, so finishing a batch need not wait for the disk.
+const claimSettings = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+	set_config('synchronous_commit', 'off', true)`
 
 type pickKey struct {
 	limit  int
@@ -129,7 +136,7 @@ func (s *Store) pickSQL(limit int, topics bool) string {
 // readBatch reads the claim's rows, in ID order. The pick statement
 // chose at most limit of them.
 func (c *pgClaim) readBatch(br pgx.BatchResults, limit int) error {
-	for range 4 { // BEGIN, SET LOCAL, pick, SAVEPOINT
+	for range 4 { // BEGIN, claimSettings, pick, SAVEPOINT
 		if _, err := br.Exec(); err != nil {
 			return err
 		}
@@ -278,10 +285,7 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 				b.Queue(r.fail, ids, errs, delays, park)
 			}
 		}
-		// A lost delivery mark after a crash means a redelivery, never a
-		// loss, so the relay's commits need not wait for the WAL flush.
-		b.Queue("SET LOCAL synchronous_commit = off")
-		b.Queue("COMMIT")
+		b.Queue("COMMIT") // without waiting for the WAL flush: see claimSettings
 		return px.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
