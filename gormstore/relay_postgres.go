@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/txoutbox/txoutbox/internal/intern"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -163,12 +164,12 @@ func scanRows(rows pgx.Rows, limit int) ([]outbox.Row, error) {
 	defer rows.Close()
 	out := make([]outbox.Row, 0, min(limit, 64)) // most claims under light load are small
 	raw := rawRowFormats(rows.FieldDescriptions())
-	var shared map[string]string
+	var shared intern.Table
 	if raw {
-		shared = map[string]string{}
+		shared = intern.Table{}
 	}
 	for rows.Next() {
-		if len(out) == cap(out) {
+		if len(out) == cap(out) && len(out) < limit {
 			out = slices.Grow(out, limit-len(out)) // a claim that is not small is often full
 		}
 		var r outbox.Row
@@ -216,12 +217,9 @@ func rawRowFormats(fds []pgconn.FieldDescription) bool {
 	return true
 }
 
-// maxShared bounds the topics and partition keys shared within a batch.
-const maxShared = 1024
-
 // readRawRow reads one row of rowColumns in the formats of rawRow into r.
 // shared holds the batch's topics and partition keys.
-func readRawRow(v [][]byte, r *outbox.Row, shared map[string]string) error {
+func readRawRow(v [][]byte, r *outbox.Row, shared intern.Table) error {
 	if len(v) != len(rawRow) || len(v[0]) != 8 || len(v[6]) != 4 {
 		return errors.New("gormstore: malformed outbox row")
 	}
@@ -230,20 +228,10 @@ func readRawRow(v [][]byte, r *outbox.Row, shared map[string]string) error {
 			return errors.New("gormstore: NULL column in an outbox row")
 		}
 	}
-	share := func(b []byte) string {
-		if s, ok := shared[string(b)]; ok {
-			return s
-		}
-		s := string(b)
-		if len(shared) < maxShared {
-			shared[s] = s
-		}
-		return s
-	}
 	r.ID = int64(binary.BigEndian.Uint64(v[0]))
 	r.UUID = string(v[1])
-	r.Topic = share(v[2])
-	r.PartitionKey = share(v[3])
+	r.Topic = shared.String(v[2])
+	r.PartitionKey = shared.String(v[3])
 	buf := make([]byte, len(v[4])+len(v[5]))
 	n := copy(buf, v[4])
 	copy(buf[n:], v[5])

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/txoutbox/txoutbox/internal/ctxtime"
+	"github.com/txoutbox/txoutbox/internal/intern"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -679,7 +680,7 @@ func planBatch(rows []Row) batchPlan {
 		topic string
 	}
 	index := map[groupKey]*publishGroup{}
-	in := interner{}
+	in := intern.Table{} // metadata keys and values that repeat from row to row
 	for i := range rows {
 		r := &rows[i]
 		round := 0
@@ -732,7 +733,7 @@ func planBatch(rows []Row) batchPlan {
 
 // decodeRow turns a stored row back into a message. A row that cannot
 // become a message is parked at once with the reason.
-func decodeRow(r *Row, in interner) (*message.Message, error) {
+func decodeRow(r *Row, in intern.Table) (*message.Message, error) {
 	if r.UUID == "" {
 		return nil, errors.New("undecodable row: empty message UUID")
 	}

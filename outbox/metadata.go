@@ -6,28 +6,11 @@ import (
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/txoutbox/txoutbox/internal/intern"
 )
 
 var errNotFlat = errors.New("not a flat JSON object of strings")
-
-// interner shares equal strings among the rows of a batch: metadata keys,
-// and the values of the keys that repeat from row to row (event and
-// command names, partition keys). It saves an allocation per string.
-type interner map[string]string
-
-// maxInterned bounds an interner, whatever the batch holds.
-const maxInterned = 1024
-
-func (in interner) get(b []byte) string {
-	if s, ok := in[string(b)]; ok {
-		return s
-	}
-	s := string(b)
-	if len(in) < maxInterned {
-		in[s] = s
-	}
-	return s
-}
 
 // internValue tells the metadata keys whose values repeat across rows.
 func internValue(key string) bool {
@@ -43,7 +26,7 @@ func internValue(key string) bool {
 // hand-written scanner for the flat shape the store writes, with
 // encoding/json as the reference for everything else (and for errors).
 // in, when not nil, shares strings with earlier rows.
-func decodeMetadata(data []byte, m map[string]string, in interner) error {
+func decodeMetadata(data []byte, m map[string]string, in intern.Table) error {
 	if err := decodeFlat(data, m, in); err == nil {
 		return nil
 	}
@@ -51,7 +34,7 @@ func decodeMetadata(data []byte, m map[string]string, in interner) error {
 	return json.Unmarshal(data, &m)
 }
 
-func decodeFlat(d []byte, m map[string]string, in interner) error {
+func decodeFlat(d []byte, m map[string]string, in intern.Table) error {
 	i := skipSpace(d, 0)
 	if i >= len(d) || d[i] != '{' {
 		return errNotFlat
@@ -110,7 +93,7 @@ func skipSpace(d []byte, i int) int {
 // readString reads the JSON string starting at d[i] and returns it and
 // the index after its closing quote; a string without escapes comes from
 // in when in is not nil.
-func readString(d []byte, i int, in interner) (string, int, error) {
+func readString(d []byte, i int, in intern.Table) (string, int, error) {
 	if i >= len(d) || d[i] != '"' {
 		return "", 0, errNotFlat
 	}
@@ -125,7 +108,7 @@ func readString(d []byte, i int, in interner) (string, int, error) {
 				return "", 0, errNotFlat
 			}
 			if in != nil {
-				return in.get(s), j + 1, nil
+				return in.String(s), j + 1, nil
 			}
 			return string(s), j + 1, nil
 		case c == '\\':

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/internal/intern"
 )
 
 // decodeMetadata must agree with encoding/json on every input: the same
@@ -33,7 +34,7 @@ func FuzzDecodeMetadata(f *testing.F) {
 		require.Equal(t, want, got, "%q", data)
 		// The same through an interner, twice: the second decode takes
 		// its strings from the first.
-		in := interner{}
+		in := intern.Table{}
 		for range 2 {
 			got := map[string]string{}
 			require.NoError(t, decodeMetadata(data, got, in), "%q", data)
@@ -45,7 +46,7 @@ func FuzzDecodeMetadata(f *testing.F) {
 func BenchmarkDecodeMetadataFlat(b *testing.B) {
 	raw := []byte(`{"name": "OrderPlaced", "command": "PlaceOrder", "created_at": "2026-11-27T14:21:48.123456Z", "causation_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "partition_key": "customer-07", "correlation_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}`)
 	b.ReportAllocs()
-	in := interner{}
+	in := intern.Table{}
 	for b.Loop() {
 		m := make(map[string]string, 8)
 		if err := decodeMetadata(raw, m, in); err != nil {
