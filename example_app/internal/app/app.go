@@ -211,6 +211,15 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	case err := <-routerDone:
 		return fmt.Errorf("consumer: %w", err)
 	case <-ctx.Done():
+		log.Info("shutting down")
+		// A router closed while it is still starting waits out its whole
+		// CloseTimeout: let it start (or fail) first.
+		select {
+		case <-a.router.Running():
+		case err := <-routerDone:
+			routerDone <- err
+		case <-time.After(ShutdownTimeout):
+		}
 		_ = a.router.Close()
 		<-routerDone
 		return nil

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -97,4 +98,22 @@ func TestBusToReadModelAcrossRestarts(t *testing.T) {
 		require.Equal(t, readmodel.Stats{Deliveries: 1, Applied: 1}, b.Projector.Stats())
 		require.EqualValues(t, 2, testdb.Count(t, db, "projected_events", ""))
 	})
+}
+
+// A service asked to stop while it is still starting stops at once, and
+// says so.
+func TestRunStopsWhileStarting(t *testing.T) {
+	t.Parallel()
+	b, err := broker.Open(t.Context(), broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	require.NoError(t, err)
+	defer b.Close()
+	var logs bytes.Buffer // slog's handler serialises writes; read after Run returned
+	a, err := app.New(t.Context(), app.Config{DB: testdb.OpenSQLite(t), Broker: b, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	start := time.Now()
+	require.NoError(t, a.Run(ctx, nil))
+	require.Less(t, time.Since(start), app.ShutdownTimeout/2, "stopping a starting service must not wait out the shutdown timeout")
+	require.Contains(t, logs.String(), "shutting down")
 }
