@@ -184,13 +184,17 @@ func (c *ForwarderConfig) setDefaults() {
 // retried with exponential backoff and parked after MaxAttempts; its key's
 // later rows wait behind it, other keys go on.
 type Forwarder struct {
-	store   RelayStore
-	pub     message.Publisher
-	cfg     ForwarderConfig
-	log     *slog.Logger
-	tel     *telemetry
-	wake    chan struct{}
-	running atomic.Bool
+	store RelayStore
+	pub   message.Publisher
+	cfg   ForwarderConfig
+	log   *slog.Logger
+	tel   *telemetry
+	wake  chan struct{}
+	// woken tells what sent the wake-ups not yet taken from wake (see
+	// claimOnWake); lastWake is when Wake was last called (Unix nanos).
+	woken    atomic.Uint32
+	lastWake atomic.Int64
+	running  atomic.Bool
 	// publisherDown is set by a batch in which rows of several keys failed
 	// and nothing was published, and cleared by any successful publish.
 	publisherDown atomic.Bool
@@ -228,10 +232,38 @@ func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) 
 // Wire it to the transactional middleware's AfterCommit so events committed
 // in this process are relayed without waiting for a poll.
 func (f *Forwarder) Wake() {
+	f.lastWake.Store(time.Now().UnixNano())
+	f.signal(wokeToClaim)
+}
+
+// What sent a wake-up.
+const (
+	wokeToClaim    uint32 = 1 << iota // Wake, or a listener that reconnected: claim at once
+	wokeByListener                    // a notification: a commit somewhere
+)
+
+func (f *Forwarder) signal(by uint32) {
+	f.woken.Or(by)
 	select {
 	case f.wake <- struct{}{}:
 	default:
 	}
+}
+
+// claimOnWake is called with a wake-up just taken from f.wake and tells
+// whether to claim at once, or to ask HasDue (one statement) first. A
+// commit in a process that calls Wake from AfterCommit is announced twice:
+// by Wake, which claims its rows, and moments later by its notification,
+// which would claim again and find nothing. So while Wake is in use
+// (called within the last PollInterval), a wake-up by notification alone
+// asks HasDue first. Asking first is always safe; claiming at once only
+// saves a round trip.
+func (f *Forwarder) claimOnWake() bool {
+	by := f.woken.Swap(0)
+	if by&wokeToClaim != 0 {
+		return true
+	}
+	return by&wokeByListener != 0 && time.Since(time.Unix(0, f.lastWake.Load())) > f.cfg.PollInterval
 }
 
 // Stats reports what is waiting in the outbox.
@@ -308,7 +340,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			// ask HasDue (one statement) before claiming (six).
 			select {
 			case <-f.wake:
-				polled = false
+				polled = !f.claimOnWake()
 			default:
 				polled = true
 			}
@@ -341,7 +373,7 @@ func (f *Forwarder) wait(ctx context.Context, polled *bool) bool {
 	case <-ctx.Done():
 		return false
 	case <-f.wake:
-		*polled = false
+		*polled = !f.claimOnWake()
 	case <-timer.C:
 		*polled = true
 	}
@@ -364,7 +396,7 @@ func (f *Forwarder) listen(ctx context.Context, l Listener) {
 		var listened atomic.Bool
 		err := l.Listen(ctx, func() {
 			listened.Store(true)
-			f.Wake()
+			f.signal(wokeByListener)
 		})
 		if ctx.Err() != nil || errors.Is(err, ErrListenUnsupported) {
 			return
@@ -379,7 +411,7 @@ func (f *Forwarder) listen(ctx context.Context, l Listener) {
 		if !ctxtime.Sleep(ctx, f.backoff(attempt)) {
 			return
 		}
-		f.Wake() // catch up on what was committed while not listening
+		f.signal(wokeToClaim) // catch up on what was committed while not listening
 	}
 }
 
@@ -436,8 +468,10 @@ func (f *Forwarder) batch(ctx context.Context, claim Claim) (BatchInfo, Claim) {
 		case info := <-done:
 			return info, next
 		case <-wake:
-			next = f.prefetch(ctx, claim.Rows())
-			wake = nil
+			if f.claimOnWake() {
+				next = f.prefetch(ctx, claim.Rows())
+				wake = nil
+			} // else the end of a short batch asks HasDue
 		case <-ctx.Done():
 			waiting = false
 		}

@@ -563,3 +563,99 @@ func TestForwarder_FourForwardersWithFailuresKeepKeyOrder(t *testing.T) {
 	got := pub.waitUnique(t, 3000, 120*time.Second)
 	requireKeyOrder(t, got, counts)
 }
+
+// countingStore counts a forwarder's claims, the claims that found
+// nothing, and its answered HasDue calls, and hands its Listen wake-up to
+// the test instead of listening.
+type countingStore struct {
+	*gormstore.Store
+	claims, empty, hasDue atomic.Int64
+	notify                chan func()
+}
+
+func (s *countingStore) Claim(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error) {
+	c, err := s.Store.Claim(ctx, p)
+	if err == nil {
+		s.claims.Add(1)
+		if len(c.Rows()) == 0 {
+			s.empty.Add(1)
+		}
+	}
+	return c, err
+}
+
+func (s *countingStore) HasDue(ctx context.Context, topics []string) (bool, error) {
+	defer s.hasDue.Add(1) // counted once answered
+	return s.Store.HasDue(ctx, topics)
+}
+
+func (s *countingStore) Listen(ctx context.Context, wake func()) error {
+	s.notify <- wake
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A commit in a process that wakes its forwarder in-process is announced
+// twice: by Wake, which claims its row, and by the notification that
+// follows. The notification then costs a HasDue, not a claim that finds
+// nothing.
+func TestForwarder_NotificationAfterWakeClaimsNothing(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := &countingStore{Store: newStore(t, db, gormstore.Config{}), notify: make(chan func(), 1)}
+	pub := newRecordingPublisher()
+	var atBatch atomic.Int64 // HasDue calls when the last batch finished
+	batches := make(chan struct{}, 1)
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+		PollInterval: time.Minute,
+		OnBatch: func(outbox.BatchInfo) {
+			atBatch.Store(st.hasDue.Load())
+			batches <- struct{}{}
+		},
+	}))
+	require.NoError(t, err)
+	runForwarder(t, f)
+	notify := <-st.notify
+	// Run starts with a claim, which finds the table empty.
+	require.Eventually(t, func() bool { return st.empty.Load() == 1 }, 10*time.Second, time.Millisecond)
+	enc := outbox.NewEncoder(outbox.EncoderConfig{})
+	const commits = 20
+	for i := range commits {
+		recs, err := enc.EncodeAll([]outbox.Entry{{Event: seqEvent{Key: "k", Seq: i}}})
+		require.NoError(t, err)
+		require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return st.Save(context.Background(), tx, recs) }))
+		f.Wake()
+		<-batches
+		// After its batch the forwarder asks HasDue once, finds nothing,
+		// and waits; then the commit's notification arrives. The next
+		// commit waits until the forwarder has answered it.
+		require.Eventually(t, func() bool { return st.hasDue.Load() > atBatch.Load() }, 10*time.Second, time.Millisecond)
+		before := st.hasDue.Load() + st.claims.Load()
+		notify()
+		require.Eventually(t, func() bool { return st.hasDue.Load()+st.claims.Load() > before }, 10*time.Second, time.Millisecond)
+	}
+	require.Len(t, pub.waitUnique(t, commits, 10*time.Second), commits)
+	require.Equal(t, int64(1), st.empty.Load(), "claims that found nothing, besides the first one")
+}
+
+// Where nothing calls Wake (the commits happen in other processes), a
+// notification claims at once, without asking HasDue first.
+func TestForwarder_NotificationClaimsAtOnceWithoutWake(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := &countingStore{Store: newStore(t, db, gormstore.Config{}), notify: make(chan func(), 1)}
+	pub := newRecordingPublisher()
+	hasDueAtBatch := make(chan int64, 1)
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+		PollInterval: time.Minute,
+		OnBatch:      func(outbox.BatchInfo) { hasDueAtBatch <- st.hasDue.Load() },
+	}))
+	require.NoError(t, err)
+	runForwarder(t, f)
+	notify := <-st.notify
+	require.Eventually(t, func() bool { return st.empty.Load() == 1 }, 10*time.Second, time.Millisecond)
+	fill(t, db, st, "orders", 1, 1)
+	notify()
+	require.Zero(t, <-hasDueAtBatch, "HasDue asked before the claim")
+	require.Len(t, pub.waitUnique(t, 1, 10*time.Second), 1)
+}
