@@ -191,9 +191,11 @@ type Forwarder struct {
 	tel   *telemetry
 	wake  chan struct{}
 	// woken tells what sent the wake-ups not yet taken from wake (see
-	// claimOnWake); lastWake is when Wake was last called (Unix nanos).
+	// claimOnWake); lastWake is when Wake was last called, in nanoseconds
+	// since epoch (monotonic).
 	woken    atomic.Uint32
 	lastWake atomic.Int64
+	epoch    time.Time
 	running  atomic.Bool
 	// publisherDown is set by a batch in which rows of several keys failed
 	// and nothing was published, and cleared by any successful publish.
@@ -225,6 +227,7 @@ func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) 
 		log:   cfg.Logger.With("component", "txoutbox.forwarder"),
 		tel:   tel,
 		wake:  make(chan struct{}, 1),
+		epoch: time.Now(),
 	}, nil
 }
 
@@ -232,7 +235,7 @@ func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) 
 // Wire it to the transactional middleware's AfterCommit so events committed
 // in this process are relayed without waiting for a poll.
 func (f *Forwarder) Wake() {
-	f.lastWake.Store(time.Now().UnixNano())
+	f.lastWake.Store(int64(time.Since(f.epoch)))
 	f.signal(wokeToClaim)
 }
 
@@ -263,7 +266,8 @@ func (f *Forwarder) claimOnWake() bool {
 	if by&wokeToClaim != 0 {
 		return true
 	}
-	return by&wokeByListener != 0 && time.Since(time.Unix(0, f.lastWake.Load())) > f.cfg.PollInterval
+	last := f.lastWake.Load()
+	return by&wokeByListener != 0 && (last == 0 || time.Since(f.epoch)-time.Duration(last) > f.cfg.PollInterval)
 }
 
 // Stats reports what is waiting in the outbox.
