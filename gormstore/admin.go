@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/txoutbox/txoutbox/outbox"
@@ -181,16 +182,20 @@ func (s *Store) nowSQL() (string, []any) {
 
 var _ outbox.DueChecker = (*Store)(nil)
 
-// HasDue reports whether a pending row of the given topics (all when
-// empty) is due, with one index probe and no transaction.
+// HasDue reports whether a row of the given topics (all when empty) is
+// due: pending, past its retry time, and not behind a row of its key that
+// is parked or waiting for its retry (such a key waits, and a claim would
+// find nothing). One statement, no transaction.
 func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
-	nowSQL, args := s.nowSQL()
+	nowSQL, nowArgs := s.nowSQL()
 	q := `SELECT EXISTS (SELECT 1 FROM ` + s.quoted + ` WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL
+	args := slices.Clone(nowArgs)
 	if len(topics) > 0 {
 		q += ` AND topic IN ?`
 		args = append(args, topics)
 	}
-	q += `)`
+	q += ` AND partition_key NOT IN (SELECT partition_key FROM ` + s.quoted + ` WHERE ` + blockedRow(nowSQL) + `))`
+	args = append(args, nowArgs...)
 	var due bool
 	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&due).Error; err != nil {
 		return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)

@@ -3,6 +3,7 @@ package gormstore_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
@@ -32,5 +33,18 @@ func TestHasDue(t *testing.T) {
 		require.False(t, due("b"), "topic filter")
 		require.NoError(t, db.Exec("UPDATE txoutbox_outbox SET failed_at = created_at").Error)
 		require.False(t, due(), "parked rows are not due")
+
+		save := func(key string) {
+			require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+				return s.Save(ctx, tx, []outbox.Record{record("a", key, "2")})
+			}))
+		}
+		save("k")
+		require.False(t, due(), "a key's rows wait behind its parked row")
+		require.NoError(t, db.Exec("UPDATE txoutbox_outbox SET failed_at = NULL, attempts = 1, next_attempt_at = ? WHERE failed_at IS NOT NULL",
+			time.Now().Add(time.Hour).UTC()).Error)
+		require.False(t, due(), "a key's rows wait behind its row that waits for a retry")
+		save("other")
+		require.True(t, due(), "other keys are due")
 	})
 }

@@ -659,3 +659,31 @@ func TestForwarder_NotificationClaimsAtOnceWithoutWake(t *testing.T) {
 	require.Zero(t, <-hasDueAtBatch, "HasDue asked before the claim")
 	require.Len(t, pub.waitUnique(t, 1, 10*time.Second), 1)
 }
+
+// While a key waits behind its parked row, an idle forwarder's polls ask
+// HasDue and claim nothing: the key's later rows are not due.
+func TestForwarder_IdleBehindParkedRowDoesNotClaim(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := &countingStore{Store: newStore(t, db, gormstore.Config{}), notify: make(chan func(), 1)}
+		fill(t, db, st, "orders", 1, 2)
+		pub := newRecordingPublisher()
+		pub.fail = func(_ string, ev seqEvent) error {
+			if ev.Seq == 0 {
+				return errors.New("rejected")
+			}
+			return nil
+		}
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{MaxAttempts: 1, PollInterval: 10 * time.Millisecond}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+		require.Eventually(t, func() bool {
+			stats, err := st.Stats(context.Background())
+			return err == nil && stats.Failed == 1
+		}, 10*time.Second, 5*time.Millisecond)
+		claims, polls := st.claims.Load(), st.hasDue.Load()
+		require.Eventually(t, func() bool { return st.hasDue.Load() >= polls+5 }, 10*time.Second, 5*time.Millisecond)
+		require.LessOrEqual(t, st.claims.Load(), claims+1, "claims while only a parked key's rows were pending")
+		require.Equal(t, int64(2), pending(t, db, ""), "the parked row and the one behind it")
+	})
+}
