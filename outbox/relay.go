@@ -91,7 +91,9 @@ type RelayStore interface {
 // PollInterval.
 type DueChecker interface {
 	// HasDue reports whether a row of the given topics (all when empty)
-	// is due for relaying.
+	// is due for relaying: a claim would find it, unless another forwarder
+	// holds its key. Rows that wait behind a parked or retrying row of
+	// their key are not due.
 	HasDue(ctx context.Context, topics []string) (bool, error)
 }
 
