@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/txoutbox/txoutbox/outbox"
@@ -182,20 +183,37 @@ func (s *Store) nowSQL() (string, []any) {
 
 var _ outbox.DueChecker = (*Store)(nil)
 
+// hasDueWindow bounds the rows whose keys HasDue tries on PostgreSQL: when
+// all of them are held, the forwarder waits for the next wake-up or poll.
+const hasDueWindow = 1000
+
 // HasDue reports whether a row of the given topics (all when empty) is
 // due: pending, past its retry time, and not behind a row of its key that
 // is parked or waiting for its retry (such a key waits, and a claim would
-// find nothing). One statement, no transaction.
+// find nothing). On PostgreSQL a keyed row counts only if no other claim
+// holds its key: it tries the key's lock, which it gives back at once, on
+// the rows of a window of the oldest due ones (hasDueWindow), as a claim
+// would. One statement, no transaction.
 func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
 	nowSQL, nowArgs := s.nowSQL()
-	q := `SELECT EXISTS (SELECT 1 FROM ` + s.quoted + ` WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL
+	rows := `SELECT partition_key FROM ` + s.quoted + ` WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL
 	args := slices.Clone(nowArgs)
 	if len(topics) > 0 {
-		q += ` AND topic IN ?`
+		rows += ` AND topic IN ?`
 		args = append(args, topics)
 	}
-	q += ` AND partition_key NOT IN (SELECT partition_key FROM ` + s.quoted + ` WHERE ` + blockedRow(nowSQL) + `))`
+	rows += ` AND partition_key NOT IN (SELECT partition_key FROM ` + s.quoted + ` WHERE ` + blockedRow(nowSQL) + `)`
 	args = append(args, nowArgs...)
+	q := `SELECT EXISTS (` + rows + `)`
+	if s.dialect == postgres {
+		lockspace, err := s.lockspace(ctx)
+		if err != nil {
+			return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)
+		}
+		q = `SELECT EXISTS (SELECT 1 FROM (` + rows + ` ORDER BY id LIMIT ` + strconv.Itoa(hasDueWindow) + `) w
+	WHERE CASE WHEN partition_key = '' THEN true ELSE pg_try_advisory_xact_lock(?, hashtext(partition_key)) END)`
+		args = append(args, lockspace)
+	}
 	var due bool
 	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&due).Error; err != nil {
 		return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)

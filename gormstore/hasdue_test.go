@@ -48,3 +48,40 @@ func TestHasDue(t *testing.T) {
 		require.True(t, due(), "other keys are due")
 	})
 }
+
+// On PostgreSQL a row whose key another claim holds is not due: a claim
+// would find nothing. Unordered rows count while pending.
+func TestHasDueSkipsKeysHeldByClaims(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, _ := testdb.OpenPostgres(t)
+	s, err := gormstore.New(db, gormstore.Config{})
+	require.NoError(t, err)
+	require.NoError(t, s.Migrate(ctx))
+	due := func() bool {
+		ok, err := s.HasDue(ctx, nil)
+		require.NoError(t, err)
+		return ok
+	}
+	require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+		return s.Save(ctx, tx, []outbox.Record{record("a", "k", "1")})
+	}))
+	held, err := s.Claim(ctx, outbox.ClaimParams{Limit: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = held.Release(ctx) }) // before the schema is dropped, also on failure
+	require.Len(t, held.Rows(), 1)
+	require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+		return s.Save(ctx, tx, []outbox.Record{record("a", "k", "2")})
+	}))
+	require.False(t, due(), "k's next row waits for the claim that holds k")
+	require.NoError(t, held.Release(ctx))
+	require.True(t, due(), "k is free again")
+
+	held2, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = held2.Release(ctx) })
+	require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+		return s.Save(ctx, tx, []outbox.Record{record("a", "", "unordered")})
+	}))
+	require.True(t, due(), "an unordered row is due")
+}

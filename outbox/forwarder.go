@@ -191,12 +191,15 @@ type Forwarder struct {
 	tel   *telemetry
 	wake  chan struct{}
 	// woken tells what sent the wake-ups not yet taken from wake (see
-	// claimOnWake); lastWake is when Wake was last called, in nanoseconds
+	// takeWake); lastWake is when Wake was last called, in nanoseconds
 	// since epoch (monotonic).
 	woken    atomic.Uint32
 	lastWake atomic.Int64
 	epoch    time.Time
-	running  atomic.Bool
+	// notifiedInVain is set when the last claim made for a notification
+	// alone found nothing. Used by Run's goroutine only.
+	notifiedInVain bool
+	running        atomic.Bool
 	// publisherDown is set by a batch in which rows of several keys failed
 	// and nothing was published, and cleared by any successful publish.
 	publisherDown atomic.Bool
@@ -253,21 +256,28 @@ func (f *Forwarder) signal(by uint32) {
 	}
 }
 
-// claimOnWake is called with a wake-up just taken from f.wake and tells
-// whether to claim at once, or to ask HasDue (one statement) first. A
-// commit in a process that calls Wake from AfterCommit is announced twice:
-// by Wake, which claims its rows, and moments later by its notification,
-// which would claim again and find nothing. So while Wake is in use
-// (called within the last PollInterval), a wake-up by notification alone
-// asks HasDue first. Asking first is always safe; claiming at once only
-// saves a round trip.
-func (f *Forwarder) claimOnWake() bool {
+// takeWake is called with a wake-up just taken from f.wake. It tells
+// whether to claim at once or to ask HasDue (one statement) first, and
+// whether the wake-up came from a notification alone. Asking first is
+// always safe; claiming at once saves a round trip. A notification alone
+// asks first:
+//   - while Wake is in use (called within the last PollInterval): a commit
+//     in a process that calls Wake from AfterCommit is announced twice, by
+//     Wake, which claims its rows, and moments later by its notification,
+//     which would claim again and find nothing;
+//   - after a claim made for a notification alone found nothing: another
+//     forwarder on the table took the rows, as it will again.
+func (f *Forwarder) takeWake() (claim, notified bool) {
 	by := f.woken.Swap(0)
 	if by&wokeToClaim != 0 {
-		return true
+		return true, false
+	}
+	if by&wokeByListener == 0 {
+		return false, false // taken with an earlier wake-up
 	}
 	last := f.lastWake.Load()
-	return by&wokeByListener != 0 && (last == 0 || time.Since(f.epoch)-time.Duration(last) > f.cfg.PollInterval)
+	wakeUnused := last == 0 || time.Since(f.epoch)-time.Duration(last) > f.cfg.PollInterval
+	return wakeUnused && !f.notifiedInVain, true
 }
 
 // Stats reports what is waiting in the outbox.
@@ -302,9 +312,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 
 	dueChecker, _ := f.store.(DueChecker)
-	var failures int // consecutive failed batches
-	polled := false  // woken by the poll timer, or after a short batch: ask HasDue first
-	var next Claim   // the next batch, claimed while the last one was publishing
+	var failures int  // consecutive failed batches
+	polled := false   // woken by the poll timer, or after a short batch: ask HasDue first
+	notified := false // woken by a notification alone
+	var next Claim    // the next batch, claimed while the last one was publishing
 	defer func() { f.release(ctx, next) }()
 	for {
 		if ctx.Err() != nil {
@@ -312,14 +323,19 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		if next == nil && polled && dueChecker != nil {
 			if due, err := dueChecker.HasDue(ctx, f.cfg.Topics); err == nil && !due {
-				if !f.wait(ctx, &polled) {
+				if !f.wait(ctx, &polled, &notified) {
 					return nil
 				}
 				continue
 			}
 		}
 		var info BatchInfo
+		claimed := next == nil
 		info, next = f.batch(ctx, next)
+		if claimed && notified && info.Err == nil {
+			f.notifiedInVain = info.Claimed == 0
+		}
+		notified = false
 		switch {
 		case info.Err != nil || info.Outage:
 			f.release(ctx, next)
@@ -344,13 +360,15 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			// ask HasDue (one statement) before claiming (six).
 			select {
 			case <-f.wake:
-				polled = !f.claimOnWake()
+				var claim bool
+				claim, notified = f.takeWake()
+				polled = !claim
 			default:
 				polled = true
 			}
 			continue
 		}
-		if !f.wait(ctx, &polled) {
+		if !f.wait(ctx, &polled, &notified) {
 			return nil
 		}
 	}
@@ -368,18 +386,21 @@ func (f *Forwarder) release(ctx context.Context, c Claim) {
 	}
 }
 
-// wait waits for a wake-up or the poll interval; polled tells which. It
-// returns false when ctx ends.
-func (f *Forwarder) wait(ctx context.Context, polled *bool) bool {
+// wait waits for a wake-up or the poll interval. polled tells whether to
+// ask HasDue before claiming, notified whether a notification alone woke
+// it (see takeWake). It returns false when ctx ends.
+func (f *Forwarder) wait(ctx context.Context, polled, notified *bool) bool {
 	timer := time.NewTimer(f.cfg.PollInterval)
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():
 		return false
 	case <-f.wake:
-		*polled = !f.claimOnWake()
+		var claim bool
+		claim, *notified = f.takeWake()
+		*polled = !claim
 	case <-timer.C:
-		*polled = true
+		*polled, *notified = true, false
 	}
 	return true
 }
@@ -472,7 +493,7 @@ func (f *Forwarder) batch(ctx context.Context, claim Claim) (BatchInfo, Claim) {
 		case info := <-done:
 			return info, next
 		case <-wake:
-			if f.claimOnWake() {
+			if now, _ := f.takeWake(); now {
 				next = f.prefetch(ctx, claim.Rows())
 				wake = nil
 			} // else the end of a short batch asks HasDue

@@ -687,3 +687,41 @@ func TestForwarder_IdleBehindParkedRowDoesNotClaim(t *testing.T) {
 		require.Equal(t, int64(2), pending(t, db, ""), "the parked row and the one behind it")
 	})
 }
+
+// Where another forwarder takes the rows that notifications announce, a
+// forwarder woken by notifications alone claims once in vain, then asks
+// HasDue first; when HasDue finds a row again, it claims it.
+func TestForwarder_NotificationsForRowsTakenElsewhereCostHasDue(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := &countingStore{Store: newStore(t, db, gormstore.Config{}), notify: make(chan func(), 1)}
+	pub := newRecordingPublisher()
+	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: time.Minute}))
+	require.NoError(t, err)
+	runForwarder(t, f)
+	notify := <-st.notify
+	require.Eventually(t, func() bool { return st.empty.Load() == 1 }, 10*time.Second, time.Millisecond) // Run's first claim
+	other, err := gormstore.New(db, gormstore.Config{})
+	require.NoError(t, err)
+	reaction := func() {
+		t.Helper()
+		before := st.hasDue.Load() + st.claims.Load()
+		notify()
+		require.Eventually(t, func() bool { return st.hasDue.Load()+st.claims.Load() > before }, 10*time.Second, time.Millisecond)
+	}
+	const rounds = 10
+	for i := range rounds {
+		fill(t, db, st, "orders", 1, 1)
+		c, err := other.Claim(context.Background(), outbox.ClaimParams{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, c.Rows(), 1, "round %d", i)
+		require.NoError(t, c.Finish(context.Background(), []int64{c.Rows()[0].ID}, nil))
+		reaction()
+	}
+	require.Equal(t, int64(2), st.empty.Load(), "claims in vain: Run's first, and the first notification's")
+	require.Equal(t, int64(rounds-1), st.hasDue.Load(), "the other notifications asked HasDue")
+
+	fill(t, db, st, "orders", 1, 1)
+	reaction()
+	require.Len(t, pub.waitUnique(t, 1, 10*time.Second), 1, "a row nobody took is relayed")
+}
