@@ -86,9 +86,10 @@ type RelayStore interface {
 }
 
 // DueChecker is implemented by stores that can tell cheaply, without a
-// transaction, whether any row is due. A forwarder woken by its poll timer
-// (not by a commit) asks first, so an idle forwarder sends one query per
-// PollInterval.
+// transaction, whether any row is due. A forwarder asks first when its
+// poll timer wakes it, after a short batch, and when a notification alone
+// wakes it while Wake is in use or after such a claim found nothing; so an
+// idle forwarder sends one query per PollInterval.
 type DueChecker interface {
 	// HasDue reports whether a row of the given topics (all when empty)
 	// is due for relaying: a claim would find it, unless another forwarder
