@@ -40,11 +40,8 @@ func claimKeys(c outbox.Claim) map[string]int {
 // that skips those keys takes the others, a prefix of each.
 func TestClaimLeavesOtherKeysToConcurrentClaims(t *testing.T) {
 	t.Parallel()
-	db, _ := testdb.OpenPostgres(t)
-	s, err := gormstore.New(db, gormstore.Config{})
-	require.NoError(t, err)
+	s, db := migrated(t, testdb.Postgres, gormstore.Config{})
 	ctx := context.Background()
-	require.NoError(t, s.Migrate(ctx))
 	saveInterleaved(t, s, db, 3, 60) // k0, k1, k2, k0, k1, k2, ...
 
 	// The rows of k0 and k1 among the oldest pending rows fill the batch,
@@ -73,11 +70,8 @@ func TestClaimLeavesOtherKeysToConcurrentClaims(t *testing.T) {
 // and ignores it.)
 func TestClaimExcludeKeys(t *testing.T) {
 	t.Parallel()
-	db, _ := testdb.OpenPostgres(t)
-	s, err := gormstore.New(db, gormstore.Config{})
-	require.NoError(t, err)
+	s, db := migrated(t, testdb.Postgres, gormstore.Config{})
 	ctx := context.Background()
-	require.NoError(t, s.Migrate(ctx))
 	saveInterleaved(t, s, db, 4, 40)
 
 	c, err := s.Claim(ctx, outbox.ClaimParams{Limit: 20, ExcludeKeys: []string{"k0", "k2"}})

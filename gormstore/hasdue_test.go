@@ -54,10 +54,7 @@ func TestHasDue(t *testing.T) {
 func TestHasDueSkipsKeysHeldByClaims(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db, _ := testdb.OpenPostgres(t)
-	s, err := gormstore.New(db, gormstore.Config{})
-	require.NoError(t, err)
-	require.NoError(t, s.Migrate(ctx))
+	s, db := migrated(t, testdb.Postgres, gormstore.Config{})
 	due := func() bool {
 		ok, err := s.HasDue(ctx, nil)
 		require.NoError(t, err)
