@@ -30,6 +30,9 @@
 // p99-ms) and the statements the relay sends while nothing is pending
 // (idle-queries/s), counted at the pgx driver.
 //
+// BenchmarkClaimTopics measures a claim and HasDue of a forwarder that
+// relays one topic while another topic has a backlog of 200,000 rows.
+//
 // BenchmarkSink measures the GoChannel sink alone, the ceiling of any relay
 // measured with it. The numbers and the machine they were measured on are in
 // docs/benchmarks.md.

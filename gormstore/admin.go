@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/txoutbox/txoutbox/outbox"
@@ -196,27 +197,40 @@ const hasDueWindow = 1000
 // would. One statement, no transaction.
 func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
 	nowSQL, nowArgs := s.nowSQL()
-	rows := `SELECT partition_key FROM ` + s.quoted + ` WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL
-	args := slices.Clone(nowArgs)
-	if len(topics) > 0 {
-		rows += ` AND topic IN ?`
-		args = append(args, topics)
-	}
-	rows += ` AND partition_key NOT IN (SELECT partition_key FROM ` + s.quoted + ` WHERE ` + blockedRow(nowSQL) + `)`
-	args = append(args, nowArgs...)
-	q := `SELECT EXISTS (` + rows + `)`
+	due := `delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL + `
+	  AND partition_key NOT IN (SELECT partition_key FROM ` + s.quoted + ` WHERE ` + blockedRow(nowSQL) + `)`
+	dueArgs := append(slices.Clone(nowArgs), nowArgs...)
+	var q string
+	var args []any
 	if s.dialect == postgres {
 		lockspace, err := s.lockspace(ctx)
 		if err != nil {
 			return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)
 		}
-		q = `SELECT EXISTS (SELECT 1 FROM (` + rows + ` ORDER BY id LIMIT ` + strconv.Itoa(hasDueWindow) + `) w
+		window := strconv.Itoa(hasDueWindow)
+		rows := `SELECT id, partition_key FROM ` + s.quoted + ` WHERE ` + due + ` ORDER BY id LIMIT ` + window
+		if len(topics) > 0 {
+			values := strings.TrimSuffix(strings.Repeat("(?::text),", len(topics)), ",")
+			rows = topicWindow(s.quoted, `(SELECT DISTINCT topic FROM (VALUES `+values+`) AS v(topic))`, due, window)
+			for _, t := range topics {
+				args = append(args, t)
+			}
+		}
+		q = `SELECT EXISTS (SELECT 1 FROM (` + rows + `) w
 	WHERE CASE WHEN partition_key = '' THEN true ELSE pg_try_advisory_xact_lock(?, hashtext(partition_key)) END)`
-		args = append(args, lockspace)
+		args = append(append(args, dueArgs...), lockspace)
+	} else {
+		q = `SELECT EXISTS (SELECT 1 FROM ` + s.quoted + ` WHERE ` + due
+		args = dueArgs
+		if len(topics) > 0 {
+			q += ` AND topic IN ?`
+			args = append(args, topics)
+		}
+		q += `)`
 	}
-	var due bool
-	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&due).Error; err != nil {
+	var found bool
+	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&found).Error; err != nil {
 		return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)
 	}
-	return due, nil
+	return found, nil
 }

@@ -83,15 +83,14 @@ func newRelaySQL(s *Store) relaySQL {
 		// matched through arrays (the primary key), and take tests
 		// delivered_at inside a CASE so that no index on undelivered rows
 		// looks cheaper than the primary key.
-		pick := func(topics string) string {
+		due := `delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+	  AND partition_key NOT IN (SELECT partition_key FROM blocked)
+	  AND partition_key NOT IN (SELECT unnest($2::text[]))`
+		pick := func(window string) string {
 			return `WITH blocked AS MATERIALIZED (
 	SELECT DISTINCT partition_key FROM ` + t + ` WHERE ` + blockedRow("now()") + `
 ), w AS MATERIALIZED (
-	SELECT id, partition_key FROM ` + t + `
-	WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
-	  AND partition_key NOT IN (SELECT partition_key FROM blocked)
-	  AND partition_key NOT IN (SELECT unnest($2::text[]))` + topics + `
-	ORDER BY id LIMIT {window}
+	` + window + `
 ), g AS MATERIALIZED (
 	SELECT partition_key, first, sum(n) OVER (ORDER BY first) - n AS before FROM (
 		SELECT partition_key, min(id) AS first, count(*) AS n FROM w WHERE partition_key <> '' GROUP BY partition_key
@@ -112,7 +111,10 @@ SELECT set_config('` + claimSetting + `', coalesce(array_agg(id ORDER BY id)::te
 	ORDER BY id LIMIT {limit}
 ) c`
 		}
-		r.pick, r.pickTopics = pick(""), pick(" AND topic = ANY($3)")
+		r.pick = pick(`SELECT id, partition_key FROM ` + t + `
+	WHERE ` + due + `
+	ORDER BY id LIMIT {window}`)
+		r.pickTopics = pick(topicWindow(t, "(SELECT DISTINCT unnest($3::text[]) AS topic)", due, "{window}"))
 		take := "DELETE FROM " + t + " AS o"
 		if s.cfg.KeepDelivered {
 			take = "UPDATE " + t + " AS o SET delivered_at = now()"
@@ -154,6 +156,25 @@ ORDER BY id LIMIT @limit`
 	failed_at = CASE WHEN @park THEN @now END
 WHERE id = @id`
 	return r
+}
+
+// topicWindow returns a PostgreSQL query of the id and partition_key of
+// the oldest limit rows that match cond among the topics of the relation
+// topics (one column, topic), oldest first. It reads each topic's oldest
+// rows from the topic index and merges them, so a backlog of other topics
+// is never read. The topic is matched as a range, and each topic's rows
+// are ordered by (topic, id): an equality would let a plan with a guessed
+// selectivity walk the id-ordered indexes instead, reading every row of
+// other topics before the first of these (70–150 ms per claim behind
+// 200,000 rows of another topic, against about 4 ms).
+func topicWindow(table, topics, cond, limit string) string {
+	return `SELECT x.id, x.partition_key FROM ` + topics + ` AS tp
+	CROSS JOIN LATERAL (
+		SELECT id, partition_key FROM ` + table + `
+		WHERE topic >= tp.topic AND topic <= tp.topic AND ` + cond + `
+		ORDER BY topic, id LIMIT ` + limit + `
+	) AS x
+	ORDER BY x.id LIMIT ` + limit
 }
 
 // Claim claims up to p.Limit due rows for a forwarder; see

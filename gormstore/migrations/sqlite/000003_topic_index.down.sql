@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS "txoutbox_outbox_topic_idx";
