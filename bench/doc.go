@@ -33,6 +33,9 @@
 // BenchmarkClaimTopics measures a claim and HasDue of a forwarder that
 // relays one topic while another topic has a backlog of 200,000 rows.
 //
+// BenchmarkSharedBacklog drains one backlog with one and with two
+// forwarders into a publisher that takes 50 µs per message.
+//
 // BenchmarkSink measures the GoChannel sink alone, the ceiling of any relay
 // measured with it. The numbers and the machine they were measured on are in
 // docs/benchmarks.md.
