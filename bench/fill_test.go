@@ -52,10 +52,7 @@ func TestFillMatchesEncoder(t *testing.T) {
 
 	t.Run("native", func(t *testing.T) {
 		t.Parallel()
-		db, _ := testdb.OpenPostgres(t)
-		store, err := gormstore.New(db, gormstore.Config{})
-		require.NoError(t, err)
-		require.NoError(t, store.Migrate(context.Background()))
+		db, store := nativeStore(t, gormstore.Config{})
 		fillNative(t, db, store.Table(), n)
 
 		var got received

@@ -20,6 +20,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/driver/postgres"
@@ -78,6 +79,21 @@ func newOrder(i int) OrderPlaced {
 		Lines:       []OrderLine{{SKU: fmt.Sprintf("SKU-%06d", i%1000), Qty: 2, PriceCents: 4999}},
 		Note:        "leave it at the door, ring twice",
 	}
+}
+
+// nativeStore opens a fresh schema and returns it with a store of cfg
+// whose table is created.
+func nativeStore(tb testing.TB, cfg gormstore.Config) (*gorm.DB, *gormstore.Store) {
+	tb.Helper()
+	db, _ := testdb.OpenPostgres(tb)
+	s, err := gormstore.New(db, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.Migrate(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return db, s
 }
 
 // nativePayloadSQL is newOrder(i) as JSON, for a row numbered i.

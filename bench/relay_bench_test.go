@@ -77,15 +77,8 @@ func BenchmarkRelay(b *testing.B) {
 // default settings, and returns the time from Run until Run returned after
 // the last message arrived (its last batch finished).
 func drainNative(b *testing.B, events int) drainResult {
-	db, _ := testdb.OpenPostgres(b)
-	gs, err := gormstore.New(db, gormstore.Config{})
+	db, gs := nativeStore(b, gormstore.Config{})
 	store := &timedStore{Store: gs}
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := store.Migrate(context.Background()); err != nil {
-		b.Fatal(err)
-	}
 	fillNative(b, db, store.Table(), events)
 	slogger, _ := newLogs(b)
 	s := newSink(b, int64(events), nil)
@@ -164,15 +157,8 @@ func drainStock(b *testing.B, events int) drainResult {
 // relay's transactions it runs with synchronous_commit off, unless
 // syncCommit (each batch then waits for its WAL flush).
 func drainFloor(b *testing.B, events int, syncCommit bool) drainResult {
-	db, _ := testdb.OpenPostgres(b)
-	store, err := gormstore.New(db, gormstore.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	db, store := nativeStore(b, gormstore.Config{})
 	ctx := context.Background()
-	if err := store.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
 	t := store.Table()
 	fillNative(b, db, t, events)
 	sqlDB, err := db.DB()

@@ -150,17 +150,10 @@ type keptDrain struct {
 // With fullUUID the unique index on uuid covers every row, delivered or
 // not, as before 000001_create_outbox made it partial.
 func drainKept(b *testing.B, events, kept int, clean, fullUUID bool) keptDrain {
-	db, _ := testdb.OpenPostgres(b)
-	gs, err := gormstore.New(db, gormstore.Config{KeepDelivered: true})
-	if err != nil {
-		b.Fatal(err)
-	}
+	db, gs := nativeStore(b, gormstore.Config{KeepDelivered: true})
 	store := &timedStore{Store: gs}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := store.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
 	if fullUUID {
 		t := store.Table()
 		if err := db.Exec(`DROP INDEX ` + t + `_uuid_key`).Error; err != nil {

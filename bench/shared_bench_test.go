@@ -8,7 +8,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/gormstore"
-	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -57,19 +56,16 @@ func BenchmarkSharedBacklog(b *testing.B) {
 // one forwarder published.
 func drainShared(b *testing.B, n int) (time.Duration, float64) {
 	b.StopTimer()
-	db, _ := testdb.OpenPostgres(b)
+	db, first := nativeStore(b, gormstore.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stores []*gormstore.Store
-	for range n {
+	stores := []*gormstore.Store{first}
+	for range n - 1 {
 		s, err := gormstore.New(db, gormstore.Config{})
 		if err != nil {
 			b.Fatal(err)
 		}
 		stores = append(stores, s)
-	}
-	if err := stores[0].Migrate(ctx); err != nil {
-		b.Fatal(err)
 	}
 	fillNative(b, db, stores[0].Table(), sharedEvents)
 	s := newSink(b, sharedEvents, nil)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/txoutbox/txoutbox/gormstore"
-	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -21,15 +20,8 @@ import (
 func BenchmarkClaimTopics(b *testing.B) {
 	for _, other := range []int{0, 200_000} {
 		b.Run(fmt.Sprintf("other-backlog=%d", other), func(b *testing.B) {
-			db, _ := testdb.OpenPostgres(b)
-			store, err := gormstore.New(db, gormstore.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
+			db, store := nativeStore(b, gormstore.Config{})
 			ctx := context.Background()
-			if err := store.Migrate(ctx); err != nil {
-				b.Fatal(err)
-			}
 			if other > 0 {
 				fillNative(b, db, store.Table(), other)
 			}

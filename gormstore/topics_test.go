@@ -18,31 +18,31 @@ import (
 // order across them; a topic named twice counts once.
 func TestClaimTopicsMergesTopicsInIDOrder(t *testing.T) {
 	t.Parallel()
-	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
-		t.Parallel()
-		s, err := gormstore.New(db, gormstore.Config{})
-		require.NoError(t, err)
-		ctx := context.Background()
-		require.NoError(t, s.Migrate(ctx))
-		topics := []string{"a", "b", "c"}
-		recs := make([]outbox.Record, 90)
-		for i := range recs {
-			recs[i] = record(topics[i%3], "", fmt.Sprint(i))
-		}
-		require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return s.Save(ctx, tx, recs) }))
+	for _, d := range testdb.Dialects {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			s, db := migrated(t, d, gormstore.Config{})
+			ctx := context.Background()
+			topics := []string{"a", "b", "c"}
+			recs := make([]outbox.Record, 90)
+			for i := range recs {
+				recs[i] = record(topics[i%3], "", fmt.Sprint(i))
+			}
+			require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return s.Save(ctx, tx, recs) }))
 
-		c, err := s.Claim(ctx, outbox.ClaimParams{Limit: 20, Topics: []string{"c", "a", "c"}})
-		require.NoError(t, err)
-		defer c.Release(ctx)
-		var want []int64
-		require.NoError(t, db.Raw(`SELECT id FROM txoutbox_outbox WHERE topic IN ('a', 'c') ORDER BY id LIMIT 20`).Scan(&want).Error)
-		var got []int64
-		for _, r := range c.Rows() {
-			require.Contains(t, []string{"a", "c"}, r.Topic)
-			got = append(got, r.ID)
-		}
-		require.Equal(t, want, got)
-	})
+			c, err := s.Claim(ctx, outbox.ClaimParams{Limit: 20, Topics: []string{"c", "a", "c"}})
+			require.NoError(t, err)
+			defer c.Release(ctx)
+			var want []int64
+			require.NoError(t, db.Raw(`SELECT id FROM txoutbox_outbox WHERE topic IN ('a', 'c') ORDER BY id LIMIT 20`).Scan(&want).Error)
+			var got []int64
+			for _, r := range c.Rows() {
+				require.Contains(t, []string{"a", "c"}, r.Topic)
+				got = append(got, r.ID)
+			}
+			require.Equal(t, want, got)
+		})
+	}
 }
 
 // otherTopicBacklog saves rows rows of topic "other" on 50 keys, then 10
@@ -119,29 +119,29 @@ func TestClaimTopicsPlanSkipsOtherTopics(t *testing.T) {
 // backlog, and none once they are claimed or blocked.
 func TestHasDueTopicsBehindOtherTopics(t *testing.T) {
 	t.Parallel()
-	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
-		t.Parallel()
-		s, err := gormstore.New(db, gormstore.Config{})
-		require.NoError(t, err)
-		ctx := context.Background()
-		require.NoError(t, s.Migrate(ctx))
-		otherTopicBacklog(t, s, db, 2000)
+	for _, d := range testdb.Dialects {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			s, db := migrated(t, d, gormstore.Config{})
+			ctx := context.Background()
+			otherTopicBacklog(t, s, db, 2000)
 
-		due, err := s.HasDue(ctx, []string{"mine", "mine"})
-		require.NoError(t, err)
-		require.True(t, due)
-		due, err = s.HasDue(ctx, []string{"none"})
-		require.NoError(t, err)
-		require.False(t, due)
+			due, err := s.HasDue(ctx, []string{"mine", "mine"})
+			require.NoError(t, err)
+			require.True(t, due)
+			due, err = s.HasDue(ctx, []string{"none"})
+			require.NoError(t, err)
+			require.False(t, due)
 
-		// Park the head of each "mine" key: its later rows wait behind it.
-		require.NoError(t, db.Exec(`UPDATE txoutbox_outbox SET failed_at = CURRENT_TIMESTAMP, attempts = 1
+			// Park the head of each "mine" key: its later rows wait behind it.
+			require.NoError(t, db.Exec(`UPDATE txoutbox_outbox SET failed_at = CURRENT_TIMESTAMP, attempts = 1
 			WHERE id IN (SELECT min(id) FROM txoutbox_outbox WHERE topic = 'mine' GROUP BY partition_key)`).Error)
-		due, err = s.HasDue(ctx, []string{"mine"})
-		require.NoError(t, err)
-		require.False(t, due)
-		due, err = s.HasDue(ctx, []string{"other", "mine"})
-		require.NoError(t, err)
-		require.True(t, due)
-	})
+			due, err = s.HasDue(ctx, []string{"mine"})
+			require.NoError(t, err)
+			require.False(t, due)
+			due, err = s.HasDue(ctx, []string{"other", "mine"})
+			require.NoError(t, err)
+			require.True(t, due)
+		})
+	}
 }
