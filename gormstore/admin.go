@@ -208,6 +208,13 @@ func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
 			return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)
 		}
 		window := strconv.Itoa(hasDueWindow)
+		if s.contended() {
+			// As claims do: rows of keys other forwarders hold do not
+			// fill the window.
+			q = `WITH ` + heldKeys("?") + ` `
+			due += skipHeld
+			args = append(args, lockspace)
+		}
 		rows := `SELECT id, partition_key FROM ` + s.quoted + ` WHERE ` + due + ` ORDER BY id LIMIT ` + window
 		if len(topics) > 0 {
 			values := strings.TrimSuffix(strings.Repeat("(?::text),", len(topics)), ",")
@@ -216,7 +223,7 @@ func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
 				args = append(args, t)
 			}
 		}
-		q = `SELECT EXISTS (SELECT 1 FROM (` + rows + `) w
+		q += `SELECT EXISTS (SELECT 1 FROM (` + rows + `) w
 	WHERE CASE WHEN partition_key = '' THEN true ELSE pg_try_advisory_xact_lock(?, hashtext(partition_key)) END)`
 		args = append(append(args, dueArgs...), lockspace)
 	} else {

@@ -65,6 +65,37 @@ func TestClaimLeavesOtherKeysToConcurrentClaims(t *testing.T) {
 	require.Empty(t, third.Rows())
 }
 
+// A claim of another forwarder, which cannot tell which keys are held
+// elsewhere, fills its batch from the free keys: on meeting held keys it
+// claims again without them, and so do its later claims (and HasDue).
+// Topic-filtered claims do the same.
+func TestClaimSkipsKeysHeldElsewhere(t *testing.T) {
+	t.Parallel()
+	s, db := migrated(t, testdb.Postgres, gormstore.Config{})
+	ctx := context.Background()
+	saveInterleaved(t, s, db, 3, 60) // k0, k1, k2, k0, k1, k2, ...
+
+	first, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = first.Release(ctx) })
+	require.Equal(t, map[string]int{"k0": 5, "k1": 5}, claimKeys(first))
+
+	other, err := gormstore.New(db, gormstore.Config{})
+	require.NoError(t, err)
+	for _, topics := range [][]string{nil, {"t"}, nil} {
+		due, err := other.HasDue(ctx, topics)
+		require.NoError(t, err)
+		require.True(t, due)
+		second, err := other.Claim(ctx, outbox.ClaimParams{Limit: 10, Topics: topics})
+		require.NoError(t, err)
+		release := func() { _ = second.Release(ctx) }
+		t.Cleanup(release) // before the schema is dropped, if a check fails
+		require.Equal(t, map[string]int{"k2": 10}, claimKeys(second), "topics %v", topics)
+		requirePrefixes(t, db, second)
+		release()
+	}
+}
+
 // ExcludeKeys skips the rows of the keys the caller holds elsewhere, so
 // the claim fills its batch from the other keys. (SQLite serialises claims
 // and ignores it.)

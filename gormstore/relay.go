@@ -16,7 +16,9 @@ var (
 
 // relaySQL holds the store's relay statements, built once per store.
 type relaySQL struct {
-	pick, pickTopics     string // PostgreSQL: lock a claim's keys, pick its rows (template)
+	// PostgreSQL: lock a claim's keys and pick its rows (templates), per
+	// [topics filter][skip keys held elsewhere].
+	pick                 [2][2]string
 	take                 string // PostgreSQL: take the picked rows
 	window, windowTopics string // SQLite: claimable rows
 	delivered            string
@@ -63,9 +65,15 @@ func newRelaySQL(s *Store) relaySQL {
 		// ids of the picked rows, oldest first, in a transaction-local
 		// setting. A key's picked rows are a prefix of its due rows. It holds
 		// no key it picks no row of, so a concurrent claim takes the others;
-		// keys already held by the caller are skipped ($2). Taking the rows
-		// from the window, not from a scan per key, keeps the claim's cost
-		// flat on a long backlog full of not yet vacuumed index entries.
+		// keys already held by the caller are skipped ($2). A key another
+		// forwarder holds fails its lock, but its rows still fill the window
+		// and count against the limit, so the claim may find nothing while
+		// other keys are free; the pick's second column counts those keys.
+		// A store whose claims met them lately uses the free variant, which
+		// leaves the keys held elsewhere out of the window (heldKeys). Taking
+		// the rows from the window, not from a scan per key, keeps the
+		// claim's cost flat on a long backlog full of not yet vacuumed index
+		// entries.
 		//
 		// take, after a SAVEPOINT, deletes the picked rows (or marks them
 		// delivered) and returns them: if every row is published, Finish only
@@ -86,11 +94,17 @@ func newRelaySQL(s *Store) relaySQL {
 		due := `delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
 	  AND partition_key NOT IN (SELECT partition_key FROM blocked)
 	  AND partition_key NOT IN (SELECT unnest($2::text[]))`
-		pick := func(window string) string {
-			return `WITH blocked AS MATERIALIZED (
+		pick := func(window func(cond string) string, free bool) string {
+			q := `WITH blocked AS MATERIALIZED (
 	SELECT DISTINCT partition_key FROM ` + t + ` WHERE ` + blockedRow("now()") + `
-), w AS MATERIALIZED (
-	` + window + `
+), `
+			cond := due
+			if free {
+				q += heldKeys("$1") + `, `
+				cond += skipHeld
+			}
+			return q + `w AS MATERIALIZED (
+	` + window(cond) + `
 ), g AS MATERIALIZED (
 	SELECT partition_key, first, sum(n) OVER (ORDER BY first) - n AS before FROM (
 		SELECT partition_key, min(id) AS first, count(*) AS n FROM w WHERE partition_key <> '' GROUP BY partition_key
@@ -106,15 +120,24 @@ func newRelaySQL(s *Store) relaySQL {
 	  AND delivered_at IS NULL AND failed_at IS NULL
 	FOR UPDATE SKIP LOCKED
 )
-SELECT set_config('` + claimSetting + `', coalesce(array_agg(id ORDER BY id)::text, '{}'), true) FROM (
+SELECT set_config('` + claimSetting + `', coalesce(array_agg(id ORDER BY id)::text, '{}'), true) IS NOT NULL,
+	(SELECT count(*) FROM g WHERE partition_key <> '' AND before < {limit}) - (SELECT count(*) FROM k)
+FROM (
 	SELECT id FROM (SELECT w.id FROM w JOIN k USING (partition_key) UNION ALL SELECT id FROM u) p
 	ORDER BY id LIMIT {limit}
 ) c`
 		}
-		r.pick = pick(`SELECT id, partition_key FROM ` + t + `
-	WHERE ` + due + `
-	ORDER BY id LIMIT {window}`)
-		r.pickTopics = pick(topicWindow(t, "(SELECT DISTINCT unnest($3::text[]) AS topic)", due, "{window}"))
+		all := func(cond string) string {
+			return `SELECT id, partition_key FROM ` + t + `
+	WHERE ` + cond + `
+	ORDER BY id LIMIT {window}`
+		}
+		some := func(cond string) string {
+			return topicWindow(t, "(SELECT DISTINCT unnest($3::text[]) AS topic)", cond, "{window}")
+		}
+		for i, free := range []bool{false, true} {
+			r.pick[0][i], r.pick[1][i] = pick(all, free), pick(some, free)
+		}
 		take := "DELETE FROM " + t + " AS o"
 		if s.cfg.KeepDelivered {
 			take = "UPDATE " + t + " AS o SET delivered_at = now()"
@@ -157,6 +180,27 @@ ORDER BY id LIMIT @limit`
 WHERE id = @id`
 	return r
 }
+
+// heldKeys returns a PostgreSQL CTE, held, of the key locks that other
+// sessions hold (other forwarders' claims) in the lock space given by the
+// placeholder lockspace. pg_locks shows a lock taken with
+// pg_try_advisory_xact_lock(lockspace, hashtext(key)) as classid lockspace
+// and objid the key's hash. Reading pg_locks reads the server's whole
+// lock table (about 30 µs on an idle server), so only stores whose claims
+// met keys held elsewhere lately do it (see Store.contended).
+func heldKeys(lockspace string) string {
+	return `held AS MATERIALIZED (
+	SELECT objid FROM pg_locks
+	WHERE locktype = 'advisory' AND classid = ` + lockspace + `::int4::oid AND objsubid = 2 AND granted
+	  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+	  AND pid <> pg_backend_pid()
+)`
+}
+
+// skipHeld is the window condition that leaves out the rows of keys in
+// heldKeys, so that they do not count against a claim's window and limit.
+const skipHeld = `
+	  AND (partition_key = '' OR hashtext(partition_key)::oid NOT IN (SELECT objid FROM held))`
 
 // topicWindow returns a PostgreSQL query of the id and partition_key of
 // the oldest limit rows that match cond among the topics of the relation

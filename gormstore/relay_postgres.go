@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -34,6 +35,7 @@ type pgClaim struct {
 	s    *Store
 	conn *sql.Conn
 	rows []outbox.Row
+	held int64 // keys the pick could not lock: another forwarder held them
 	mu   sync.Mutex
 	done bool
 }
@@ -51,6 +53,33 @@ func withPgx(conn *sql.Conn, f func(c *pgx.Conn) error) error {
 }
 
 func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error) {
+	free := s.contended()
+	c, err := s.claimPostgresOnce(ctx, p, free)
+	if err != nil {
+		return nil, err
+	}
+	if c.held == 0 {
+		return c, nil
+	}
+	s.heldElsewhere()
+	if free || len(c.rows) >= p.Limit {
+		return c, nil
+	}
+	// The first claim to meet keys held elsewhere counted their rows
+	// against its window and limit: give its rows back and claim again,
+	// skipping those keys.
+	if err := c.Release(ctx); err != nil {
+		return nil, err
+	}
+	if c, err = s.claimPostgresOnce(ctx, p, true); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// claimPostgresOnce claims in one round trip; with free it skips the
+// keys held elsewhere (heldKeys).
+func (s *Store) claimPostgresOnce(ctx context.Context, p outbox.ClaimParams, free bool) (*pgClaim, error) {
 	sqlDB, err := s.db.DB()
 	if err != nil {
 		return nil, err
@@ -73,7 +102,7 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 		if exclude == nil {
 			exclude = []string{}
 		}
-		pick := s.pickSQL(p.Limit, len(p.Topics) > 0)
+		pick := s.pickSQL(p.Limit, len(p.Topics) > 0, free)
 		if len(p.Topics) > 0 {
 			b.Queue(pick, lockspace, exclude, p.Topics)
 		} else {
@@ -95,6 +124,31 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 	return c, nil
 }
 
+// contendedFor is how long, after a claim met keys that another
+// forwarder held, claims and HasDue skip the keys held elsewhere (reading
+// pg_locks) instead of counting their rows against their window: so
+// forwarders that share a table share a backlog, while a forwarder alone
+// never reads pg_locks.
+const contendedFor = time.Minute
+
+// heldElsewhere records that a claim met keys another forwarder held.
+func (s *Store) heldElsewhere() {
+	s.contendedUntil.Store(time.Now().Add(contendedFor).UnixNano())
+}
+
+// contended reports whether a claim met keys held elsewhere within the
+// last contendedFor.
+func (s *Store) contended() bool {
+	return time.Now().UnixNano() < s.contendedUntil.Load()
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // takeSavepoint is set before a claim takes its rows; Finish rolls back
 // to it when not every row was delivered.
 const takeSavepoint = "txoutbox_take"
@@ -107,8 +161,8 @@ const claimSettings = `SELECT set_config('plan_cache_mode', 'force_generic_plan'
 	set_config('synchronous_commit', 'off', true)`
 
 type pickKey struct {
-	limit  int
-	topics bool
+	limit        int
+	topics, free bool
 }
 
 // pickSQL returns the pick statement for limit rows, built once per limit:
@@ -120,15 +174,12 @@ type pickKey struct {
 // the window is read and grouped, so a wider window costs PostgreSQL CPU
 // on every claim (a window of 2× the batch cost about 0.4 µs more per
 // relayed event, for no more events/s).
-func (s *Store) pickSQL(limit int, topics bool) string {
-	k := pickKey{limit, topics}
+func (s *Store) pickSQL(limit int, topics, free bool) string {
+	k := pickKey{limit, topics, free}
 	if v, ok := s.picks.Load(k); ok {
 		return v.(string)
 	}
-	pick := s.relay.pick
-	if topics {
-		pick = s.relay.pickTopics
-	}
+	pick := s.relay.pick[b2i(topics)][b2i(free)]
 	q := strings.NewReplacer("{window}", strconv.Itoa(limit+limit/2), "{limit}", strconv.Itoa(limit)).Replace(pick)
 	s.picks.Store(k, q)
 	return q
@@ -137,10 +188,17 @@ func (s *Store) pickSQL(limit int, topics bool) string {
 // readBatch reads the claim's rows, in ID order. The pick statement
 // chose at most limit of them.
 func (c *pgClaim) readBatch(br pgx.BatchResults, limit int) error {
-	for range 4 { // BEGIN, claimSettings, pick, SAVEPOINT
+	for range 2 { // BEGIN, claimSettings
 		if _, err := br.Exec(); err != nil {
 			return err
 		}
+	}
+	var picked bool
+	if err := br.QueryRow().Scan(&picked, &c.held); err != nil {
+		return err
+	}
+	if _, err := br.Exec(); err != nil { // SAVEPOINT
+		return err
 	}
 	rows, err := br.Query()
 	if err != nil {

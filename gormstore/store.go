@@ -8,6 +8,7 @@ import (
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/txoutbox/txoutbox/outbox"
@@ -71,8 +72,11 @@ type Store struct {
 	quoted  string
 	relay   relaySQL
 	// picks caches the PostgreSQL pick statement per limit (pickSQL).
-	picks  sync.Map
-	notify notifier
+	picks sync.Map
+	// contendedUntil is when claims stop skipping keys held elsewhere
+	// (unix nanoseconds; see heldElsewhere).
+	contendedUntil atomic.Int64
+	notify         notifier
 	// channel caches channelName for an unqualified table.
 	chanOnce sync.Mutex
 	channel  string

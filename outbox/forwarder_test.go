@@ -80,6 +80,49 @@ func TestForwarder_FourForwardersExactlyOnceInOrder(t *testing.T) {
 	require.Equal(t, int64(0), pending(t, db, ""))
 }
 
+// slowPublisher stands for a broker that takes perMessage to accept each
+// message, so that publishing, not the database, sets the relay's pace.
+type slowPublisher struct {
+	*recordingPublisher
+	perMessage time.Duration
+}
+
+func (p slowPublisher) Publish(topic string, msgs ...*message.Message) error {
+	time.Sleep(time.Duration(len(msgs)) * p.perMessage)
+	return p.recordingPublisher.Publish(topic, msgs...)
+}
+
+// Two forwarders at their defaults on one backlog share it: the second
+// does not find every key held by the first one's claims and wait for the
+// poll, but takes the keys left free.
+func TestForwarder_TwoForwardersShareABacklog(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	st := newStore(t, db, gormstore.Config{})
+	counts := fill(t, db, st, "orders", 50, 80) // 4,000 events
+	pub := newRecordingPublisher()
+	var published [2]atomic.Int64
+	var stops []func()
+	for i := range published {
+		st, err := gormstore.New(db, gormstore.Config{})
+		require.NoError(t, err)
+		f, err := outbox.NewForwarder(st, slowPublisher{pub, 200 * time.Microsecond}, quietConfig(outbox.ForwarderConfig{
+			OnBatch: func(info outbox.BatchInfo) { published[i].Add(int64(info.Published)) },
+		}))
+		require.NoError(t, err)
+		stops = append(stops, runForwarder(t, f))
+	}
+	got := pub.waitUnique(t, 4000, 60*time.Second)
+	require.Len(t, got, 4000, "each event published exactly once")
+	requireKeyOrder(t, got, counts)
+	for _, stop := range stops {
+		stop() // each counts its last batch
+	}
+	for i := range published {
+		require.GreaterOrEqual(t, published[i].Load(), int64(1000), "forwarder %d published %d of 4,000", i, published[i].Load())
+	}
+}
+
 func TestForwarder_PoisonEventParkedOthersFlow(t *testing.T) {
 	t.Parallel()
 	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
