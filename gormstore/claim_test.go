@@ -36,21 +36,28 @@ func claimKeys(c outbox.Claim) map[string]int {
 	return keys
 }
 
+// claimTwoOfThreeKeys saves 60 rows on keys k0, k1, k2 (round robin) on
+// PostgreSQL and claims 10 of them: the rows of k0 and k1 among the oldest
+// pending rows fill the batch, so the claim takes those two keys and
+// leaves k2 free. The claim is released when the test ends.
+func claimTwoOfThreeKeys(t *testing.T) (*gormstore.Store, *gorm.DB, outbox.Claim) {
+	t.Helper()
+	s, db := migrated(t, testdb.Postgres, gormstore.Config{})
+	saveInterleaved(t, s, db, 3, 60)
+	first, err := s.Claim(context.Background(), outbox.ClaimParams{Limit: 10})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = first.Release(context.Background()) })
+	require.Equal(t, map[string]int{"k0": 5, "k1": 5}, claimKeys(first))
+	requirePrefixes(t, db, first)
+	return s, db, first
+}
+
 // A claim holds only the keys of the rows it returns: a concurrent claim
 // that skips those keys takes the others, a prefix of each.
 func TestClaimLeavesOtherKeysToConcurrentClaims(t *testing.T) {
 	t.Parallel()
-	s, db := migrated(t, testdb.Postgres, gormstore.Config{})
+	s, db, _ := claimTwoOfThreeKeys(t)
 	ctx := context.Background()
-	saveInterleaved(t, s, db, 3, 60) // k0, k1, k2, k0, k1, k2, ...
-
-	// The rows of k0 and k1 among the oldest pending rows fill the batch,
-	// so the claim takes those two keys and leaves k2 free.
-	first, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10})
-	require.NoError(t, err)
-	defer first.Release(ctx)
-	require.Equal(t, map[string]int{"k0": 5, "k1": 5}, claimKeys(first))
-	requirePrefixes(t, db, first)
 
 	second, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10, ExcludeKeys: []string{"k0", "k1"}})
 	require.NoError(t, err)
@@ -71,14 +78,8 @@ func TestClaimLeavesOtherKeysToConcurrentClaims(t *testing.T) {
 // Topic-filtered claims do the same.
 func TestClaimSkipsKeysHeldElsewhere(t *testing.T) {
 	t.Parallel()
-	s, db := migrated(t, testdb.Postgres, gormstore.Config{})
+	_, db, _ := claimTwoOfThreeKeys(t)
 	ctx := context.Background()
-	saveInterleaved(t, s, db, 3, 60) // k0, k1, k2, k0, k1, k2, ...
-
-	first, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = first.Release(ctx) })
-	require.Equal(t, map[string]int{"k0": 5, "k1": 5}, claimKeys(first))
 
 	other, err := gormstore.New(db, gormstore.Config{})
 	require.NoError(t, err)
