@@ -194,7 +194,8 @@ const hasDueWindow = 1000
 // find nothing). On PostgreSQL a keyed row counts only if no other claim
 // holds its key: it tries the key's lock, which it gives back at once, on
 // the rows of a window of the oldest due ones (hasDueWindow), as a claim
-// would. One statement, no transaction.
+// would; like claims, a store whose claims met keys held elsewhere lately
+// leaves those keys out of the window. One statement, no transaction.
 func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
 	nowSQL, nowArgs := s.nowSQL()
 	due := `delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL + `
