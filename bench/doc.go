@@ -22,7 +22,12 @@
 //	                                 default size (1,000), no publish,
 //	                                 synchronous_commit off (as the relay's transactions)
 //	backend=floor-sync-commit        the same, each batch waiting for its WAL flush
+//	backend=floor-and-sink           the floor, and at the same time as many ready
+//	                                 messages published to the GoChannel: the bound of
+//	                                 any relay that publishes to it on the machine
 //	backend=native-200k              native with 200,000 events
+//	backend=native-claims            the native store's claims, each finished at once,
+//	                                 back to back; nothing decoded or published
 //
 // BenchmarkCommitToPublish dispatches 1,000 commands/s for 10 s through the
 // transactional middleware (8 producers, one event each) and reports the

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/txoutbox/txoutbox/gormstore"
@@ -43,9 +44,11 @@ func BenchmarkRelay(b *testing.B) {
 	}{
 		{"backend=native", 50_000, drainNative},
 		{"backend=watermill-sql-forwarder", 50_000, drainStock},
-		{"backend=floor", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, false) }},
-		{"backend=floor-sync-commit", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, true) }},
+		{"backend=floor", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{}) }},
+		{"backend=floor-sync-commit", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{syncCommit: true}) }},
+		{"backend=floor-and-sink", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{sink: true}) }},
 		{"backend=native-200k", 200_000, drainNative},
+		{"backend=native-claims", 50_000, drainClaims},
 	}
 	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
@@ -112,6 +115,49 @@ func drainNative(b *testing.B, events int) drainResult {
 	return r
 }
 
+// drainClaims drains the native backlog through the store alone: claims of
+// the forwarder's default batch size, each finished as delivered at once,
+// one after another on one goroutine, nothing decoded or published. It
+// shows what the native claims cost PostgreSQL next to the floor when
+// nothing else runs beside them.
+func drainClaims(b *testing.B, events int) drainResult {
+	db, store := nativeStore(b, gormstore.Config{})
+	fillNative(b, db, store.Table(), events)
+	ctx := context.Background()
+	runtime.GC()
+
+	cpu := sampleCPU()
+	b.StartTimer()
+	start := time.Now()
+	total := 0
+	for total < events {
+		c, err := store.Claim(ctx, outbox.ClaimParams{Limit: outbox.DefaultBatchSize})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rows := c.Rows()
+		if len(rows) == 0 {
+			_ = c.Release(ctx)
+			break
+		}
+		ids := make([]int64, len(rows))
+		for i, r := range rows {
+			ids[i] = r.ID
+		}
+		if err := c.Finish(ctx, ids, nil); err != nil {
+			b.Fatal(err)
+		}
+		total += len(rows)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	if total != events {
+		b.Fatalf("claimed %d of %d rows", total, events)
+	}
+	return r
+}
+
 // drainStock relays the backlog with Watermill's stock forwarder reading
 // the watermill-sql/v3 table, and returns the time from Run until the last
 // message arrived. The forwarder is closed after the timer stops; its last
@@ -151,16 +197,37 @@ func drainStock(b *testing.B, events int) drainResult {
 	return r
 }
 
+// floorOptions are the variants of drainFloor.
+type floorOptions struct {
+	// syncCommit makes each batch wait for its WAL flush.
+	syncCommit bool
+	// sink publishes as many ready messages to the GoChannel sink as the
+	// floor deletes rows, at the same time, in Publish calls of floorBatch:
+	// the database's and the sink's work with nothing between them and
+	// nothing waiting for the other. No relay that publishes to this sink
+	// can drain faster on the machine.
+	sink bool
+}
+
 // drainFloor deletes the native backlog in batches of floorBatch with
 // DELETE ... RETURNING on one connection, reads the returned rows, and
 // publishes nothing: what PostgreSQL and pgx alone cost. Like the native
 // relay's transactions it runs with synchronous_commit off, unless
-// syncCommit (each batch then waits for its WAL flush).
-func drainFloor(b *testing.B, events int, syncCommit bool) drainResult {
+// o.syncCommit. With o.sink the time runs until both the rows are deleted
+// and the sink has received every message.
+func drainFloor(b *testing.B, events int, o floorOptions) drainResult {
 	db, store := nativeStore(b, gormstore.Config{})
 	ctx := context.Background()
 	t := store.Table()
 	fillNative(b, db, t, events)
+	var (
+		s    *sink
+		msgs []*message.Message
+	)
+	if o.sink {
+		msgs = readyMessages(b, events)
+		s = newSink(b, int64(events), nil)
+	}
 	sqlDB, err := db.DB()
 	if err != nil {
 		b.Fatal(err)
@@ -176,9 +243,10 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 
 	var r drainResult
 	total := 0
+	pubErr := make(chan error, 1)
 	err = conn.Raw(func(dc any) error {
 		px := dc.(*stdlib.Conn).Conn()
-		if !syncCommit {
+		if !o.syncCommit {
 			if _, err := px.Exec(ctx, "SET synchronous_commit = off"); err != nil {
 				return err
 			}
@@ -189,6 +257,9 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 		cpu := sampleCPU()
 		b.StartTimer()
 		start := time.Now()
+		if s != nil {
+			go func() { pubErr <- publishBatches(s, msgs) }()
+		}
 		for total < events {
 			rows, err := px.Query(ctx, query, floorBatch)
 			if err != nil {
@@ -202,6 +273,12 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 				break
 			}
 			total += n
+		}
+		if s != nil {
+			if err := <-pubErr; err != nil {
+				return err
+			}
+			s.wait(b, drainTimeout)
 		}
 		elapsed := time.Since(start)
 		b.StopTimer()
