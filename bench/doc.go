@@ -28,6 +28,8 @@
 //	backend=native-200k              native with 200,000 events
 //	backend=native-claims            the native store's claims, each finished at once,
 //	                                 back to back; nothing decoded or published
+//	backend=native-claims-and-sink   those claims, and at the same time as many ready
+//	                                 messages published to the GoChannel
 //
 // BenchmarkCommitToPublish dispatches 1,000 commands/s for 10 s through the
 // transactional middleware (8 producers, one event each) and reports the

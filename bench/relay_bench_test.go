@@ -48,7 +48,8 @@ func BenchmarkRelay(b *testing.B) {
 		{"backend=floor-sync-commit", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{syncCommit: true}) }},
 		{"backend=floor-and-sink", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{sink: true}) }},
 		{"backend=native-200k", 200_000, drainNative},
-		{"backend=native-claims", 50_000, drainClaims},
+		{"backend=native-claims", 50_000, func(b *testing.B, n int) drainResult { return drainClaims(b, n, false) }},
+		{"backend=native-claims-and-sink", 50_000, func(b *testing.B, n int) drainResult { return drainClaims(b, n, true) }},
 	}
 	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
@@ -119,16 +120,31 @@ func drainNative(b *testing.B, events int) drainResult {
 // the forwarder's default batch size, each finished as delivered at once,
 // one after another on one goroutine, nothing decoded or published. It
 // shows what the native claims cost PostgreSQL next to the floor when
-// nothing else runs beside them.
-func drainClaims(b *testing.B, events int) drainResult {
+// nothing else runs beside them. With withSink, as many ready messages are
+// published to the GoChannel at the same time, as drainFloor does: the
+// bound of a relay with per-key ordered claims that does nothing else, and
+// the time runs until both are done.
+func drainClaims(b *testing.B, events int, withSink bool) drainResult {
 	db, store := nativeStore(b, gormstore.Config{})
 	fillNative(b, db, store.Table(), events)
+	var (
+		s    *sink
+		msgs []*message.Message
+	)
+	if withSink {
+		msgs = readyMessages(b, events)
+		s = newSink(b, int64(events), nil)
+	}
 	ctx := context.Background()
 	runtime.GC()
 
 	cpu := sampleCPU()
 	b.StartTimer()
 	start := time.Now()
+	pubErr := make(chan error, 1)
+	if s != nil {
+		go func() { pubErr <- publishBatches(s, msgs) }()
+	}
 	total := 0
 	for total < events {
 		c, err := store.Claim(ctx, outbox.ClaimParams{Limit: outbox.DefaultBatchSize})
@@ -148,6 +164,12 @@ func drainClaims(b *testing.B, events int) drainResult {
 			b.Fatal(err)
 		}
 		total += len(rows)
+	}
+	if s != nil {
+		if err := <-pubErr; err != nil {
+			b.Fatal(err)
+		}
+		s.wait(b, drainTimeout)
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
