@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/txoutbox/txoutbox/gormstore"
@@ -127,24 +126,14 @@ func drainNative(b *testing.B, events int) drainResult {
 func drainClaims(b *testing.B, events int, withSink bool) drainResult {
 	db, store := nativeStore(b, gormstore.Config{})
 	fillNative(b, db, store.Table(), events)
-	var (
-		s    *sink
-		msgs []*message.Message
-	)
-	if withSink {
-		msgs = readyMessages(b, events)
-		s = newSink(b, int64(events), nil)
-	}
+	load := newSinkLoad(b, events, withSink)
 	ctx := context.Background()
 	runtime.GC()
 
 	cpu := sampleCPU()
 	b.StartTimer()
 	start := time.Now()
-	pubErr := make(chan error, 1)
-	if s != nil {
-		go func() { pubErr <- publishBatches(s, msgs) }()
-	}
+	load.start()
 	total := 0
 	for total < events {
 		c, err := store.Claim(ctx, outbox.ClaimParams{Limit: outbox.DefaultBatchSize})
@@ -165,11 +154,8 @@ func drainClaims(b *testing.B, events int, withSink bool) drainResult {
 		}
 		total += len(rows)
 	}
-	if s != nil {
-		if err := <-pubErr; err != nil {
-			b.Fatal(err)
-		}
-		s.wait(b, drainTimeout)
+	if err := load.wait(b); err != nil {
+		b.Fatal(err)
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
@@ -242,14 +228,7 @@ func drainFloor(b *testing.B, events int, o floorOptions) drainResult {
 	ctx := context.Background()
 	t := store.Table()
 	fillNative(b, db, t, events)
-	var (
-		s    *sink
-		msgs []*message.Message
-	)
-	if o.sink {
-		msgs = readyMessages(b, events)
-		s = newSink(b, int64(events), nil)
-	}
+	load := newSinkLoad(b, events, o.sink)
 	sqlDB, err := db.DB()
 	if err != nil {
 		b.Fatal(err)
@@ -265,7 +244,6 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 
 	var r drainResult
 	total := 0
-	pubErr := make(chan error, 1)
 	err = conn.Raw(func(dc any) error {
 		px := dc.(*stdlib.Conn).Conn()
 		if !o.syncCommit {
@@ -279,9 +257,7 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 		cpu := sampleCPU()
 		b.StartTimer()
 		start := time.Now()
-		if s != nil {
-			go func() { pubErr <- publishBatches(s, msgs) }()
-		}
+		load.start()
 		for total < events {
 			rows, err := px.Query(ctx, query, floorBatch)
 			if err != nil {
@@ -296,11 +272,8 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 			}
 			total += n
 		}
-		if s != nil {
-			if err := <-pubErr; err != nil {
-				return err
-			}
-			s.wait(b, drainTimeout)
+		if err := load.wait(b); err != nil {
+			return err
 		}
 		elapsed := time.Since(start)
 		b.StopTimer()

@@ -70,3 +70,40 @@ func publishBatches(s *sink, msgs []*message.Message) error {
 	}
 	return nil
 }
+
+// sinkLoad publishes ready messages to a GoChannel sink beside a drain, so
+// that the drain's work and the sink's overlap. A nil *sinkLoad does
+// nothing.
+type sinkLoad struct {
+	s    *sink
+	msgs []*message.Message
+	err  chan error
+}
+
+// newSinkLoad prepares n ready messages and a sink for them, or returns
+// nil when on is false.
+func newSinkLoad(tb testing.TB, n int, on bool) *sinkLoad {
+	if !on {
+		return nil
+	}
+	return &sinkLoad{s: newSink(tb, int64(n), nil), msgs: readyMessages(tb, n), err: make(chan error, 1)}
+}
+
+// start publishes the messages from a goroutine of its own.
+func (l *sinkLoad) start() {
+	if l != nil {
+		go func() { l.err <- publishBatches(l.s, l.msgs) }()
+	}
+}
+
+// wait returns once every message was published and received.
+func (l *sinkLoad) wait(tb testing.TB) error {
+	if l == nil {
+		return nil
+	}
+	if err := <-l.err; err != nil {
+		return err
+	}
+	l.s.wait(tb, drainTimeout)
+	return nil
+}
