@@ -19,7 +19,7 @@
 //	backend=watermill-sql-forwarder  components/forwarder over a watermill-sql/v3
 //	                                 Subscriber (batch 100, poll 10 ms)
 //	backend=floor                    DELETE ... RETURNING in batches of the forwarder's
-//	                                 default size (1,000), no publish,
+//	                                 default size (2,000), no publish,
 //	                                 synchronous_commit off (as the relay's transactions)
 //	backend=floor-sync-commit        the same, each batch waiting for its WAL flush
 //	backend=floor-and-sink           the floor, and at the same time as many ready

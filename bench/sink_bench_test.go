@@ -10,7 +10,7 @@ import (
 )
 
 // BenchmarkSink publishes 50,000 ready messages straight to the GoChannel
-// sink the relay benchmarks publish to, in Publish calls of 1,000 (the
+// sink the relay benchmarks publish to, in Publish calls of 2,000 (the
 // native relay's batch): what the sink alone costs, the ceiling of any
 // relay measured with it. Reports events/s, go-cpu-us/event and
 // allocs/event.

@@ -23,7 +23,7 @@ import (
 
 // Defaults of ForwarderConfig.
 const (
-	DefaultBatchSize       = 1000
+	DefaultBatchSize       = 2000
 	DefaultPollInterval    = 2 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultMinBackoff      = time.Second
@@ -44,7 +44,7 @@ var ErrAlreadyRunning = errors.New("outbox: forwarder is already running")
 // field has a default.
 type ForwarderConfig struct {
 	// BatchSize is the most rows claimed and published per batch.
-	// Optional; default DefaultBatchSize (1000). A batch is also the most
+	// Optional; default DefaultBatchSize (2000). A batch is also the most
 	// events published twice after a crash.
 	BatchSize int
 	// PollInterval is how long the forwarder waits for a wake-up (a commit
