@@ -26,6 +26,7 @@
 //	                                 messages published to the GoChannel: the bound of
 //	                                 any relay that publishes to it on the machine
 //	backend=native-200k              native with 200,000 events
+//	backend=native-batch-1000        native with batches of 1,000, the earlier default
 //	backend=native-claims            the native store's claims, each finished at once,
 //	                                 back to back; nothing decoded or published
 //	backend=native-claims-and-sink   those claims, and at the same time as many ready

@@ -41,12 +41,13 @@ func BenchmarkRelay(b *testing.B) {
 		events int
 		drain  func(b *testing.B, events int) drainResult
 	}{
-		{"backend=native", 50_000, drainNative},
+		{"backend=native", 50_000, func(b *testing.B, n int) drainResult { return drainNative(b, n, 0) }},
+		{"backend=native-batch-1000", 50_000, func(b *testing.B, n int) drainResult { return drainNative(b, n, 1000) }},
 		{"backend=watermill-sql-forwarder", 50_000, drainStock},
 		{"backend=floor", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{}) }},
 		{"backend=floor-sync-commit", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{syncCommit: true}) }},
 		{"backend=floor-and-sink", 50_000, func(b *testing.B, n int) drainResult { return drainFloor(b, n, floorOptions{sink: true}) }},
-		{"backend=native-200k", 200_000, drainNative},
+		{"backend=native-200k", 200_000, func(b *testing.B, n int) drainResult { return drainNative(b, n, 0) }},
 		{"backend=native-claims", 50_000, func(b *testing.B, n int) drainResult { return drainClaims(b, n, false) }},
 		{"backend=native-claims-and-sink", 50_000, func(b *testing.B, n int) drainResult { return drainClaims(b, n, true) }},
 	}
@@ -77,15 +78,16 @@ func BenchmarkRelay(b *testing.B) {
 }
 
 // drainNative relays the backlog with outbox.Forwarder on gormstore, with
-// default settings, and returns the time from Run until Run returned after
-// the last message arrived (its last batch finished).
-func drainNative(b *testing.B, events int) drainResult {
+// default settings but batchSize (0: the default), and returns the time
+// from Run until Run returned after the last message arrived (its last
+// batch finished).
+func drainNative(b *testing.B, events, batchSize int) drainResult {
 	db, gs := nativeStore(b, gormstore.Config{})
 	store := &timedStore{Store: gs}
 	fillNative(b, db, store.Table(), events)
 	slogger, _ := newLogs(b)
 	s := newSink(b, int64(events), nil)
-	fw, err := outbox.NewForwarder(store, s.pubSub, outbox.ForwarderConfig{Logger: slogger})
+	fw, err := outbox.NewForwarder(store, s.pubSub, outbox.ForwarderConfig{BatchSize: batchSize, Logger: slogger})
 	if err != nil {
 		b.Fatal(err)
 	}
