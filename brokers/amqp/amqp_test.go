@@ -1,0 +1,235 @@
+package amqp_test
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers/amqp"
+)
+
+func amqpURL() string {
+	return cmp.Or(os.Getenv("TEST_AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/")
+}
+
+func randomTopic(t *testing.T) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "txoutbox_test_" + hex.EncodeToString(b)
+}
+
+// newPublisher connects a publisher and deletes topic's queue when the
+// test ends.
+func newPublisher(t *testing.T, topic string) *amqp.Publisher {
+	t.Helper()
+	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: amqpURL()})
+	require.NoError(t, err, "RabbitMQ must run at %s (scripts/ensure-services.sh rabbitmq)", amqpURL())
+	t.Cleanup(func() {
+		require.NoError(t, pub.DeleteTopic(context.Background(), topic))
+		require.NoError(t, pub.Close())
+	})
+	return pub
+}
+
+func keyedMessages(n, keys int) []*message.Message {
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"seq":%d}`, i))
+		msgs[i].Metadata.Set("partition_key", fmt.Sprintf("k%d", i%keys))
+		msgs[i].Metadata.Set("name", "OrderPlaced")
+	}
+	return msgs
+}
+
+// receive reads n messages from sub on topic, acking each.
+func receive(t *testing.T, ch <-chan *message.Message, n int) []*message.Message {
+	t.Helper()
+	var got []*message.Message
+	timeout := time.After(20 * time.Second)
+	for len(got) < n {
+		select {
+		case m, ok := <-ch:
+			require.True(t, ok, "subscription closed after %d of %d messages", len(got), n)
+			got = append(got, m)
+			m.Ack()
+		case <-timeout:
+			require.FailNow(t, "timeout", "received %d of %d messages", len(got), n)
+		}
+	}
+	return got
+}
+
+func requireSame(t *testing.T, want, got []*message.Message) {
+	t.Helper()
+	require.Len(t, got, len(want))
+	for i := range want {
+		require.Equal(t, want[i].UUID, got[i].UUID, "message %d", i)
+		require.Equal(t, string(want[i].Payload), string(got[i].Payload), "message %d", i)
+		require.Equal(t, want[i].Metadata.Get("partition_key"), got[i].Metadata.Get("partition_key"))
+		require.Equal(t, want[i].Metadata.Get("name"), got[i].Metadata.Get("name"))
+	}
+}
+
+// TestRoundTrip publishes before any consumer exists (the queue must be
+// declared by the publisher, or RabbitMQ drops the messages and confirms
+// them) and after a consumer subscribed; both arrive whole and in order.
+func TestRoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, order := range []string{"publish-first", "subscribe-first"} {
+		t.Run(order, func(t *testing.T) {
+			t.Parallel()
+			topic := randomTopic(t)
+			pub := newPublisher(t, topic)
+			sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: amqpURL()})
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, sub.Close()) })
+
+			msgs := keyedMessages(200, 7)
+			var ch <-chan *message.Message
+			if order == "subscribe-first" {
+				ch, err = sub.Subscribe(t.Context(), topic)
+				require.NoError(t, err)
+			}
+			require.NoError(t, pub.Publish(topic, msgs...))
+			if order == "publish-first" {
+				ch, err = sub.Subscribe(t.Context(), topic)
+				require.NoError(t, err)
+			}
+			requireSame(t, msgs, receive(t, ch, len(msgs)))
+		})
+	}
+}
+
+// TestDeliveryProperties reads the queue with a plain AMQP consumer: the
+// message-id is the outbox UUID, and the message is persistent.
+func TestDeliveryProperties(t *testing.T) {
+	t.Parallel()
+	topic := randomTopic(t)
+	pub := newPublisher(t, topic)
+	msgs := keyedMessages(3, 3)
+	require.NoError(t, pub.Publish(topic, msgs...))
+
+	conn, err := amqp091.Dial(amqpURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	for i, want := range msgs {
+		d, ok, err := ch.Get(topic, true)
+		require.NoError(t, err)
+		require.True(t, ok, "message %d is not in the queue", i)
+		require.Equal(t, want.UUID, d.MessageId)
+		require.Equal(t, uint8(amqp091.Persistent), d.DeliveryMode)
+		require.Equal(t, want.Metadata.Get("partition_key"), d.Headers["partition_key"])
+	}
+}
+
+// TestUnroutable deletes a queue behind the publisher's back: RabbitMQ
+// cannot route the next publish, and Publish must fail instead of
+// reporting the confirmed drop as published.
+func TestUnroutable(t *testing.T) {
+	t.Parallel()
+	topic := randomTopic(t)
+	pub := newPublisher(t, topic)
+	require.NoError(t, pub.Publish(topic, keyedMessages(1, 1)...))
+
+	conn, err := amqp091.Dial(amqpURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	_, err = ch.QueueDelete(topic, false, false, false)
+	require.NoError(t, err)
+
+	err = pub.Publish(topic, keyedMessages(5, 2)...)
+	require.ErrorIs(t, err, amqp.ErrUnroutable)
+	require.Contains(t, err.Error(), "returned 5 of 5")
+
+	// The publisher goes on: a later publish on a declared queue works.
+	other := randomTopic(t)
+	t.Cleanup(func() { _ = pub.DeleteTopic(context.Background(), other) })
+	require.NoError(t, pub.Publish(other, keyedMessages(2, 1)...))
+}
+
+// TestConcurrentPublish publishes from several goroutines at once, each on
+// a topic of its own: each topic receives its messages in order.
+func TestConcurrentPublish(t *testing.T) {
+	t.Parallel()
+	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: amqpURL()})
+	require.NoError(t, err)
+	defer pub.Close()
+	topics := []string{randomTopic(t), randomTopic(t), randomTopic(t), randomTopic(t)}
+	msgs := make(map[string][]*message.Message)
+	for _, topic := range topics {
+		t.Cleanup(func() { _ = pub.DeleteTopic(context.Background(), topic) })
+		msgs[topic] = keyedMessages(300, 5)
+	}
+	errs := make(chan error, len(topics))
+	for _, topic := range topics {
+		go func() {
+			for i := 0; i < 300; i += 50 {
+				if err := pub.Publish(topic, msgs[topic][i:i+50]...); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range topics {
+		require.NoError(t, <-errs)
+	}
+	sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: amqpURL(), Prefetch: 100})
+	require.NoError(t, err)
+	defer sub.Close()
+	for _, topic := range topics {
+		ch, err := sub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		requireSame(t, msgs[topic], receive(t, ch, 300))
+	}
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	err := amqp.Config{}.Validate()
+	require.ErrorIs(t, err, amqp.ErrInvalidConfig)
+	require.Contains(t, err.Error(), "URL is required")
+
+	err = amqp.Config{URL: "http://x", ConnectTimeout: -1, Prefetch: -1}.Validate()
+	require.ErrorIs(t, err, amqp.ErrInvalidConfig)
+	for _, want := range []string{"URL", "ConnectTimeout", "Prefetch"} {
+		require.Contains(t, err.Error(), want)
+	}
+	_, err = amqp.NewPublisher(t.Context(), amqp.Config{})
+	require.ErrorIs(t, err, amqp.ErrInvalidConfig)
+}
+
+// TestUnreachable: nothing listens on port 1.
+func TestUnreachable(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	_, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: "amqp://guest:secret@127.0.0.1:1/", ConnectTimeout: time.Second})
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "secret")
+	_, err = amqp.NewSubscriber(t.Context(), amqp.Config{URL: "amqp://127.0.0.1:1/", ConnectTimeout: time.Second})
+	require.Error(t, err)
+	require.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestPublishAfterClose(t *testing.T) {
+	t.Parallel()
+	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: amqpURL()})
+	require.NoError(t, err)
+	require.NoError(t, pub.Close())
+	require.NoError(t, pub.Close())
+	require.ErrorIs(t, pub.Publish("t", keyedMessages(1, 1)...), amqp.ErrClosed)
+}
