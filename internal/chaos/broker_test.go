@@ -4,7 +4,6 @@ package chaos_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
+	bamqp "github.com/txoutbox/txoutbox/brokers/amqp"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
@@ -37,12 +37,15 @@ const (
 )
 
 // TestBrokerOutage runs the broker outage scenario (runBrokerOutage) with
-// confirmPublisher, a plain AMQP publisher on amqp091-go. The same
-// scenario with watermill-amqp's publisher is TestBrokerOutageWatermillAMQP,
-// which cannot run under the race detector.
+// the publisher of package brokers/amqp, which connects again on the first
+// Publish after the broker is back. The same scenario with watermill-amqp's
+// publisher is TestBrokerOutageWatermillAMQP, which cannot run under the
+// race detector.
 func TestBrokerOutage(t *testing.T) {
 	runBrokerOutage(t, func(t *testing.T) message.Publisher {
-		return &confirmPublisher{url: amqpURL()}
+		pub, err := bamqp.NewPublisher(t.Context(), bamqp.Config{URL: amqpURL(), ConnectTimeout: 2 * time.Second})
+		require.NoError(t, err)
+		return pub
 	})
 }
 
@@ -248,91 +251,6 @@ func dialAMQP() (*amqp091.Connection, error) {
 	})
 }
 
-// confirmPublisher is a minimal AMQP publisher on amqp091-go, the client
-// watermill-amqp is built on: messages encoded by watermill-amqp's
-// DefaultMarshaler (persistent), sent to the default exchange with the
-// topic as routing key (the queue of that name), each confirmed by the
-// broker before Publish returns. It connects on demand: a Publish while
-// the broker is down fails at once, the next one dials again.
-type confirmPublisher struct {
-	url  string
-	mu   sync.Mutex
-	conn *amqp091.Connection
-	ch   *amqp091.Channel
-}
-
-func (p *confirmPublisher) Publish(topic string, msgs ...*message.Message) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.open(); err != nil {
-		return err
-	}
-	pending := make([]*amqp091.DeferredConfirmation, len(msgs))
-	for i, m := range msgs {
-		pub, err := amqp.DefaultMarshaler{}.Marshal(m)
-		if err != nil {
-			return err
-		}
-		pending[i], err = p.ch.PublishWithDeferredConfirmWithContext(context.Background(), "", topic, false, false, pub)
-		if err != nil {
-			p.drop()
-			return fmt.Errorf("publish message %s: %w", m.UUID, err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for i, dc := range pending {
-		// A channel closed before the confirm nacks every pending one.
-		if ok, err := dc.WaitContext(ctx); !ok {
-			p.drop()
-			return fmt.Errorf("message %s not confirmed by the broker: %w", msgs[i].UUID, cmpErr(err, errors.New("nack or channel closed")))
-		}
-	}
-	return nil
-}
-
-func cmpErr(err, def error) error {
-	if err != nil {
-		return err
-	}
-	return def
-}
-
-func (p *confirmPublisher) open() error {
-	if p.ch != nil && !p.ch.IsClosed() {
-		return nil
-	}
-	p.drop()
-	conn, err := dialAMQP()
-	if err != nil {
-		return fmt.Errorf("connect to AMQP: %w", err)
-	}
-	ch, err := conn.Channel()
-	if err == nil {
-		err = ch.Confirm(false)
-	}
-	if err != nil {
-		_ = conn.Close()
-		return fmt.Errorf("open confirm channel: %w", err)
-	}
-	p.conn, p.ch = conn, ch
-	return nil
-}
-
-func (p *confirmPublisher) drop() {
-	if p.conn != nil {
-		_ = p.conn.Close()
-	}
-	p.conn, p.ch = nil, nil
-}
-
-func (p *confirmPublisher) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.drop()
-	return nil
-}
-
 // declareQueue declares a durable queue: it survives the broker's restart,
 // and with persistent messages so does its content.
 func declareQueue(t *testing.T, name string) {
@@ -369,6 +287,7 @@ func deleteQueue(t *testing.T, name string) {
 type queueConsumer struct {
 	mu       sync.Mutex
 	received map[string]int
+	log      []delivery // every message whose payload is a placed event, in arrival order
 }
 
 func startQueueConsumer(t *testing.T, queue string) *queueConsumer {
@@ -416,8 +335,12 @@ func (c *queueConsumer) session(ctx context.Context, queue string) {
 			}
 			msg, err := amqp.DefaultMarshaler{}.Unmarshal(d)
 			if err == nil {
+				e, perr := decodePlaced(msg)
 				c.mu.Lock()
 				c.received[msg.UUID]++
+				if perr == nil {
+					c.log = append(c.log, delivery{UUID: msg.UUID, Event: e, At: time.Now()})
+				}
 				c.mu.Unlock()
 			}
 			_ = d.Ack(false)
@@ -436,6 +359,24 @@ func (c *queueConsumer) missing(uuids []string) int {
 		}
 	}
 	return n
+}
+
+// count returns the number of messages received, duplicates included.
+func (c *queueConsumer) count() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for _, k := range c.received {
+		n += int64(k)
+	}
+	return n
+}
+
+// deliveries returns the placed events received, in arrival order.
+func (c *queueConsumer) deliveries() []delivery {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]delivery(nil), c.log...)
 }
 
 func (c *queueConsumer) duplicates() int {

@@ -21,6 +21,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"github.com/stretchr/testify/require"
+	bamqp "github.com/txoutbox/txoutbox/brokers/amqp"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
@@ -35,6 +36,9 @@ import (
 const (
 	childEnv    = "TXOUTBOX_CHAOS_CHILD"
 	childDSNEnv = "TXOUTBOX_CHAOS_DSN"
+	// childAMQPQueueEnv, when set, makes the subprocess publish to that
+	// RabbitMQ queue through brokers/amqp instead of the deliveries table.
+	childAMQPQueueEnv = "TXOUTBOX_CHAOS_AMQP_QUEUE"
 )
 
 // Shape of TestSIGKILLForwarder.
@@ -46,17 +50,22 @@ const (
 	killConfirmLag = 20 * time.Millisecond // per Publish, after the delivery is recorded
 )
 
-// TestSIGKILLForwarder kills a forwarder process with SIGKILL in the middle
-// of batches, five times, restarting it each time, then lets a last one
-// drain the outbox. The subprocess publishes to deliveryLog, which records
-// every published message in a table, committed before Publish returns,
-// so what was published survives the kill. Every event must be delivered
-// at least once, the duplicates must not exceed one batch per kill, and per
-// key the first deliveries must follow the commit order.
+// killSink is where the forwarder subprocess of runSIGKILL publishes, and
+// what the test reads back: the deliveries, in the order they arrived.
+type killSink struct {
+	// env tells the subprocess where to publish.
+	env []string
+	// delivered counts the messages that arrived so far.
+	delivered func() int64
+	// deliveries returns every message that arrived, in order.
+	deliveries func() []delivery
+}
+
+// TestSIGKILLForwarder runs the SIGKILL scenario (runSIGKILL) with a
+// publisher that records every published message in a table, committed
+// before Publish returns, so what was published survives the kill.
 func TestSIGKILLForwarder(t *testing.T) {
-	ctx := context.Background()
 	db, schema := testdb.OpenPostgres(t)
-	require.NoError(t, gormstore.Migrate(ctx, db))
 	require.NoError(t, db.Exec(`CREATE TABLE deliveries (
 	seq      BIGSERIAL PRIMARY KEY,
 	uuid     TEXT NOT NULL,
@@ -64,6 +73,51 @@ func TestSIGKILLForwarder(t *testing.T) {
 	key      TEXT NOT NULL,
 	kseq     INTEGER NOT NULL
 )`).Error)
+	runSIGKILL(t, db, schema, killSink{
+		delivered: func() int64 { return testdb.Count(t, db, "deliveries", "") },
+		deliveries: func() []delivery {
+			var rows []struct {
+				UUID    string
+				EventID string
+				Key     string
+				Kseq    int
+			}
+			require.NoError(t, db.Raw(`SELECT uuid, event_id, key, kseq FROM deliveries ORDER BY seq`).Scan(&rows).Error)
+			ds := make([]delivery, len(rows))
+			for i, r := range rows {
+				ds[i] = delivery{UUID: r.UUID, Event: placed{ID: r.EventID, Key: r.Key, Seq: r.Kseq}}
+			}
+			return ds
+		},
+	})
+}
+
+// TestSIGKILLForwarderRabbitMQ runs the SIGKILL scenario (runSIGKILL) into
+// RabbitMQ through package brokers/amqp, and counts what a separate
+// consumer received from the queue, by message UUID.
+func TestSIGKILLForwarderRabbitMQ(t *testing.T) {
+	addr := amqpAddr(t)
+	require.True(t, portOpen(addr), "RabbitMQ is not answering at %s (run scripts/ensure-services.sh rabbitmq, or `make test-chaos`)", addr)
+	db, schema := testdb.OpenPostgres(t)
+	queue := "txoutbox_chaos_kill_" + randomHex(6)
+	declareQueue(t, queue)
+	t.Cleanup(func() { deleteQueue(t, queue) })
+	consumer := startQueueConsumer(t, queue)
+	runSIGKILL(t, db, schema, killSink{
+		env:        []string{childAMQPQueueEnv + "=" + queue},
+		delivered:  consumer.count,
+		deliveries: consumer.deliveries,
+	})
+}
+
+// runSIGKILL kills a forwarder process with SIGKILL in the middle of
+// batches, five times, restarting it each time, then lets a last one drain
+// the outbox. Every event must arrive at the sink at least once, the
+// duplicates must not exceed one batch per kill, and per key the first
+// deliveries must follow the commit order.
+func runSIGKILL(t *testing.T, db *gorm.DB, schema string, sink killSink) {
+	ctx := context.Background()
+	require.NoError(t, gormstore.Migrate(ctx, db))
 	store, err := gormstore.New(db, gormstore.Config{})
 	require.NoError(t, err)
 	tr, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: store})
@@ -100,12 +154,13 @@ func TestSIGKILLForwarder(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), childEnv+"=forwarder", childDSNEnv+"="+testdb.SchemaURL(t, schema))
+		cmd.Env = append(cmd.Env, sink.env...)
 		cmd.Stdout, cmd.Stderr = &out, &out
 		require.NoError(t, cmd.Start())
 		current = cmd
 		return cmd
 	}
-	delivered := func() int64 { return testdb.Count(t, db, "deliveries", "") }
+	delivered := sink.delivered
 	pending := func() int64 { return testdb.Count(t, db, gormstore.DefaultTable, "") }
 
 	kills := 0
@@ -141,29 +196,26 @@ func TestSIGKILLForwarder(t *testing.T) {
 	require.NoError(t, cmd.Wait(), "the forwarder subprocess must stop cleanly on SIGINT")
 	current = nil
 
-	var rows []struct {
-		UUID    string
-		EventID string
-		Key     string
-		Kseq    int
-	}
-	require.NoError(t, db.Raw(`SELECT uuid, event_id, key, kseq FROM deliveries ORDER BY seq`).Scan(&rows).Error)
-	ds := make([]delivery, len(rows))
+	// Deliveries may still be on their way to the sink.
+	eventually(t, 30*time.Second, 50*time.Millisecond, func() (bool, string) {
+		n := delivered()
+		return n >= killEvents, fmt.Sprintf("%d deliveries", n)
+	}, "fewer deliveries than events")
+	ds := sink.deliveries()
 	uuidOf := map[string]string{} // event ID -> message UUID
-	for i, r := range rows {
-		ds[i] = delivery{UUID: r.UUID, Event: placed{ID: r.EventID, Key: r.Key, Seq: r.Kseq}}
-		if u, ok := uuidOf[r.EventID]; ok {
-			require.Equal(t, u, r.UUID, "event %s redelivered with another message UUID", r.EventID)
+	for _, d := range ds {
+		if u, ok := uuidOf[d.Event.ID]; ok {
+			require.Equal(t, u, d.UUID, "event %s redelivered with another message UUID", d.Event.ID)
 		}
-		uuidOf[r.EventID] = r.UUID
+		uuidOf[d.Event.ID] = d.UUID
 	}
 	for n := range killEvents {
 		_, ok := uuidOf[strconv.Itoa(n)]
 		require.True(t, ok, "event %d was never delivered", n)
 	}
 	require.Len(t, uuidOf, killEvents, "deliveries of events that were never committed")
-	dups := len(rows) - killEvents
-	t.Logf("%d deliveries for %d events after %d kills: %d duplicates (bound %d)", len(rows), killEvents, kills, dups, kills*killBatchSize)
+	dups := len(ds) - killEvents
+	t.Logf("%d deliveries for %d events after %d kills: %d duplicates (bound %d)", len(ds), killEvents, kills, dups, kills*killBatchSize)
 	require.LessOrEqual(t, dups, kills*killBatchSize, "more duplicates than one batch per kill")
 	requireFirstDeliveriesInOrder(t, ds)
 }
@@ -193,7 +245,19 @@ func runChild() int {
 		return fail(err)
 	}
 	defer logDB.Close()
-	fw, err := outbox.NewForwarder(store, &deliveryLog{db: logDB}, outbox.ForwarderConfig{
+	var pub message.Publisher = &deliveryLog{db: logDB}
+	if queue := os.Getenv(childAMQPQueueEnv); queue != "" {
+		// Every event goes to the test's queue, whatever its topic.
+		ap, err := bamqp.NewPublisher(ctx, bamqp.Config{URL: amqpURL(), Queue: func(string) string { return queue }})
+		if err != nil {
+			return fail(err)
+		}
+		defer ap.Close()
+		pub = lagging{ap}
+	} else {
+		pub = lagging{pub}
+	}
+	fw, err := outbox.NewForwarder(store, pub, outbox.ForwarderConfig{
 		BatchSize:    killBatchSize,
 		PollInterval: 200 * time.Millisecond,
 		MinBackoff:   50 * time.Millisecond,
@@ -211,8 +275,7 @@ func runChild() int {
 
 // deliveryLog is a publisher that records each message in the deliveries
 // table: one autocommit INSERT per Publish call, committed before Publish
-// returns. It then waits killConfirmLag, like a broker confirm, which is
-// where most kills land: published, but not yet marked delivered.
+// returns.
 type deliveryLog struct {
 	db *sql.DB
 }
@@ -235,11 +298,22 @@ ORDER BY o`, uuids, ids, keys, seqs)
 	if err != nil {
 		return fmt.Errorf("record deliveries: %w", err)
 	}
-	time.Sleep(killConfirmLag)
 	return nil
 }
 
 func (p *deliveryLog) Close() error { return nil }
+
+// lagging waits killConfirmLag after each successful Publish, which is
+// where most kills land: published, but not yet marked delivered.
+type lagging struct{ message.Publisher }
+
+func (p lagging) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.Publisher.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	time.Sleep(killConfirmLag)
+	return nil
+}
 
 // lockedBuffer is an io.Writer safe for the two pipes of a subprocess.
 type lockedBuffer struct {
