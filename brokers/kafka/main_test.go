@@ -140,6 +140,17 @@ func (c *consumer) duplicates() int {
 	return n
 }
 
+// duplicatesOf returns how many extra copies of uuids were received.
+func (c *consumer) duplicatesOf(uuids []string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, u := range uuids {
+		n += max(c.received[u]-1, 0)
+	}
+	return n
+}
+
 func newSubscriber(t *testing.T, cfg kafka.Config) message.Subscriber {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
