@@ -426,6 +426,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg Config, topic
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, jetstream.ErrInvalidStreamName) {
+		return fmt.Errorf("topic %q is not a valid stream name: auto-provisioning names the stream after the topic (use letters, digits, '-' and '_', or create the streams and set DisableAutoProvision): %w", topic, err)
+	}
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("look up stream %s: %w", topic, err)
 	}

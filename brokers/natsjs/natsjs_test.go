@@ -138,9 +138,18 @@ func TestRoundTrip(t *testing.T) {
 		msgs := keyedMessages(20, 3)
 		require.NoError(t, pub.Publish(topic, msgs...))
 
-		ch := subscribe(t, natsjs.Config{}, topic)
+		group := randomName("group_")
+		ch := subscribe(t, natsjs.Config{ConsumerGroup: group}, topic)
 		requireSame(t, msgs, receive(t, ch, len(msgs)))
 		requireNoMore(t, ch, 300*time.Millisecond)
+
+		s, err := admin(t).Stream(t.Context(), topic)
+		require.NoError(t, err)
+		require.Equal(t, []string{topic}, s.CachedInfo().Config.Subjects)
+		c, err := s.Consumer(t.Context(), group+"_"+topic)
+		require.NoError(t, err, "the durable consumer is named ConsumerGroup_topic")
+		require.Equal(t, jetstream.DeliverAllPolicy, c.CachedInfo().Config.DeliverPolicy)
+		require.Equal(t, jetstream.AckExplicitPolicy, c.CachedInfo().Config.AckPolicy)
 	})
 
 	t.Run("subscribe first", func(t *testing.T) {
@@ -222,6 +231,28 @@ func TestDisableAutoProvision(t *testing.T) {
 	requireSame(t, msgs, receive(t, ch, len(msgs)))
 }
 
+func TestStreamDeletedBehindThePublisher(t *testing.T) {
+	t.Parallel()
+	pub := newPublisher(t, natsjs.Config{})
+	topic := newTopic(t, pub)
+	require.NoError(t, pub.Publish(topic, keyedMessages(1, 1)...))
+	require.NoError(t, admin(t).DeleteStream(t.Context(), topic))
+
+	err := pub.Publish(topic, keyedMessages(1, 1)...)
+	require.ErrorIs(t, err, natsjs.ErrNoStream, "never a silent drop")
+	msgs := keyedMessages(3, 1)
+	require.NoError(t, pub.Publish(topic, msgs...), "the next Publish provisions the stream again")
+	requireSame(t, msgs, receive(t, subscribe(t, natsjs.Config{}, topic), 3))
+}
+
+func TestTopicThatIsNoStreamName(t *testing.T) {
+	t.Parallel()
+	pub := newPublisher(t, natsjs.Config{})
+	err := pub.Publish("orders.placed", keyedMessages(1, 1)...)
+	require.ErrorContains(t, err, "not a valid stream name")
+	require.ErrorContains(t, err, "DisableAutoProvision")
+}
+
 func TestReservedMetadataIsRefused(t *testing.T) {
 	t.Parallel()
 	pub := newPublisher(t, natsjs.Config{})
@@ -299,6 +330,9 @@ func TestUnreachable(t *testing.T) {
 	for name, url := range map[string]string{
 		"refused": "nats://127.0.0.1:1",
 		"silent":  "nats://" + silentListener(t),
+		// nats.go gives each server of a list ConnectTimeout of its own;
+		// NewPublisher gives all of them ConnectTimeout together.
+		"three silent": "nats://" + silentListener(t) + ",nats://" + silentListener(t) + ",nats://" + silentListener(t),
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
