@@ -27,13 +27,13 @@ func TestMain(m *testing.M) {
 }
 
 // newCluster starts an in-process kfake cluster (three brokers unless
-// opts say otherwise), closed when t ends, and returns its addresses.
-func newCluster(t *testing.T, opts ...kfake.Opt) []string {
+// opts say otherwise), closed when t ends.
+func newCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
 	t.Helper()
 	c, err := kfake.NewCluster(opts...)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
-	return c.ListenAddrs()
+	return c
 }
 
 // createTopic creates topic with the given number of partitions.

@@ -168,7 +168,7 @@ func TestForwarderToConsumerGroup(t *testing.T) {
 		keys       = 25
 		partitions = 8
 	)
-	brokers := newCluster(t)
+	brokers := newCluster(t).ListenAddrs()
 	topic := randomName("relay")
 	createTopic(t, brokers, topic, partitions)
 	cfg := kafka.Config{Brokers: brokers, ConsumerGroup: randomName("group")}

@@ -29,7 +29,7 @@ func TestRoundTrip(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			brokers := newCluster(t)
+			brokers := newCluster(t).ListenAddrs()
 			topic := randomName("roundtrip")
 			createTopic(t, brokers, topic, 4)
 			cfg := kafka.Config{Brokers: brokers, ConsumerGroup: randomName("group")}
