@@ -15,7 +15,8 @@ import (
 // TestRoundTrip publishes keyed and unkeyed messages in one Publish and
 // checks that the subscriber receives each once with its UUID, metadata
 // and payload, the keyed ones in order per key and with the partition key
-// as the Kafka record key: once published before any subscriber exists
+// as the Kafka record key, the unkeyed ones with a nil key (spread over
+// the partitions): once published before any subscriber exists
 // (the group reads from the oldest offset), once with the subscriber
 // already consuming.
 func TestRoundTrip(t *testing.T) {
@@ -35,12 +36,12 @@ func TestRoundTrip(t *testing.T) {
 			cfg := kafka.Config{Brokers: brokers, ConsumerGroup: randomName("group")}
 			pub := newPublisher(t, cfg)
 
-			msgs := make([]*message.Message, 0, 24)
-			for i := range 24 {
+			msgs := make([]*message.Message, 0, 48)
+			for i := range 48 {
 				m := message.NewMessage(outbox.NewUUID(), fmt.Appendf(nil, `{"n":%d}`, i))
 				m.Metadata.Set(outbox.MetadataName, "Placed")
 				m.Metadata.Set("custom", fmt.Sprintf("value %d é", i))
-				if i%6 != 5 { // every sixth is unkeyed
+				if i%2 == 0 { // every other one is unkeyed
 					m.Metadata.Set(outbox.MetadataPartitionKey, fmt.Sprintf("key-%d", i%3))
 				}
 				msgs = append(msgs, m)
@@ -83,19 +84,26 @@ func TestRoundTrip(t *testing.T) {
 				}
 			}
 			want := map[string][]string{}
+			unkeyedPartitions := map[int32]bool{}
 			for _, m := range msgs {
 				r := byUUID[m.UUID]
 				require.Equal(t, string(m.Payload), string(r.Payload), "payload of %s", m.UUID)
 				require.Equal(t, m.Metadata, r.Metadata, "metadata of %s", m.UUID)
 				key := m.Metadata.Get(outbox.MetadataPartitionKey)
 				if key == "" {
-					require.Empty(t, r.Key, "record key of unkeyed message %s", m.UUID)
+					// A nil key, not an empty one: Sarama sends nil keys to
+					// random partitions, an empty key to one partition.
+					require.Nil(t, r.Key, "record key of unkeyed message %s", m.UUID)
+					unkeyedPartitions[r.Partition] = true
 					continue
 				}
 				require.Equal(t, key, string(r.Key), "record key of %s", m.UUID)
 				want[key] = append(want[key], m.UUID)
 			}
 			require.Equal(t, want, order, "order per key")
+			// 24 unkeyed messages all on one of 4 partitions by chance:
+			// probability 4^-23.
+			require.Greater(t, len(unkeyedPartitions), 1, "unkeyed messages all on one partition")
 		})
 	}
 }
