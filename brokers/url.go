@@ -1,4 +1,4 @@
-package broker
+package brokers
 
 import (
 	"errors"
@@ -15,17 +15,17 @@ import (
 // Kind names a broker.
 type Kind string
 
-// The brokers the example app can use.
+// The brokers Open can connect to.
 const (
 	// GoChannel is Watermill's in-process Pub/Sub, the default.
 	GoChannel Kind = "gochannel"
-	// AMQP is RabbitMQ (watermill-amqp/v3).
+	// AMQP is RabbitMQ (package brokers/amqp).
 	AMQP Kind = "amqp"
-	// NATS is NATS JetStream (watermill-nats/v2).
+	// NATS is NATS JetStream (package brokers/natsjs).
 	NATS Kind = "nats"
-	// Redis is Redis Streams (watermill-redisstream).
+	// Redis is Redis Streams (package brokers/redisstream).
 	Redis Kind = "redis"
-	// Kafka is Apache Kafka (watermill-kafka/v3).
+	// Kafka is Apache Kafka (package brokers/kafka).
 	Kafka Kind = "kafka"
 )
 
