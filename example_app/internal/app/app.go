@@ -14,8 +14,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/bus"
-	"github.com/txoutbox/txoutbox/example_app/internal/broker"
 	"github.com/txoutbox/txoutbox/example_app/internal/httpapi"
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
@@ -41,7 +41,7 @@ type Config struct {
 	DB *gorm.DB
 	// Broker carries the events from the forwarder to the consumer.
 	// Required. The app does not close it.
-	Broker *broker.Broker
+	Broker *brokers.Broker
 	// Topic is the topic of the order events. Optional; default
 	// DefaultTopic. Letters, digits, '-' and '_' only, so that it is a valid
 	// name on every broker (it names a RabbitMQ queue, a NATS stream, a
@@ -181,7 +181,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		wmiddleware.Recoverer,
 	)
 
-	a.Handler, err = httpapi.New(httpapi.Config{Bus: a.Bus, DB: cfg.DB, Stats: store.Stats, Metrics: metricsHandler, Logger: cfg.Logger})
+	a.Handler, err = httpapi.New(httpapi.Config{Bus: a.Bus, DB: cfg.DB, Stats: store.Stats, Broker: cfg.Broker.Health, Metrics: metricsHandler, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}

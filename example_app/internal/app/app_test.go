@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/example_app/internal/app"
-	"github.com/txoutbox/txoutbox/example_app/internal/broker"
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
 	"github.com/txoutbox/txoutbox/internal/testdb"
@@ -33,7 +33,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	t.Parallel()
 	_, err := app.New(t.Context(), app.Config{})
 	require.Error(t, err)
-	b, err := broker.Open(t.Context(), broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	b, err := brokers.Open(t.Context(), "", brokers.Options{})
 	require.NoError(t, err)
 	defer b.Close()
 	_, err = app.New(t.Context(), app.Config{DB: testdb.OpenSQLite(t), Broker: b, Topic: "a.b"})
@@ -51,7 +51,7 @@ func TestBusToReadModelAcrossRestarts(t *testing.T) {
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		var hooked atomic.Int64
 		newApp := func() *app.App {
-			b, err := broker.Open(ctx, broker.Config{Kind: broker.GoChannel}, broker.Options{})
+			b, err := brokers.Open(ctx, "", brokers.Options{})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = b.Close() })
 			a, err := app.New(ctx, app.Config{DB: db, Broker: b, Logger: log, AfterCommit: []func(middleware.AfterCommitParams){
@@ -104,7 +104,7 @@ func TestBusToReadModelAcrossRestarts(t *testing.T) {
 // says so.
 func TestRunStopsWhileStarting(t *testing.T) {
 	t.Parallel()
-	b, err := broker.Open(t.Context(), broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	b, err := brokers.Open(t.Context(), "", brokers.Options{})
 	require.NoError(t, err)
 	defer b.Close()
 	var logs bytes.Buffer // slog's handler serialises writes; read after Run returned

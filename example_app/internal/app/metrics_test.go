@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/example_app/internal/app"
-	"github.com/txoutbox/txoutbox/example_app/internal/broker"
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
 	"github.com/txoutbox/txoutbox/internal/testdb"
@@ -23,7 +23,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	db := testdb.Open(t, testdb.SQLite)
-	b, err := broker.Open(ctx, broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	b, err := brokers.Open(ctx, "", brokers.Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Close() })
 	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/example_app/internal/app"
-	"github.com/txoutbox/txoutbox/example_app/internal/broker"
 	"github.com/txoutbox/txoutbox/example_app/internal/database"
 	"github.com/txoutbox/txoutbox/example_app/internal/demo"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
@@ -106,7 +106,7 @@ type settings struct {
 	keep        bool
 
 	db     database.Config
-	broker broker.Config
+	broker brokers.Config
 }
 
 // usageError is a configuration problem: exit code 2.
@@ -158,7 +158,7 @@ func parse(args []string, getenv func(string) string) (settings, error) {
 	}
 
 	var err error
-	if s.broker, err = broker.ParseURL(s.brokerURL); err != nil {
+	if s.broker, err = brokers.ParseURL(s.brokerURL); err != nil {
 		return s, usageError{err}
 	}
 	if s.db, err = database.ParseURL(s.dbURL, s.dataDir); err != nil {
@@ -223,20 +223,23 @@ func newLogger(w io.Writer, level slog.Level) *slog.Logger {
 }
 
 // connect opens the database and the broker.
-func connect(ctx context.Context, s settings, log *slog.Logger) (*gorm.DB, *broker.Broker, error) {
+func connect(ctx context.Context, s settings, log *slog.Logger) (*gorm.DB, *brokers.Broker, error) {
 	db, err := database.Open(ctx, s.db, connectTimeout)
 	if err != nil {
 		return nil, nil, err
 	}
-	b, err := broker.Open(ctx, s.broker, broker.Options{
+	// The broker may be down: the app starts anyway, takes orders, and
+	// relays once the broker answers. Only a bad URL fails here.
+	b, err := brokers.OpenConfig(ctx, s.broker, brokers.Options{
 		ConsumerGroup:  ConsumerGroup,
 		ConnectTimeout: connectTimeout,
+		Logger:         log,
 	})
 	if err != nil {
 		_ = database.Close(db)
 		return nil, nil, err
 	}
-	log.Info("connected", "database", s.db.String(), "broker", s.broker.String())
+	log.Info("opened", "database", s.db.String(), "broker", s.broker.String(), "broker_connected", b.Health(ctx) == nil)
 	return db, b, nil
 }
 
@@ -301,6 +304,11 @@ func runDemo(ctx context.Context, s settings, stdout, stderr io.Writer) error {
 	}
 	defer database.Close(db)
 	defer b.Close()
+	// A service waits for its broker; the demo measures a round trip
+	// through it, so it stops when there is none.
+	if err := b.Health(ctx); err != nil {
+		return err
+	}
 
 	rec := demo.NewRecorder(prefix)
 	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Topic: s.topic, Logger: log, AfterCommit: []func(middleware.AfterCommitParams){rec.AfterCommit}})

@@ -118,30 +118,54 @@ func TestBadConfigHidesPasswords(t *testing.T) {
 // exit code 1.
 func TestUnreachableExitsWithOne(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ name, key, url, want string }{
-		{"amqp", "BROKER_URL", "amqp://guest:guest@127.0.0.1:1/", "broker unreachable: amqp at 127.0.0.1:1"},
-		{"nats", "BROKER_URL", "nats://127.0.0.1:1", "broker unreachable: nats at 127.0.0.1:1"},
-		{"redis", "BROKER_URL", "redis://127.0.0.1:1", "broker unreachable: redis at 127.0.0.1:1"},
-		{"kafka", "BROKER_URL", "kafka://127.0.0.1:1", "broker unreachable: kafka at 127.0.0.1:1"},
-		{"postgres", "DATABASE_URL", "postgres://postgres@127.0.0.1:1/test?sslmode=disable", "database unreachable: postgres postgres://postgres@127.0.0.1:1/test"},
+	for _, tc := range []struct {
+		name, key, url, want string
+		args                 []string
+	}{
+		{"amqp", "BROKER_URL", "amqp://guest:guest@127.0.0.1:1/", "broker unreachable: amqp at 127.0.0.1:1", []string{"demo"}},
+		{"nats", "BROKER_URL", "nats://127.0.0.1:1", "broker unreachable: nats at 127.0.0.1:1", []string{"demo"}},
+		{"redis", "BROKER_URL", "redis://127.0.0.1:1", "broker unreachable: redis at 127.0.0.1:1", []string{"demo"}},
+		{"kafka", "BROKER_URL", "kafka://127.0.0.1:1", "broker unreachable: kafka at 127.0.0.1:1", []string{"demo"}},
+		{"postgres", "DATABASE_URL", "postgres://postgres@127.0.0.1:1/test?sslmode=disable", "database unreachable: postgres postgres://postgres@127.0.0.1:1/test", nil},
+		{"postgres-demo", "DATABASE_URL", "postgres://postgres@127.0.0.1:1/test?sslmode=disable", "database unreachable: postgres postgres://postgres@127.0.0.1:1/test", []string{"demo"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			for _, args := range [][]string{nil, {"demo"}} {
-				dir := t.TempDir()
-				env := map[string]string{"DATA_DIR": dir, "HTTP_ADDR": "127.0.0.1:0", tc.key: tc.url}
-				r := mainWith(t.Context(), env, args...)
-				require.Equal(t, cli.ExitFailure, r.code, r.stderr)
-				require.Contains(t, r.stderr, tc.want)
-				require.Less(t, r.took, 10*time.Second)
-				require.Empty(t, r.stdout)
-				if len(args) > 0 {
-					entries, err := os.ReadDir(dir)
-					require.NoError(t, err)
-					require.Empty(t, entries, "the demo removes its database file also when it could not start")
-				}
+			dir := t.TempDir()
+			env := map[string]string{"DATA_DIR": dir, "HTTP_ADDR": "127.0.0.1:0", tc.key: tc.url}
+			r := mainWith(t.Context(), env, tc.args...)
+			require.Equal(t, cli.ExitFailure, r.code, r.stderr)
+			require.Contains(t, r.stderr, tc.want)
+			require.Less(t, r.took, 10*time.Second)
+			require.Empty(t, r.stdout)
+			if len(tc.args) > 0 {
+				entries, err := os.ReadDir(dir)
+				require.NoError(t, err)
+				require.Empty(t, entries, "the demo removes its database file also when it could not start")
 			}
 		})
+	}
+}
+
+// The service starts while its broker does not answer: it serves, says
+// that the broker is down, and stops cleanly.
+func TestServeStartsWithoutBroker(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(t.Context())
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	env := map[string]string{"DATA_DIR": t.TempDir(), "HTTP_ADDR": "127.0.0.1:0", "BROKER_URL": "amqp://guest:guest@127.0.0.1:1/"}
+	go func() { done <- cli.Main(ctx, nil, &stdout, &stderr, func(k string) string { return env[k] }) }()
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "listening on http://127.0.0.1:") },
+		10*time.Second, 10*time.Millisecond, stderr.String())
+	require.Contains(t, stderr.String(), "broker not reachable; retrying in the background")
+	require.Contains(t, stderr.String(), "broker_connected=false")
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, cli.ExitOK, code, stderr.String())
+	case <-time.After(15 * time.Second):
+		t.Fatal("the service did not stop")
 	}
 }
 

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/example_app/internal/app"
-	"github.com/txoutbox/txoutbox/example_app/internal/broker"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
@@ -35,7 +35,7 @@ func TestPercentile(t *testing.T) {
 func TestRunDetectsProblems(t *testing.T) {
 	t.Parallel()
 	db := testdb.OpenSQLite(t)
-	b, err := broker.Open(t.Context(), broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	b, err := brokers.Open(t.Context(), "", brokers.Options{})
 	require.NoError(t, err)
 	defer b.Close()
 	const prefix = "demo-test"

@@ -28,6 +28,9 @@ type Config struct {
 	DB *gorm.DB
 	// Stats reports the outbox for GET /healthz. Optional.
 	Stats func(ctx context.Context) (outbox.Stats, error)
+	// Broker reports whether the broker answers, for GET /healthz
+	// (brokers.Broker.Health). Optional.
+	Broker func(ctx context.Context) error
 	// Metrics serves GET /metrics. Optional.
 	Metrics http.Handler
 	// Logger receives the errors answered with 500. Optional; default
@@ -139,8 +142,11 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 
 // HealthResponse is the body of GET /healthz.
 type HealthResponse struct {
-	// Status is "ok".
+	// Status is "ok", or "degraded" while the broker does not answer: the
+	// service still takes commands, and their events wait in the outbox.
 	Status string `json:"status"`
+	// Broker is "ok", or "down: " and the reason.
+	Broker string `json:"broker,omitempty"`
 	// OutboxPending counts events not yet published.
 	OutboxPending int64 `json:"outbox_pending"`
 	// OutboxFailed counts events parked after too many failed publishes.
@@ -158,6 +164,12 @@ func (a *api) health(w http.ResponseWriter, r *http.Request) {
 		}
 		resp.OutboxPending, resp.OutboxFailed = st.Pending, st.Failed
 		resp.OldestPendingSeconds = st.OldestPendingAge.Seconds()
+	}
+	if a.cfg.Broker != nil {
+		resp.Broker = "ok"
+		if err := a.cfg.Broker(r.Context()); err != nil {
+			resp.Status, resp.Broker = "degraded", "down: "+err.Error()
+		}
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

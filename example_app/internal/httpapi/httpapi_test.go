@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/example_app/internal/app"
-	"github.com/txoutbox/txoutbox/example_app/internal/broker"
 	"github.com/txoutbox/txoutbox/example_app/internal/httpapi"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
 	"github.com/txoutbox/txoutbox/internal/testdb"
@@ -23,7 +23,7 @@ import (
 // serve runs the whole app (GoChannel broker) on db and returns its URL.
 func serve(t *testing.T, db *gorm.DB) string {
 	t.Helper()
-	b, err := broker.Open(t.Context(), broker.Config{Kind: broker.GoChannel}, broker.Options{})
+	b, err := brokers.Open(t.Context(), "", brokers.Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -158,7 +158,7 @@ func TestAPI(t *testing.T) {
 				break
 			}
 		}
-		require.Equal(t, map[string]any{"status": "ok", "outbox_pending": 0.0, "outbox_failed": 0.0, "oldest_pending_seconds": 0.0}, a.body)
+		require.Equal(t, map[string]any{"status": "ok", "broker": "ok", "outbox_pending": 0.0, "outbox_failed": 0.0, "oldest_pending_seconds": 0.0}, a.body)
 		require.EqualValues(t, 4, testdb.Count(t, db, "projected_events", ""))
 		require.EqualValues(t, 4, testdb.Count(t, db, "txoutbox_inbox", "consumer = ?", readmodel.Consumer))
 	})
