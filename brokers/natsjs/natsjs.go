@@ -100,6 +100,12 @@ type Config struct {
 	// NakDelay is how long JetStream waits before delivering a nacked
 	// message again. Optional; default DefaultNakDelay (100ms).
 	NakDelay time.Duration
+	// AckSync makes the subscriber wait for the server to confirm each
+	// ack before it takes the next message. Optional; default false: an
+	// ack is sent without waiting, since waiting costs a round trip per
+	// message, and a lost ack only makes JetStream deliver the message
+	// again after AckWait.
+	AckSync bool
 	// NatsOptions are extra nats.go options for both connections, for
 	// credentials (nats.UserCredentials) or TLS. Optional. The package
 	// applies its own after them: nats.Timeout(ConnectTimeout),
@@ -522,6 +528,10 @@ func NewSubscriber(ctx context.Context, cfg Config) (message.Subscriber, error) 
 		DurableCalculator: func(prefix, topic string) string {
 			return prefix + "_" + topic
 		},
+		// An ack is sent without waiting for the server's reply: waiting
+		// costs a round trip per message and caps a consumer at a few
+		// thousand messages a second. A lost ack is a redelivery.
+		AckAsync: !cfg.AckSync,
 	}
 	sub, err := wnats.NewSubscriberWithNatsConn(nc, wnats.SubscriberSubscriptionConfig{
 		Unmarshaler:       &wnats.NATSMarshaler{},

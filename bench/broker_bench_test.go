@@ -1,0 +1,217 @@
+package bench_test
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/txoutbox/txoutbox/brokers"
+	"github.com/txoutbox/txoutbox/brokers/amqp"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/outbox"
+)
+
+// brokerEvents is the backlog BenchmarkRelayBroker drains per iteration.
+const brokerEvents = 50_000
+
+// brokerPrefetch is what the benchmark's RabbitMQ consumer holds
+// unacknowledged: with the default of 1 the consumer, not the relay,
+// would set the pace.
+const brokerPrefetch = 1000
+
+// brokerURL returns the URL of a real broker of kind on this machine; for
+// Kafka it starts an in-process kfake cluster of 8 partitions per topic.
+func brokerURL(b *testing.B, kind brokers.Kind) string {
+	switch kind {
+	case brokers.AMQP:
+		return cmp.Or(os.Getenv("TEST_AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/")
+	case brokers.NATS:
+		return cmp.Or(os.Getenv("TEST_NATS_URL"), "nats://127.0.0.1:4222")
+	case brokers.Redis:
+		return cmp.Or(os.Getenv("TEST_REDIS_URL"), "redis://127.0.0.1:6379/0")
+	case brokers.Kafka:
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(8), kfake.AllowAutoTopicCreation())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(c.Close)
+		return "kafka://" + c.ListenAddrs()[0]
+	}
+	b.Fatalf("no broker URL for %s", kind)
+	return ""
+}
+
+// BenchmarkRelayBroker drains a pre-filled backlog of 50,000 events (50
+// keys, about 200-byte payloads) through outbox.Forwarder into a real
+// broker, timed from Run until a consumer on the broker's Subscriber has
+// received every event (broker=amqp, natsjs, redisstream, kafka; Kafka on
+// the in-process kfake cluster, for correctness and a rough figure). Each
+// broker's -floor runs in the same process: the same 50,000 messages,
+// ready-made, published by a bare loop through the same publisher in calls
+// of the forwarder's batch size, with no database, timed the same way.
+// Reports events/s and the CPU time per event of this process (the relay,
+// the publisher and the consumer: go-cpu-us/event), of PostgreSQL
+// (pg-cpu-us/event), and of every other process (broker-cpu-us/event: the
+// broker server, on a quiet machine); run it with -benchtime 1x.
+func BenchmarkRelayBroker(b *testing.B) {
+	kinds := []struct {
+		name string
+		kind brokers.Kind
+	}{
+		{"amqp", brokers.AMQP},
+		{"natsjs", brokers.NATS},
+		{"redisstream", brokers.Redis},
+		{"kafka", brokers.Kafka},
+	}
+	for _, k := range kinds {
+		for _, floor := range []bool{false, true} {
+			name := "broker=" + k.name
+			if floor {
+				name += "-floor"
+			}
+			b.Run(name, func(b *testing.B) {
+				var total time.Duration
+				var cpu cpuSample
+				for range b.N {
+					b.StopTimer()
+					r := drainBroker(b, k.kind, floor)
+					total += r.elapsed
+					cpu.goCPU += r.cpu.goCPU
+					cpu.pgCPU += r.cpu.pgCPU
+					cpu.others += r.cpu.others
+				}
+				events := float64(brokerEvents) * float64(b.N)
+				us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / events }
+				b.ReportMetric(events/total.Seconds(), "events/s")
+				b.ReportMetric(float64(total.Nanoseconds())/events, "ns/event")
+				b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
+				b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
+				b.ReportMetric(us(cpu.others), "broker-cpu-us/event")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
+	}
+}
+
+// drainBroker runs one drain (or, with floor, one bare publish loop) into
+// a fresh topic of kind and returns its wall time and CPU use.
+func drainBroker(b *testing.B, kind brokers.Kind, floor bool) drainResult {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	slogger, _ := newLogs(b)
+	// Every event is on eventTopic; on AMQP it goes to a queue of this
+	// drain's own.
+	queue := fmt.Sprintf("txoutbox_bench_%d", time.Now().UnixNano())
+	br, err := brokers.Open(ctx, brokerURL(b, kind), brokers.Options{
+		ConsumerGroup: "bench",
+		Logger:        slogger,
+		AMQP:          amqp.Config{Queue: func(string) string { return queue }, Prefetch: brokerPrefetch},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	if err := br.WaitConnected(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := br.DeleteTopic(ctx, eventTopic); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := br.DeleteTopic(context.Background(), eventTopic); err != nil {
+			b.Error(err)
+		}
+	}()
+
+	// The consumer subscribes first, so that its set-up is not timed.
+	ch, err := br.Subscriber.Subscribe(ctx, eventTopic)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var got atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		for m := range ch {
+			m.Ack()
+			if got.Add(1) == brokerEvents {
+				close(done)
+			}
+		}
+	}()
+	// The subscription exists once a first message round-trips.
+	probe := message.NewMessage("probe", []byte("{}"))
+	if err := br.Publisher.Publish(eventTopic, probe); err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, 30*time.Second, func() bool { return got.Load() == 1 })
+	got.Store(0)
+
+	var run func() error
+	var left func() int64
+	if floor {
+		msgs := readyMessages(b, brokerEvents)
+		run = func() error {
+			for i := 0; i < len(msgs); i += outbox.DefaultBatchSize {
+				if err := br.Publisher.Publish(eventTopic, msgs[i:min(i+outbox.DefaultBatchSize, len(msgs))]...); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		left = func() int64 { return 0 }
+	} else {
+		db, store := nativeStore(b, gormstore.Config{})
+		fillNative(b, db, store.Table(), brokerEvents)
+		fw, err := outbox.NewForwarder(store, br.Publisher, outbox.ForwarderConfig{Logger: slogger})
+		if err != nil {
+			b.Fatal(err)
+		}
+		fwCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		runErr := make(chan error, 1)
+		run = func() error {
+			go func() { runErr <- fw.Run(fwCtx) }()
+			select {
+			case <-done:
+			case err := <-runErr:
+				return fmt.Errorf("forwarder stopped: %w", err)
+			case <-time.After(drainTimeout):
+				return fmt.Errorf("received %d of %d events", got.Load(), brokerEvents)
+			}
+			stop()
+			return <-runErr
+		}
+		left = func() int64 { return testdb.Count(b, db, store.Table(), "") }
+	}
+	runtime.GC()
+
+	cpu := sampleCPU()
+	b.StartTimer()
+	start := time.Now()
+	if err := run(); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(drainTimeout):
+		b.Fatalf("received %d of %d events", got.Load(), brokerEvents)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	if n := left(); n != 0 {
+		b.Fatalf("%d rows left in the outbox", n)
+	}
+	if n := got.Load(); n != brokerEvents {
+		b.Fatalf("received %d events, want %d", n, brokerEvents)
+	}
+	return r
+}
