@@ -12,8 +12,9 @@
 #   make cover       like test, with a coverage profile and a summary
 #   make smoke       the example app's demo (go run ./example_app demo) on
 #                    SQLite + GoChannel, then on PostgreSQL with RabbitMQ,
-#                    NATS JetStream and Redis Streams; .ci/run runs it after
-#                    make test
+#                    NATS JetStream, Redis Streams and Kafka (an in-process
+#                    kfake broker, scripts/with-devkafka.sh); .ci/run runs
+#                    it after make test
 #   make lint        gofmt and go vet
 #   make tidy-check  fail if go.mod or go.sum are not tidy
 #
@@ -82,7 +83,8 @@ smoke: services-example
 	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_AMQP_URL),amqp://guest:guest@127.0.0.1:5672/)' $(SMOKE_DEMO)
 	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_NATS_URL),nats://127.0.0.1:4222)' $(SMOKE_DEMO)
 	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_REDIS_URL),redis://127.0.0.1:6379/0)' $(SMOKE_DEMO)
-	@echo "smoke: 4 passed, 0 failed"
+	DATABASE_URL='$(SMOKE_DB)' scripts/with-devkafka.sh sh -c 'BROKER_URL=kafka://$$DEVKAFKA_ADDR $(SMOKE_DEMO)'
+	@echo "smoke: 5 passed, 0 failed"
 
 bench: services
 	$(GO) test -run '^$$' -bench . -timeout 60m $(BENCH_FLAGS) $(PKGS)
