@@ -49,8 +49,10 @@ services:
 services-chaos:
 	scripts/ensure-services.sh postgres rabbitmq
 
-# The example app's tests (example_app/internal/broker) and make smoke use
-# every broker that can run here.
+# The broker packages' tests (brokers/...), the example app's tests and make
+# smoke use every broker that runs here as a service; Kafka runs in process
+# (kfake). The natsjs and redisstream outage tests also start private
+# nats-server and redis-server processes of their own.
 services-example:
 	scripts/ensure-services.sh postgres rabbitmq nats redis
 
