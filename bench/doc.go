@@ -44,6 +44,15 @@
 // BenchmarkSharedBacklog drains one backlog with one and with two
 // forwarders into a publisher that takes 50 µs per message.
 //
+// BenchmarkRelayBroker drains 50,000 events through the forwarder into each
+// real broker of this machine (RabbitMQ, NATS JetStream, Redis Streams; Kafka
+// on the in-process kfake cluster), through package brokers, timed until a
+// consumer on the broker's subscriber has received every event; each
+// broker's -floor is a bare loop publishing the same messages through the
+// same publisher, with no database:
+//
+//	go test -run '^$' -bench BenchmarkRelayBroker -benchtime 1x -count 5 ./bench/
+//
 // BenchmarkSink measures the GoChannel sink alone, the ceiling of any relay
 // measured with it. The numbers and the machine they were measured on are in
 // docs/benchmarks.md.

@@ -339,7 +339,10 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		if stall <= 0 {
 			return fmt.Errorf("natsjs: publish to %s: %d of %d messages sent within %v", topic, i, len(msgs), p.cfg.PublishTimeout)
 		}
-		f, err := p.js.PublishMsgAsync(nm, jetstream.WithMsgID(msg.UUID), jetstream.WithStallWait(stall))
+		// No retries inside nats.go: its retry of a "no responders" answer
+		// races with PublishMsgAsync in v1.37.0 (-race reports it), and a
+		// failed message fails the call, which the forwarder retries.
+		f, err := p.js.PublishMsgAsync(nm, jetstream.WithMsgID(msg.UUID), jetstream.WithStallWait(stall), jetstream.WithRetryAttempts(0))
 		if err != nil {
 			switch {
 			case p.isClosed():
