@@ -95,7 +95,8 @@ type Broker struct {
 	// Publisher publishes to the broker; the outbox forwarder uses it.
 	// While the broker has never answered, Publish fails at once with an
 	// error wrapping ErrUnreachable; after that, the broker package's
-	// publisher handles outages (see its documentation).
+	// publisher handles outages (see its documentation). Its Close does
+	// nothing: Broker.Close closes it.
 	Publisher message.Publisher
 	// Subscriber subscribes to the broker; the consumers use it. Subscribe
 	// returns at once; messages flow once the broker answers. A Watermill
@@ -413,9 +414,10 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	return c.Publish(topic, msgs...)
 }
 
-// Close closes the whole Broker: the publisher is shared by everything
-// that publishes through it.
-func (p *publisher) Close() error { return p.b.Close() }
+// Close does nothing: the publisher is shared by everything that
+// publishes through the Broker (a Watermill Router may close the
+// publishers it was given), and Broker.Close closes it.
+func (p *publisher) Close() error { return nil }
 
 // goChannel gives Watermill's GoChannel the client methods.
 type goChannel struct{ *gochannel.GoChannel }
