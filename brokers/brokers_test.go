@@ -3,21 +3,16 @@ package brokers_test
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"log/slog"
-	"net"
-	"os"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/txoutbox/txoutbox/brokers"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/internal/lateproxy"
 )
 
@@ -27,11 +22,11 @@ import (
 func testURL(t *testing.T, kind brokers.Kind) string {
 	switch kind {
 	case brokers.AMQP:
-		return cmp.Or(os.Getenv("TEST_AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/")
+		return brokertest.AMQPURL()
 	case brokers.NATS:
-		return cmp.Or(os.Getenv("TEST_NATS_URL"), "nats://127.0.0.1:4222")
+		return brokertest.NATSURL()
 	case brokers.Redis:
-		return cmp.Or(os.Getenv("TEST_REDIS_URL"), "redis://127.0.0.1:6379/0")
+		return brokertest.RedisURL()
 	case brokers.Kafka:
 		return "kafka://" + startKafka(t, 0)
 	}
@@ -46,23 +41,14 @@ func startKafka(t *testing.T, port int) string {
 	if port != 0 {
 		opts = append(opts, kfake.Ports(port))
 	}
-	c, err := kfake.NewCluster(opts...)
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	return c.ListenAddrs()[0]
-}
-
-func randomName(prefix string) string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
+	return brokertest.StartKafka(t, opts...).ListenAddrs()[0]
 }
 
 var allKinds = []brokers.Kind{brokers.GoChannel, brokers.AMQP, brokers.NATS, brokers.Redis, brokers.Kafka}
 
 func open(t *testing.T, url string, opts brokers.Options) *brokers.Broker {
 	t.Helper()
-	opts.ConsumerGroup = cmp.Or(opts.ConsumerGroup, randomName("test-"))
+	opts.ConsumerGroup = cmp.Or(opts.ConsumerGroup, brokertest.RandomName("test-"))
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -73,57 +59,6 @@ func open(t *testing.T, url string, opts brokers.Options) *brokers.Broker {
 		require.NoError(t, b.Close(), "Close twice")
 	})
 	return b
-}
-
-func keyed(n int) []*message.Message {
-	msgs := make([]*message.Message, n)
-	for i := range msgs {
-		msgs[i] = message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"seq":%d}`, i))
-		msgs[i].Metadata.Set("partition_key", "k"+strconv.Itoa(i%3))
-	}
-	return msgs
-}
-
-// receive reads n messages, acking each, and fails after timeout.
-func receive(t *testing.T, ch <-chan *message.Message, n int, timeout time.Duration) []*message.Message {
-	t.Helper()
-	var got []*message.Message
-	deadline := time.After(timeout)
-	for len(got) < n {
-		select {
-		case m, ok := <-ch:
-			require.True(t, ok, "subscription closed after %d of %d messages", len(got), n)
-			m.Ack()
-			got = append(got, m)
-		case <-deadline:
-			require.FailNow(t, "timeout", "received %d of %d messages", len(got), n)
-		}
-	}
-	return got
-}
-
-// requireKeyOrder checks that got holds want's messages, each once, and
-// in want's order per partition key.
-func requireKeyOrder(t *testing.T, want, got []*message.Message) {
-	t.Helper()
-	require.Len(t, got, len(want))
-	pos := map[string]int{}
-	for i, m := range want {
-		pos[m.UUID] = i
-	}
-	last := map[string]int{}
-	for _, m := range got {
-		i, ok := pos[m.UUID]
-		require.True(t, ok, "unknown message %s", m.UUID)
-		delete(pos, m.UUID)
-		key := m.Metadata.Get("partition_key")
-		require.Equal(t, want[i].Metadata.Get("partition_key"), key)
-		require.Equal(t, string(want[i].Payload), string(m.Payload))
-		if prev, ok := last[key]; ok {
-			require.Less(t, prev, i, "key %s out of order", key)
-		}
-		last[key] = i
-	}
 }
 
 // TestRoundTrip publishes keyed messages through every broker, before
@@ -137,10 +72,9 @@ func TestRoundTrip(t *testing.T) {
 			b := open(t, testURL(t, kind), brokers.Options{})
 			require.Equal(t, kind, b.Kind)
 			require.NoError(t, b.Health(t.Context()), "%s must run on this machine: run `make test`, or scripts/ensure-services.sh rabbitmq nats redis", b)
-			topic := randomName("txoutbox-test-")
-			t.Cleanup(func() { require.NoError(t, b.DeleteTopic(context.Background(), topic)) })
+			topic := brokertest.NewTopic(t, b)
 
-			msgs := keyed(60)
+			msgs := brokertest.KeyedMessages(60, 3)
 			var ch <-chan *message.Message
 			subscribe := func() {
 				var err error
@@ -154,7 +88,7 @@ func TestRoundTrip(t *testing.T) {
 				require.NoError(t, b.Publisher.Publish(topic, msgs...))
 				subscribe()
 			}
-			requireKeyOrder(t, msgs, receive(t, ch, len(msgs), 30*time.Second))
+			brokertest.RequireKeyOrder(t, msgs, brokertest.Receive(t, ch, len(msgs)))
 		})
 	}
 }
@@ -181,10 +115,7 @@ func TestStartsWithoutBroker(t *testing.T) {
 			if kind == brokers.Kafka {
 				// Kafka clients reconnect to the advertised address, so
 				// the cluster itself starts late on a port of its own.
-				ln, err := net.Listen("tcp", "127.0.0.1:0")
-				require.NoError(t, err)
-				port := ln.Addr().(*net.TCPAddr).Port
-				require.NoError(t, ln.Close())
+				port := brokertest.FreePort(t)
 				url = "kafka://127.0.0.1:" + strconv.Itoa(port)
 				appear = func() { startKafka(t, port) }
 			} else {
@@ -198,9 +129,9 @@ func TestStartsWithoutBroker(t *testing.T) {
 				ConnectTimeout: time.Second, MinReconnect: 100 * time.Millisecond, MaxReconnect: 200 * time.Millisecond,
 			})
 			require.Less(t, time.Since(start), 4*time.Second, "Open waits for one attempt only")
-			topic := randomName("txoutbox-test-")
+			topic := brokertest.RandomTopic()
 
-			err := b.Publisher.Publish(topic, keyed(1)...)
+			err := b.Publisher.Publish(topic, brokertest.KeyedMessages(1, 1)...)
 			require.ErrorIs(t, err, brokers.ErrUnreachable)
 			require.ErrorIs(t, b.Health(t.Context()), brokers.ErrUnreachable)
 			ch, err := b.Subscriber.Subscribe(t.Context(), topic)
@@ -212,7 +143,7 @@ func TestStartsWithoutBroker(t *testing.T) {
 			require.NoError(t, b.WaitConnected(ctx))
 			require.NoError(t, b.Health(ctx))
 			t.Cleanup(func() { require.NoError(t, b.DeleteTopic(context.Background(), topic)) })
-			msgs := keyed(10)
+			msgs := brokertest.KeyedMessages(10, 3)
 			require.Eventually(t, func() bool { return b.Publisher.Publish(topic, msgs...) == nil },
 				20*time.Second, 100*time.Millisecond)
 			// A publish that failed while the connection came up may have
@@ -252,7 +183,7 @@ func TestCloseBeforeConnect(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the subscription channel did not close")
 	}
-	require.ErrorIs(t, b.Publisher.Publish("t", keyed(1)...), brokers.ErrClosed)
+	require.ErrorIs(t, b.Publisher.Publish("t", brokertest.KeyedMessages(1, 1)...), brokers.ErrClosed)
 	require.ErrorIs(t, b.WaitConnected(t.Context()), brokers.ErrClosed)
 	_, err = b.Subscriber.Subscribe(t.Context(), "t")
 	require.ErrorIs(t, err, brokers.ErrClosed)

@@ -2,9 +2,6 @@ package kafka_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"os"
 	"sync"
 	"testing"
@@ -15,7 +12,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/rcrowley/go-metrics"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/txoutbox/txoutbox/brokers/kafka"
 )
 
@@ -26,23 +22,21 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// newCluster starts an in-process kfake cluster (three brokers unless
-// opts say otherwise), closed when t ends.
-func newCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
-	t.Helper()
-	c, err := kfake.NewCluster(opts...)
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	return c
-}
-
-// createTopic creates topic with the given number of partitions.
-func createTopic(t *testing.T, brokers []string, topic string, partitions int32) {
+// clusterAdmin connects a Sarama cluster admin to brokers; the caller
+// closes it.
+func clusterAdmin(t *testing.T, brokers []string) sarama.ClusterAdmin {
 	t.Helper()
 	conf := sarama.NewConfig()
 	conf.Version = sarama.V2_3_0_0
 	admin, err := sarama.NewClusterAdmin(brokers, conf)
 	require.NoError(t, err)
+	return admin
+}
+
+// createTopic creates topic with the given number of partitions.
+func createTopic(t *testing.T, brokers []string, topic string, partitions int32) {
+	t.Helper()
+	admin := clusterAdmin(t, brokers)
 	defer admin.Close()
 	require.NoError(t, admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: 1}, false))
 }
@@ -175,10 +169,4 @@ func eventually(t *testing.T, timeout, interval time.Duration, cond func() (bool
 		}
 		time.Sleep(interval)
 	}
-}
-
-func randomName(prefix string) string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%s-%s", prefix, hex.EncodeToString(b))
 }

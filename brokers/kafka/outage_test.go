@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/kafka"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -62,9 +63,9 @@ func TestClusterRestart(t *testing.T) {
 		cluster.Close()
 	})
 
-	topic := randomName("outage")
+	topic := brokertest.RandomName("outage-")
 	createTopic(t, brokers, topic, 8)
-	cfg := kafka.Config{Brokers: brokers, ConsumerGroup: randomName("group"), Sarama: sessionTimeout}
+	cfg := kafka.Config{Brokers: brokers, ConsumerGroup: brokertest.RandomName("group-"), Sarama: sessionTimeout}
 	pub := &countingPublisher{Publisher: newPublisher(t, cfg)}
 	c := consume(t, newSubscriber(t, cfg), topic)
 	var batches batchLog

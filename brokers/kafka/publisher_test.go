@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/kafka"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -25,9 +26,9 @@ import (
 func TestPublishSendsBatches(t *testing.T) {
 	t.Parallel()
 	const n = 500
-	cluster := newCluster(t)
+	cluster := brokertest.StartKafka(t)
 	brokers := cluster.ListenAddrs()
-	topic := randomName("batches")
+	topic := brokertest.RandomName("batches-")
 	createTopic(t, brokers, topic, 1)
 
 	type batch struct {
@@ -97,9 +98,9 @@ func TestPublishSendsBatches(t *testing.T) {
 // and that the publisher refuses calls after Close.
 func TestPingDeleteTopicClose(t *testing.T) {
 	t.Parallel()
-	cluster := newCluster(t)
+	cluster := brokertest.StartKafka(t)
 	brokers := cluster.ListenAddrs()
-	topic := randomName("delete")
+	topic := brokertest.RandomName("delete-")
 	createTopic(t, brokers, topic, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -111,7 +112,7 @@ func TestPingDeleteTopicClose(t *testing.T) {
 	require.NoError(t, pub.DeleteTopic(ctx, topic))
 	require.NotContains(t, listTopics(t, brokers), topic, "topic still listed after DeleteTopic")
 	require.NoError(t, pub.DeleteTopic(ctx, topic), "DeleteTopic of a topic that does not exist")
-	require.NoError(t, pub.DeleteTopic(ctx, randomName("never-created")))
+	require.NoError(t, pub.DeleteTopic(ctx, brokertest.RandomName("never-created-")))
 
 	cluster.Close()
 	start := time.Now()
@@ -126,10 +127,7 @@ func TestPingDeleteTopicClose(t *testing.T) {
 
 func listTopics(t *testing.T, brokers []string) map[string]sarama.TopicDetail {
 	t.Helper()
-	conf := sarama.NewConfig()
-	conf.Version = sarama.V2_3_0_0
-	admin, err := sarama.NewClusterAdmin(brokers, conf)
-	require.NoError(t, err)
+	admin := clusterAdmin(t, brokers)
 	defer admin.Close()
 	topics, err := admin.ListTopics()
 	require.NoError(t, err)
@@ -142,39 +140,12 @@ func listTopics(t *testing.T, brokers []string) map[string]sarama.TopicDetail {
 func TestConnectUnreachable(t *testing.T) {
 	t.Parallel()
 	// A port nobody listens on: connections are refused.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	refused := ln.Addr().String()
-	require.NoError(t, ln.Close())
+	refused := "127.0.0.1:" + strconv.Itoa(brokertest.FreePort(t))
 	// A port that accepts and never answers.
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var (
-		accepting sync.WaitGroup
-		mu        sync.Mutex
-		conns     []net.Conn
-	)
-	accepting.Go(func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		_ = silent.Close()
-		accepting.Wait()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
+	silent := brokertest.SilentListener(t)
 
 	const timeout = time.Second
-	for _, addr := range []string{refused, silent.Addr().String()} {
+	for _, addr := range []string{refused, silent} {
 		cfg := kafka.Config{Brokers: []string{addr}, ConsumerGroup: "g", ConnectTimeout: timeout}
 		start := time.Now()
 		_, err := kafka.NewPublisher(context.Background(), cfg)
@@ -190,6 +161,6 @@ func TestConnectUnreachable(t *testing.T) {
 	// The context ends first.
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err = kafka.NewPublisher(ctx, kafka.Config{Brokers: []string{silent.Addr().String()}, ConnectTimeout: time.Minute})
+	_, err := kafka.NewPublisher(ctx, kafka.Config{Brokers: []string{silent}, ConnectTimeout: time.Minute})
 	require.True(t, errors.Is(err, context.DeadlineExceeded), "NewPublisher with an expired context: %v", err)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/kafka"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
@@ -168,10 +169,10 @@ func TestForwarderToConsumerGroup(t *testing.T) {
 		keys       = 25
 		partitions = 8
 	)
-	brokers := newCluster(t).ListenAddrs()
-	topic := randomName("relay")
+	brokers := brokertest.StartKafka(t).ListenAddrs()
+	topic := brokertest.RandomName("relay-")
 	createTopic(t, brokers, topic, partitions)
-	cfg := kafka.Config{Brokers: brokers, ConsumerGroup: randomName("group")}
+	cfg := kafka.Config{Brokers: brokers, ConsumerGroup: brokertest.RandomName("group-")}
 	pub := &countingPublisher{Publisher: newPublisher(t, cfg)}
 	c := consume(t, newSubscriber(t, cfg), topic)
 	r := startRelay(t, pub, topic, keys, outbox.ForwarderConfig{PollInterval: 200 * time.Millisecond})

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/kafka"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -30,10 +31,10 @@ func TestRoundTrip(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			brokers := newCluster(t).ListenAddrs()
-			topic := randomName("roundtrip")
+			brokers := brokertest.StartKafka(t).ListenAddrs()
+			topic := brokertest.RandomName("roundtrip-")
 			createTopic(t, brokers, topic, 4)
-			cfg := kafka.Config{Brokers: brokers, ConsumerGroup: randomName("group")}
+			cfg := kafka.Config{Brokers: brokers, ConsumerGroup: brokertest.RandomName("group-")}
 			pub := newPublisher(t, cfg)
 
 			msgs := make([]*message.Message, 0, 48)

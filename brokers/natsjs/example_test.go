@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/natsjs"
 )
 
 func ExampleNewPublisher() {
 	ctx := context.Background()
 	cfg := natsjs.Config{
-		URL:           natsURL(), // nats://127.0.0.1:4222
+		URL:           brokertest.NATSURL(), // nats://127.0.0.1:4222
 		ConsumerGroup: "orders-read-model",
 	}
 	pub, err := natsjs.NewPublisher(ctx, cfg)
@@ -21,7 +22,7 @@ func ExampleNewPublisher() {
 		return
 	}
 	defer pub.Close()
-	topic := randomName("orders_")
+	topic := brokertest.RandomName("orders_")
 	defer pub.DeleteTopic(ctx, topic) // the stream, and the subscriber's durable consumer
 
 	// Publish returns once JetStream has stored both messages.

@@ -7,12 +7,13 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/redisstream"
 )
 
 func ExampleNewPublisher() {
 	ctx := context.Background()
-	opts, err := redis.ParseURL(redisURL()) // redis://127.0.0.1:6379/0
+	opts, err := redis.ParseURL(brokertest.RedisURL()) // redis://127.0.0.1:6379/0
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -24,7 +25,7 @@ func ExampleNewPublisher() {
 		return
 	}
 	defer pub.Close()
-	topic := randomName("orders_")
+	topic := brokertest.RandomName("orders_")
 	defer pub.DeleteTopic(ctx, topic) // the stream and its consumer groups
 
 	// Publish returns once Redis added both entries, in one round trip.
