@@ -33,11 +33,12 @@ var (
 	// (a negative publisher confirm), or when the channel closed before
 	// it confirmed.
 	ErrNacked = errors.New("amqp: message not confirmed")
-	// ErrClosed is returned by Publish after Close.
-	ErrClosed = errors.New("amqp: publisher closed")
+	// ErrClosed is returned by a Publisher's and a Subscriber's methods
+	// after Close.
+	ErrClosed = errors.New("amqp: closed")
 )
 
-// Config configures a Publisher and a subscriber.
+// Config configures a Publisher and a Subscriber.
 type Config struct {
 	// URL is the broker, amqp://user:pass@host:5672/vhost or amqps://...
 	// Required.
@@ -64,10 +65,12 @@ type Config struct {
 	// confirm a call's messages; past it Publish fails and the channel is
 	// discarded. Optional; default DefaultConfirmTimeout (30s).
 	ConfirmTimeout time.Duration
-	// Prefetch is the number of unacknowledged messages a subscriber
-	// holds. 1 keeps a key's order through redeliveries (see the package
-	// documentation); more is faster. Optional; default DefaultPrefetch
-	// (1).
+	// Prefetch is the number of unacknowledged messages a Subscriber's
+	// subscription holds (the channel's QoS prefetch count). 1 keeps a
+	// key's order through redeliveries and acknowledges every message on
+	// its own; more is faster and lets the subscription acknowledge up to
+	// min(Prefetch/2, MaxPendingAcks) messages at once (see Subscriber).
+	// Optional; default DefaultPrefetch (1).
 	Prefetch int
 }
 
@@ -110,18 +113,6 @@ func (c Config) dialConfig() amqp091.Config {
 		Heartbeat: DefaultHeartbeat,
 		Locale:    "en_US",
 	}
-}
-
-// watermillConfig is watermill-amqp's durable-queue config on this
-// config's queue names, used for the subscriber.
-func (c Config) watermillConfig() wamqp.Config {
-	wc := wamqp.NewDurableQueueConfig(c.URL)
-	dial := c.dialConfig()
-	wc.Connection.AmqpConfig = &dial
-	wc.Queue.GenerateName = c.Queue
-	wc.Queue.Arguments = c.QueueArguments
-	wc.Consume.Qos.PrefetchCount = c.Prefetch
-	return wc
 }
 
 // Publisher publishes to RabbitMQ with publisher confirms and mandatory
@@ -418,44 +409,6 @@ func (p *Publisher) Close() error {
 		err = nil
 	}
 	return err
-}
-
-// NewSubscriber returns watermill-amqp's subscriber on the same queues as
-// the Publisher: a topic's queue is declared durable when a consumer
-// subscribes, and Config.Prefetch messages are held unacknowledged at a
-// time. It connects at once and fails when the broker does not answer;
-// later it reconnects by itself.
-func NewSubscriber(ctx context.Context, cfg Config) (message.Subscriber, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	cfg = cfg.withDefaults()
-	type result struct {
-		sub message.Subscriber
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		sub, err := wamqp.NewSubscriber(cfg.watermillConfig(), cfg.Logger)
-		done <- result{sub, err}
-	}()
-	timer := time.NewTimer(cfg.ConnectTimeout + time.Second)
-	defer timer.Stop()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return nil, fmt.Errorf("amqp: subscriber: connect to %s: %w", redact(cfg.URL), r.err)
-		}
-		return r.sub, nil
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	go func() {
-		if r := <-done; r.sub != nil {
-			_ = r.sub.Close()
-		}
-	}()
-	return nil, fmt.Errorf("amqp: subscriber: connect to %s: no answer within %v", redact(cfg.URL), cfg.ConnectTimeout)
 }
 
 // redact hides the password of an AMQP URL.

@@ -6,9 +6,9 @@
 // A topic is a durable queue of the same name (Config.Queue changes the
 // name), reached through RabbitMQ's default exchange with the queue name as
 // the routing key: the topology of watermill-amqp's durable-queue config,
-// so a [NewSubscriber] consumer and any other AMQP consumer of that queue
-// read what the [Publisher] sends. Consumers of one queue compete for its
-// messages.
+// so a [Subscriber], watermill-amqp's subscriber and any other AMQP
+// consumer of that queue read what the [Publisher] sends. Consumers of one
+// queue compete for its messages.
 //
 // # What "published" means
 //
@@ -31,10 +31,12 @@
 //
 // A queue is FIFO and the messages of one Publish call go out on one channel
 // in order, so the per-key order the outbox forwarder keeps survives into the
-// queue. A consumer keeps it while it holds one unacknowledged message at a
-// time (Config.Prefetch 1, the default): a nacked message is requeued at
+// queue. A [Subscriber] hands a queue's messages over in that order, the
+// next one only after the previous one was acked or nacked, and keeps the
+// order through redeliveries while it holds one unacknowledged message at
+// a time (Config.Prefetch 1, the default): a nacked message is requeued at
 // its place and delivered again before the ones behind it. With a larger
-// prefetch a requeued message can arrive after later ones.
+// prefetch a requeued message arrives after the ones already prefetched.
 //
 // A crash of the relay after RabbitMQ confirmed a batch and before the outbox
 // recorded it republishes that batch: at most one batch per crash.
@@ -49,6 +51,30 @@
 // does not answer within Config.ConnectTimeout; the package brokers wraps
 // them so that an application starts without its broker. After that the
 // publisher reconnects by itself: a Publish while RabbitMQ is down fails,
-// and the next one after it is back dials again. The subscriber reconnects
-// through watermill-amqp.
+// and the next one after it is back dials again. A subscription whose
+// channel or connection closes logs it once, consumes again by itself
+// (after 100ms, doubling to 5s between failed attempts), and keeps the
+// channel Subscribe returned open meanwhile; the messages it had not
+// acknowledged are redelivered.
+//
+// # Consuming fast
+//
+// A [Subscriber] acknowledges a run of handled messages with one basic.ack
+// (multiple) instead of one frame per message, while more messages follow:
+// up to min(Config.Prefetch/2, [MaxPendingAcks]) messages, none held back
+// longer than [MaxAckDelay] (100ms); see [Subscriber] for when it sends
+// them. Draining 5,000 messages with Prefetch 500 takes about 30 ack frames
+// instead of 5,000. A crash then redelivers at most Prefetch messages, as
+// before, of which at most min(Prefetch/2, MaxPendingAcks) were handled
+// already. With Prefetch 1 every message is acknowledged on its own.
+//
+// On the project's 2-core test machine, `go test -run '^$' -bench
+// 'BenchmarkRelayBroker/broker=amqp' -benchtime 1x ./bench/` (Prefetch
+// 1000), run alternately with this subscriber and with watermill-amqp
+// v3.0.2's, relayed 11,100 to 11,700 events/s against 6,500 to 9,700, with
+// RabbitMQ using 77 to 84µs of CPU per event against 96 to 242µs; in a
+// slower hour of the same machine, 8,300 to 8,900 against 6,900 to 7,600.
+// The subscriber is this package's own, on amqp091-go, for that and
+// because watermill-amqp v3.0.2 has a data race in its reconnect code (see
+// internal/chaos).
 package amqp
