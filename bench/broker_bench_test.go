@@ -125,25 +125,32 @@ func drainBroker(b *testing.B, kind brokers.Kind, floor bool) drainResult {
 	if err := br.DeleteTopic(ctx, eventTopic); err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
-		if err := br.DeleteTopic(context.Background(), eventTopic); err != nil {
-			b.Error(err)
-		}
-	}()
 
-	// The consumer subscribes first, so that its set-up is not timed.
-	ch, err := br.Subscriber.Subscribe(ctx, eventTopic)
+	// The consumer subscribes first, so that its set-up is not timed. At
+	// the end it stops before the topic is deleted: a subscription that
+	// outlived the delete would declare the queue again.
+	subCtx, stopSub := context.WithCancel(ctx)
+	ch, err := br.Subscriber.Subscribe(subCtx, eventTopic)
 	if err != nil {
 		b.Fatal(err)
 	}
 	var got atomic.Int64
 	done := make(chan struct{})
+	consumed := make(chan struct{})
 	go func() {
+		defer close(consumed)
 		for m := range ch {
 			m.Ack()
 			if got.Add(1) == brokerEvents {
 				close(done)
 			}
+		}
+	}()
+	defer func() {
+		stopSub()
+		<-consumed
+		if err := br.DeleteTopic(context.Background(), eventTopic); err != nil {
+			b.Error(err)
 		}
 	}()
 	// The subscription exists once a first message round-trips.

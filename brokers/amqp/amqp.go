@@ -299,35 +299,12 @@ func (p *Publisher) connectLocked(ctx context.Context) error {
 		_ = p.conn.Close()
 		p.conn, p.idle, p.declared = nil, nil, nil
 	}
-	type result struct {
-		conn *amqp091.Connection
-		err  error
+	conn, err := dial(ctx, p.cfg)
+	if err != nil {
+		return err
 	}
-	done := make(chan result, 1)
-	go func() {
-		conn, err := amqp091.DialConfig(p.cfg.URL, p.cfg.dialConfig())
-		done <- result{conn, err}
-	}()
-	// The dial timeout bounds the TCP connect; the AMQP handshake after it
-	// is bounded here.
-	timer := time.NewTimer(p.cfg.ConnectTimeout + time.Second)
-	defer timer.Stop()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return fmt.Errorf("connect to %s: %w", redact(p.cfg.URL), r.err)
-		}
-		p.conn, p.declared = r.conn, map[string]bool{}
-		return nil
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	go func() {
-		if r := <-done; r.conn != nil {
-			_ = r.conn.Close()
-		}
-	}()
-	return fmt.Errorf("connect to %s: no answer within %v", redact(p.cfg.URL), p.cfg.ConnectTimeout)
+	p.conn, p.declared = conn, map[string]bool{}
+	return nil
 }
 
 func (p *Publisher) release(pc *pubChannel) {
