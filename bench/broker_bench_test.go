@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/txoutbox/txoutbox/brokers"
@@ -57,53 +59,70 @@ func brokerURL(b *testing.B, kind brokers.Kind) string {
 // broker's -floor runs in the same process: the same 50,000 messages,
 // ready-made, published by a bare loop through the same publisher in calls
 // of the forwarder's batch size, with no database, timed the same way.
+// broker=amqp-watermill relays through watermill-amqp/v3's publisher with
+// confirms on instead, the stock way to publish to RabbitMQ from Watermill.
 // Reports events/s and the CPU time per event of this process (the relay,
 // the publisher and the consumer: go-cpu-us/event), of PostgreSQL
 // (pg-cpu-us/event), and of every other process (broker-cpu-us/event: the
 // broker server, on a quiet machine); run it with -benchtime 1x.
 func BenchmarkRelayBroker(b *testing.B) {
-	kinds := []struct {
+	cases := []struct {
 		name string
 		kind brokers.Kind
+		mode drainMode
 	}{
-		{"amqp", brokers.AMQP},
-		{"natsjs", brokers.NATS},
-		{"redisstream", brokers.Redis},
-		{"kafka", brokers.Kafka},
+		{"amqp", brokers.AMQP, relayDrain},
+		{"amqp-floor", brokers.AMQP, floorDrain},
+		{"amqp-watermill", brokers.AMQP, watermillAMQPDrain},
+		{"natsjs", brokers.NATS, relayDrain},
+		{"natsjs-floor", brokers.NATS, floorDrain},
+		{"redisstream", brokers.Redis, relayDrain},
+		{"redisstream-floor", brokers.Redis, floorDrain},
+		{"kafka", brokers.Kafka, relayDrain},
+		{"kafka-floor", brokers.Kafka, floorDrain},
 	}
-	for _, k := range kinds {
-		for _, floor := range []bool{false, true} {
-			name := "broker=" + k.name
-			if floor {
-				name += "-floor"
+	for _, k := range cases {
+		b.Run("broker="+k.name, func(b *testing.B) {
+			var total time.Duration
+			var cpu cpuSample
+			for range b.N {
+				b.StopTimer()
+				r := drainBroker(b, k.kind, k.mode)
+				total += r.elapsed
+				cpu.goCPU += r.cpu.goCPU
+				cpu.pgCPU += r.cpu.pgCPU
+				cpu.others += r.cpu.others
 			}
-			b.Run(name, func(b *testing.B) {
-				var total time.Duration
-				var cpu cpuSample
-				for range b.N {
-					b.StopTimer()
-					r := drainBroker(b, k.kind, floor)
-					total += r.elapsed
-					cpu.goCPU += r.cpu.goCPU
-					cpu.pgCPU += r.cpu.pgCPU
-					cpu.others += r.cpu.others
-				}
-				events := float64(brokerEvents) * float64(b.N)
-				us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / events }
-				b.ReportMetric(events/total.Seconds(), "events/s")
-				b.ReportMetric(float64(total.Nanoseconds())/events, "ns/event")
-				b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
-				b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
-				b.ReportMetric(us(cpu.others), "broker-cpu-us/event")
-				b.ReportMetric(0, "ns/op")
-			})
-		}
+			events := float64(brokerEvents) * float64(b.N)
+			us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / events }
+			b.ReportMetric(events/total.Seconds(), "events/s")
+			b.ReportMetric(float64(total.Nanoseconds())/events, "ns/event")
+			b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
+			b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
+			b.ReportMetric(us(cpu.others), "broker-cpu-us/event")
+			b.ReportMetric(0, "ns/op")
+		})
 	}
 }
 
-// drainBroker runs one drain (or, with floor, one bare publish loop) into
-// a fresh topic of kind and returns its wall time and CPU use.
-func drainBroker(b *testing.B, kind brokers.Kind, floor bool) drainResult {
+// drainMode is what drainBroker times.
+type drainMode int
+
+const (
+	// relayDrain: the forwarder drains the outbox through the Broker's
+	// publisher.
+	relayDrain drainMode = iota
+	// floorDrain: a bare loop publishes ready messages through the
+	// Broker's publisher, no database.
+	floorDrain
+	// watermillAMQPDrain: the forwarder drains the outbox through
+	// watermill-amqp/v3's publisher with confirms on, the stock choice.
+	watermillAMQPDrain
+)
+
+// drainBroker runs one drain in mode into a fresh topic of kind and
+// returns its wall time and CPU use.
+func drainBroker(b *testing.B, kind brokers.Kind, mode drainMode) drainResult {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	slogger, _ := newLogs(b)
@@ -163,7 +182,7 @@ func drainBroker(b *testing.B, kind brokers.Kind, floor bool) drainResult {
 
 	var run func() error
 	var left func() int64
-	if floor {
+	if mode == floorDrain {
 		msgs := readyMessages(b, brokerEvents)
 		run = func() error {
 			for i := 0; i < len(msgs); i += outbox.DefaultBatchSize {
@@ -177,7 +196,11 @@ func drainBroker(b *testing.B, kind brokers.Kind, floor bool) drainResult {
 	} else {
 		db, store := nativeStore(b, gormstore.Config{})
 		fillNative(b, db, store.Table(), brokerEvents)
-		fw, err := outbox.NewForwarder(store, br.Publisher, outbox.ForwarderConfig{Logger: slogger})
+		pub := br.Publisher
+		if mode == watermillAMQPDrain {
+			pub = watermillAMQPPublisher(b, brokerURL(b, kind), queue)
+		}
+		fw, err := outbox.NewForwarder(store, pub, outbox.ForwarderConfig{Logger: slogger})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -221,4 +244,19 @@ func drainBroker(b *testing.B, kind brokers.Kind, floor bool) drainResult {
 		b.Fatalf("received %d events, want %d", n, brokerEvents)
 	}
 	return r
+}
+
+// watermillAMQPPublisher is watermill-amqp/v3's publisher on its durable
+// queue config with publisher confirms on, publishing to queue.
+func watermillAMQPPublisher(b *testing.B, url, queue string) message.Publisher {
+	cfg := wamqp.NewDurableQueueConfig(url)
+	cfg.Publish.ConfirmDelivery = true
+	cfg.Queue.GenerateName = func(string) string { return queue }
+	cfg.Publish.GenerateRoutingKey = func(string) string { return queue }
+	pub, err := wamqp.NewPublisher(cfg, watermill.NopLogger{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = pub.Close() })
+	return pub
 }
