@@ -8,7 +8,8 @@
 #   make test-chaos  only the chaos tests (internal/chaos, build tag chaos):
 #                    they restart PostgreSQL and stop RabbitMQ, so they run
 #                    after the other tests and alone
-#   make bench       ensure PostgreSQL is up, then run the benchmarks only
+#   make bench       ensure PostgreSQL and the brokers are up, then run the
+#                    benchmarks only
 #   make cover       like test, with a coverage profile and a summary
 #   make smoke       the example app's demo (go run ./example_app demo) on
 #                    SQLite + GoChannel, then on PostgreSQL with RabbitMQ,
@@ -88,7 +89,7 @@ smoke: services-example
 	DATABASE_URL='$(SMOKE_DB)' scripts/with-devkafka.sh sh -c 'BROKER_URL=kafka://$$DEVKAFKA_ADDR $(SMOKE_DEMO)'
 	@echo "smoke: 5 passed, 0 failed"
 
-bench: services
+bench: services services-example
 	$(GO) test -run '^$$' -bench . -timeout 60m $(BENCH_FLAGS) $(PKGS)
 
 cover: services
