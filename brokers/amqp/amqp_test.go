@@ -1,82 +1,28 @@
 package amqp_test
 
 import (
-	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/brokers/amqp"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 )
-
-func amqpURL() string {
-	return cmp.Or(os.Getenv("TEST_AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/")
-}
-
-func randomTopic(t *testing.T) string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return "txoutbox_test_" + hex.EncodeToString(b)
-}
 
 // newPublisher connects a publisher and deletes topic's queue when the
 // test ends.
 func newPublisher(t *testing.T, topic string) *amqp.Publisher {
 	t.Helper()
-	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: amqpURL()})
-	require.NoError(t, err, "RabbitMQ must run at %s (scripts/ensure-services.sh rabbitmq)", amqpURL())
+	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: brokertest.AMQPURL()})
+	require.NoError(t, err, "RabbitMQ must run at %s (scripts/ensure-services.sh rabbitmq)", brokertest.AMQPURL())
 	t.Cleanup(func() {
 		require.NoError(t, pub.DeleteTopic(context.Background(), topic))
 		require.NoError(t, pub.Close())
 	})
 	return pub
-}
-
-func keyedMessages(n, keys int) []*message.Message {
-	msgs := make([]*message.Message, n)
-	for i := range msgs {
-		msgs[i] = message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"seq":%d}`, i))
-		msgs[i].Metadata.Set("partition_key", fmt.Sprintf("k%d", i%keys))
-		msgs[i].Metadata.Set("name", "OrderPlaced")
-	}
-	return msgs
-}
-
-// receive reads n messages from sub on topic, acking each.
-func receive(t *testing.T, ch <-chan *message.Message, n int) []*message.Message {
-	t.Helper()
-	var got []*message.Message
-	timeout := time.After(20 * time.Second)
-	for len(got) < n {
-		select {
-		case m, ok := <-ch:
-			require.True(t, ok, "subscription closed after %d of %d messages", len(got), n)
-			got = append(got, m)
-			m.Ack()
-		case <-timeout:
-			require.FailNow(t, "timeout", "received %d of %d messages", len(got), n)
-		}
-	}
-	return got
-}
-
-func requireSame(t *testing.T, want, got []*message.Message) {
-	t.Helper()
-	require.Len(t, got, len(want))
-	for i := range want {
-		require.Equal(t, want[i].UUID, got[i].UUID, "message %d", i)
-		require.Equal(t, string(want[i].Payload), string(got[i].Payload), "message %d", i)
-		require.Equal(t, want[i].Metadata.Get("partition_key"), got[i].Metadata.Get("partition_key"))
-		require.Equal(t, want[i].Metadata.Get("name"), got[i].Metadata.Get("name"))
-	}
 }
 
 // TestRoundTrip publishes before any consumer exists (the queue must be
@@ -87,13 +33,13 @@ func TestRoundTrip(t *testing.T) {
 	for _, order := range []string{"publish-first", "subscribe-first"} {
 		t.Run(order, func(t *testing.T) {
 			t.Parallel()
-			topic := randomTopic(t)
+			topic := brokertest.RandomTopic()
 			pub := newPublisher(t, topic)
-			sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: amqpURL()})
+			sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: brokertest.AMQPURL()})
 			require.NoError(t, err)
 			t.Cleanup(func() { require.NoError(t, sub.Close()) })
 
-			msgs := keyedMessages(200, 7)
+			msgs := brokertest.KeyedMessages(200, 7)
 			var ch <-chan *message.Message
 			if order == "subscribe-first" {
 				ch, err = sub.Subscribe(t.Context(), topic)
@@ -104,7 +50,7 @@ func TestRoundTrip(t *testing.T) {
 				ch, err = sub.Subscribe(t.Context(), topic)
 				require.NoError(t, err)
 			}
-			requireSame(t, msgs, receive(t, ch, len(msgs)))
+			brokertest.RequireSame(t, msgs, brokertest.Receive(t, ch, len(msgs)))
 		})
 	}
 }
@@ -113,12 +59,12 @@ func TestRoundTrip(t *testing.T) {
 // message-id is the outbox UUID, and the message is persistent.
 func TestDeliveryProperties(t *testing.T) {
 	t.Parallel()
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	pub := newPublisher(t, topic)
-	msgs := keyedMessages(3, 3)
+	msgs := brokertest.KeyedMessages(3, 3)
 	require.NoError(t, pub.Publish(topic, msgs...))
 
-	conn, err := amqp091.Dial(amqpURL())
+	conn, err := amqp091.Dial(brokertest.AMQPURL())
 	require.NoError(t, err)
 	defer conn.Close()
 	ch, err := conn.Channel()
@@ -138,11 +84,11 @@ func TestDeliveryProperties(t *testing.T) {
 // reporting the confirmed drop as published.
 func TestUnroutable(t *testing.T) {
 	t.Parallel()
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	pub := newPublisher(t, topic)
-	require.NoError(t, pub.Publish(topic, keyedMessages(1, 1)...))
+	require.NoError(t, pub.Publish(topic, brokertest.KeyedMessages(1, 1)...))
 
-	conn, err := amqp091.Dial(amqpURL())
+	conn, err := amqp091.Dial(brokertest.AMQPURL())
 	require.NoError(t, err)
 	defer conn.Close()
 	ch, err := conn.Channel()
@@ -150,28 +96,28 @@ func TestUnroutable(t *testing.T) {
 	_, err = ch.QueueDelete(topic, false, false, false)
 	require.NoError(t, err)
 
-	err = pub.Publish(topic, keyedMessages(5, 2)...)
+	err = pub.Publish(topic, brokertest.KeyedMessages(5, 2)...)
 	require.ErrorIs(t, err, amqp.ErrUnroutable)
 	require.Contains(t, err.Error(), "returned 5 of 5")
 
 	// The publisher goes on: a later publish on a declared queue works.
-	other := randomTopic(t)
+	other := brokertest.RandomTopic()
 	t.Cleanup(func() { _ = pub.DeleteTopic(context.Background(), other) })
-	require.NoError(t, pub.Publish(other, keyedMessages(2, 1)...))
+	require.NoError(t, pub.Publish(other, brokertest.KeyedMessages(2, 1)...))
 }
 
 // TestConcurrentPublish publishes from several goroutines at once, each on
 // a topic of its own: each topic receives its messages in order.
 func TestConcurrentPublish(t *testing.T) {
 	t.Parallel()
-	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: amqpURL()})
+	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: brokertest.AMQPURL()})
 	require.NoError(t, err)
 	defer pub.Close()
-	topics := []string{randomTopic(t), randomTopic(t), randomTopic(t), randomTopic(t)}
+	topics := []string{brokertest.RandomTopic(), brokertest.RandomTopic(), brokertest.RandomTopic(), brokertest.RandomTopic()}
 	msgs := make(map[string][]*message.Message)
 	for _, topic := range topics {
 		t.Cleanup(func() { _ = pub.DeleteTopic(context.Background(), topic) })
-		msgs[topic] = keyedMessages(300, 5)
+		msgs[topic] = brokertest.KeyedMessages(300, 5)
 	}
 	errs := make(chan error, len(topics))
 	for _, topic := range topics {
@@ -188,13 +134,13 @@ func TestConcurrentPublish(t *testing.T) {
 	for range topics {
 		require.NoError(t, <-errs)
 	}
-	sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: amqpURL(), Prefetch: 100})
+	sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: brokertest.AMQPURL(), Prefetch: 100})
 	require.NoError(t, err)
 	defer sub.Close()
 	for _, topic := range topics {
 		ch, err := sub.Subscribe(t.Context(), topic)
 		require.NoError(t, err)
-		requireSame(t, msgs[topic], receive(t, ch, 300))
+		brokertest.RequireSame(t, msgs[topic], brokertest.Receive(t, ch, 300))
 	}
 }
 
@@ -227,9 +173,9 @@ func TestUnreachable(t *testing.T) {
 
 func TestPublishAfterClose(t *testing.T) {
 	t.Parallel()
-	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: amqpURL()})
+	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: brokertest.AMQPURL()})
 	require.NoError(t, err)
 	require.NoError(t, pub.Close())
 	require.NoError(t, pub.Close())
-	require.ErrorIs(t, pub.Publish("t", keyedMessages(1, 1)...), amqp.ErrClosed)
+	require.ErrorIs(t, pub.Publish("t", brokertest.KeyedMessages(1, 1)...), amqp.ErrClosed)
 }

@@ -6,13 +6,14 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/brokers/amqp"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 )
 
 // The publisher declares the topic's queue, publishes with confirms, and
 // fails instead of dropping what RabbitMQ cannot route.
 func ExampleNewPublisher() {
 	ctx := context.Background()
-	pub, err := amqp.NewPublisher(ctx, amqp.Config{URL: amqpURL()})
+	pub, err := amqp.NewPublisher(ctx, amqp.Config{URL: brokertest.AMQPURL()})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -26,7 +27,7 @@ func ExampleNewPublisher() {
 		return
 	}
 
-	sub, err := amqp.NewSubscriber(ctx, amqp.Config{URL: amqpURL()})
+	sub, err := amqp.NewSubscriber(ctx, amqp.Config{URL: brokertest.AMQPURL()})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -48,7 +49,7 @@ func ExampleNewPublisher() {
 func ExampleSubscriber_Subscribe() {
 	ctx := context.Background()
 	const topic = "txoutbox_example_nack"
-	pub, err := amqp.NewPublisher(ctx, amqp.Config{URL: amqpURL()})
+	pub, err := amqp.NewPublisher(ctx, amqp.Config{URL: brokertest.AMQPURL()})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -57,7 +58,7 @@ func ExampleSubscriber_Subscribe() {
 	_ = pub.DeleteTopic(ctx, topic)
 	defer pub.DeleteTopic(ctx, topic)
 
-	sub, err := amqp.NewSubscriber(ctx, amqp.Config{URL: amqpURL()})
+	sub, err := amqp.NewSubscriber(ctx, amqp.Config{URL: brokertest.AMQPURL()})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 )
 
 // ackFrame is a basic.ack or basic.nack a client sent.
@@ -47,7 +48,7 @@ type frameProxy struct {
 // ends.
 func newFrameProxy(t *testing.T) *frameProxy {
 	t.Helper()
-	uri, err := amqp091.ParseURI(amqpURL())
+	uri, err := amqp091.ParseURI(brokertest.AMQPURL())
 	require.NoError(t, err)
 	target := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -175,7 +176,7 @@ func (p *frameProxy) waitFrame(t *testing.T, timeout time.Duration, ok func(ackF
 // delivery (not counting those delivered and not acknowledged).
 func readyMessages(t *testing.T, queue string) int {
 	t.Helper()
-	conn, err := amqp091.Dial(amqpURL())
+	conn, err := amqp091.Dial(brokertest.AMQPURL())
 	require.NoError(t, err)
 	defer conn.Close()
 	ch, err := conn.Channel()

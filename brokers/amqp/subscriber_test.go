@@ -14,6 +14,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/brokers/amqp"
+	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/internal/lateproxy"
 )
 
@@ -27,7 +28,7 @@ func publishAll(t *testing.T, pub *amqp.Publisher, topic string, msgs []*message
 
 func newSubscriber(t *testing.T, cfg amqp.Config) *amqp.Subscriber {
 	t.Helper()
-	cfg.URL = cmp.Or(cfg.URL, amqpURL())
+	cfg.URL = cmp.Or(cfg.URL, brokertest.AMQPURL())
 	sub, err := amqp.NewSubscriber(t.Context(), cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, sub.Close()) })
@@ -54,16 +55,16 @@ func next(t *testing.T, ch <-chan *message.Message) *message.Message {
 func TestCoalescedAcks(t *testing.T) {
 	t.Parallel()
 	const n = 5000
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	pub := newPublisher(t, topic)
-	msgs := keyedMessages(n, 50)
+	msgs := brokertest.KeyedMessages(n, 50)
 	publishAll(t, pub, topic, msgs)
 
 	proxy := newFrameProxy(t)
 	sub := newSubscriber(t, amqp.Config{URL: proxy.URL(), Prefetch: 500})
 	ch, err := sub.Subscribe(t.Context(), topic)
 	require.NoError(t, err)
-	requireSame(t, msgs, receive(t, ch, n))
+	brokertest.RequireSame(t, msgs, brokertest.Receive(t, ch, n))
 
 	proxy.waitFrame(t, 5*time.Second, func(f ackFrame) bool { return f.Tag == n })
 	frames := proxy.Frames()
@@ -102,9 +103,9 @@ func TestNackRequeues(t *testing.T) {
 	t.Parallel()
 	t.Run("prefetch=1", func(t *testing.T) {
 		t.Parallel()
-		topic := randomTopic(t)
+		topic := brokertest.RandomTopic()
 		pub := newPublisher(t, topic)
-		msgs := keyedMessages(10, 3)
+		msgs := brokertest.KeyedMessages(10, 3)
 		require.NoError(t, pub.Publish(topic, msgs...))
 		proxy := newFrameProxy(t)
 		sub := newSubscriber(t, amqp.Config{URL: proxy.URL(), Prefetch: 1})
@@ -143,9 +144,9 @@ func TestNackRequeues(t *testing.T) {
 	})
 	t.Run("prefetch=100", func(t *testing.T) {
 		t.Parallel()
-		topic := randomTopic(t)
+		topic := brokertest.RandomTopic()
 		pub := newPublisher(t, topic)
-		msgs := keyedMessages(50, 3)
+		msgs := brokertest.KeyedMessages(50, 3)
 		require.NoError(t, pub.Publish(topic, msgs...))
 		proxy := newFrameProxy(t)
 		sub := newSubscriber(t, amqp.Config{URL: proxy.URL(), Prefetch: 100})
@@ -198,9 +199,9 @@ func TestNackRequeues(t *testing.T) {
 // done.
 func TestAckDelay(t *testing.T) {
 	t.Parallel()
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	pub := newPublisher(t, topic)
-	require.NoError(t, pub.Publish(topic, keyedMessages(10, 1)...))
+	require.NoError(t, pub.Publish(topic, brokertest.KeyedMessages(10, 1)...))
 	proxy := newFrameProxy(t)
 	sub := newSubscriber(t, amqp.Config{URL: proxy.URL(), Prefetch: 100})
 	ch, err := sub.Subscribe(t.Context(), topic)
@@ -214,7 +215,7 @@ func TestAckDelay(t *testing.T) {
 	proxy.waitFrame(t, time.Second, func(f ackFrame) bool { return f.Tag == 1 })
 	require.GreaterOrEqual(t, time.Since(start), amqp.MaxAckDelay/2, "the ack was not held back")
 	slow.Ack()
-	receive(t, ch, 8)
+	brokertest.Receive(t, ch, 8)
 	proxy.waitFrame(t, time.Second, func(f ackFrame) bool { return f.Tag == 10 })
 }
 
@@ -223,9 +224,9 @@ func TestAckDelay(t *testing.T) {
 // goes on with the first message not acked.
 func TestEndFlushesAcks(t *testing.T) {
 	t.Parallel()
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	pub := newPublisher(t, topic)
-	msgs := keyedMessages(60, 5)
+	msgs := brokertest.KeyedMessages(60, 5)
 	require.NoError(t, pub.Publish(topic, msgs...))
 	sub := newSubscriber(t, amqp.Config{Prefetch: 100})
 
@@ -235,14 +236,14 @@ func TestEndFlushesAcks(t *testing.T) {
 	m := next(t, ch)
 	time.Sleep(200 * time.Millisecond) // the backlog waits in the client
 	m.Ack()
-	requireSame(t, msgs[1:30], receive(t, ch, 29))
+	brokertest.RequireSame(t, msgs[1:30], brokertest.Receive(t, ch, 29))
 	cancel()
 	for range ch {
 	}
 
 	ch, err = sub.Subscribe(t.Context(), topic)
 	require.NoError(t, err)
-	requireSame(t, msgs[30:], receive(t, ch, 30))
+	brokertest.RequireSame(t, msgs[30:], brokertest.Receive(t, ch, 30))
 	require.NoError(t, sub.Close())
 	requireReady(t, topic, 0)
 }
@@ -253,18 +254,18 @@ func TestEndFlushesAcks(t *testing.T) {
 // once.
 func TestReconnect(t *testing.T) {
 	t.Parallel()
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	pub := newPublisher(t, topic)
-	uri, err := amqp091.ParseURI(amqpURL())
+	uri, err := amqp091.ParseURI(brokertest.AMQPURL())
 	require.NoError(t, err)
 	proxy := lateproxy.New(t, net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port)))
 	proxy.Start(t)
 	logs := newLogCounter()
-	sub := newSubscriber(t, amqp.Config{URL: proxy.URL(amqpURL()), Prefetch: 20, Logger: logs})
+	sub := newSubscriber(t, amqp.Config{URL: proxy.URL(brokertest.AMQPURL()), Prefetch: 20, Logger: logs})
 	ch, err := sub.Subscribe(t.Context(), topic)
 	require.NoError(t, err)
 
-	before, after := keyedMessages(300, 5), keyedMessages(300, 5)
+	before, after := brokertest.KeyedMessages(300, 5), brokertest.KeyedMessages(300, 5)
 	publishAll(t, pub, topic, before)
 	seen := map[string]int{}
 	for range 100 {
@@ -308,12 +309,12 @@ func TestReconnect(t *testing.T) {
 // that are not strings, the UUID only as message-id, or no UUID at all.
 func TestDecode(t *testing.T) {
 	t.Parallel()
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	newPublisher(t, topic) // deletes the queue at the end
 	sub := newSubscriber(t, amqp.Config{})
 	require.NoError(t, sub.SubscribeInitialize(topic))
 
-	conn, err := amqp091.Dial(amqpURL())
+	conn, err := amqp091.Dial(brokertest.AMQPURL())
 	require.NoError(t, err)
 	defer conn.Close()
 	ach, err := conn.Channel()
@@ -330,7 +331,7 @@ func TestDecode(t *testing.T) {
 
 	ch, err := sub.Subscribe(t.Context(), topic)
 	require.NoError(t, err)
-	got := receive(t, ch, 4)
+	got := brokertest.Receive(t, ch, 4)
 	require.Equal(t, "u-1", got[0].UUID)
 	require.Equal(t, message.Metadata{"s": "x", "n": "7", "b": "raw", "f": "true"}, got[0].Metadata)
 	require.Equal(t, "m-2", got[1].UUID)
@@ -347,9 +348,9 @@ func TestDecode(t *testing.T) {
 // its subscription ends.
 func TestMessageContext(t *testing.T) {
 	t.Parallel()
-	topic := randomTopic(t)
+	topic := brokertest.RandomTopic()
 	pub := newPublisher(t, topic)
-	require.NoError(t, pub.Publish(topic, keyedMessages(2, 1)...))
+	require.NoError(t, pub.Publish(topic, brokertest.KeyedMessages(2, 1)...))
 	sub := newSubscriber(t, amqp.Config{})
 	ctx, cancel := context.WithCancel(t.Context())
 	ch, err := sub.Subscribe(ctx, topic)
@@ -396,15 +397,15 @@ func TestSilentBroker(t *testing.T) {
 // Not parallel: it counts the process's goroutines, which the parallel
 // tests, paused meanwhile, do not change.
 func TestCloseDuringDelivery(t *testing.T) {
-	topics := []string{randomTopic(t), randomTopic(t)}
+	topics := []string{brokertest.RandomTopic(), brokertest.RandomTopic()}
 	pub := newPublisher(t, topics[0])
 	t.Cleanup(func() { _ = pub.DeleteTopic(context.Background(), topics[1]) })
 	for _, topic := range topics {
-		require.NoError(t, pub.Publish(topic, keyedMessages(50, 5)...))
+		require.NoError(t, pub.Publish(topic, brokertest.KeyedMessages(50, 5)...))
 	}
 	base := runtime.NumGoroutine()
 
-	sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: amqpURL(), Prefetch: 100})
+	sub, err := amqp.NewSubscriber(t.Context(), amqp.Config{URL: brokertest.AMQPURL(), Prefetch: 100})
 	require.NoError(t, err)
 	var chans []<-chan *message.Message
 	for _, topic := range topics {
@@ -412,7 +413,7 @@ func TestCloseDuringDelivery(t *testing.T) {
 		require.NoError(t, err)
 		chans = append(chans, ch)
 	}
-	receive(t, chans[0], 5)
+	brokertest.Receive(t, chans[0], 5)
 	held := next(t, chans[0])
 
 	closed := make(chan error, 1)
