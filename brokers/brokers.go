@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/txoutbox/txoutbox/brokers/amqp"
+	"github.com/txoutbox/txoutbox/brokers/internal/unavail"
 	"github.com/txoutbox/txoutbox/brokers/kafka"
 	"github.com/txoutbox/txoutbox/brokers/natsjs"
 	"github.com/txoutbox/txoutbox/brokers/redisstream"
@@ -95,7 +96,10 @@ type Broker struct {
 	// Publisher publishes to the broker; the outbox forwarder uses it.
 	// While the broker has never answered, Publish fails at once with an
 	// error wrapping ErrUnreachable; after that, the broker package's
-	// publisher handles outages (see its documentation). Its Close does
+	// publisher handles outages (see its documentation). Every error that
+	// says the broker cannot be reached, here or in the broker packages,
+	// also matches outbox.ErrPublisherUnavailable, so the forwarder backs
+	// off and parks nothing while the broker is away. Its Close does
 	// nothing: Broker.Close closes it.
 	Publisher message.Publisher
 	// Subscriber subscribes to the broker; the consumers use it. Subscribe
@@ -409,6 +413,9 @@ type publisher struct{ b *Broker }
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	c, err := p.b.currentClient()
 	if err != nil {
+		if errors.Is(err, ErrUnreachable) {
+			err = unavail.Mark(err) // the forwarder parks nothing meanwhile
+		}
 		return err
 	}
 	return c.Publish(topic, msgs...)

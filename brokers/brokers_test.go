@@ -14,6 +14,7 @@ import (
 	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/internal/lateproxy"
+	"github.com/txoutbox/txoutbox/outbox"
 )
 
 // The brokers of this machine; `make test` starts them
@@ -133,6 +134,7 @@ func TestStartsWithoutBroker(t *testing.T) {
 
 			err := b.Publisher.Publish(topic, brokertest.KeyedMessages(1, 1)...)
 			require.ErrorIs(t, err, brokers.ErrUnreachable)
+			require.ErrorIs(t, err, outbox.ErrPublisherUnavailable)
 			require.ErrorIs(t, b.Health(t.Context()), brokers.ErrUnreachable)
 			ch, err := b.Subscriber.Subscribe(t.Context(), topic)
 			require.NoError(t, err)

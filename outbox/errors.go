@@ -25,3 +25,28 @@ var (
 	// ErrInvalidConfig is returned by the Validate methods of config structs.
 	ErrInvalidConfig = errors.New("outbox: invalid config")
 )
+
+// ErrPublisherUnavailable marks a publish error that says the broker
+// cannot be reached at all (not connected, connection refused), as
+// opposed to an error about the message. The forwarder takes a batch in
+// which nothing was published and a publish failed with it for an outage,
+// even when only one key failed: it backs off and parks nothing, so a
+// service whose broker is away keeps its events pending however long the
+// broker stays away. Mark an error with [Unavailable]; the publishers of
+// package brokers do.
+var ErrPublisherUnavailable = errors.New("outbox: publisher unavailable")
+
+// Unavailable returns err marked with [ErrPublisherUnavailable]: its text
+// is err's, and errors.Is matches both err's chain and
+// ErrPublisherUnavailable. It returns nil for a nil err.
+func Unavailable(err error) error {
+	if err == nil || errors.Is(err, ErrPublisherUnavailable) {
+		return err
+	}
+	return unavailableError{err}
+}
+
+type unavailableError struct{ err error }
+
+func (e unavailableError) Error() string   { return e.err.Error() }
+func (e unavailableError) Unwrap() []error { return []error{e.err, ErrPublisherUnavailable} }

@@ -53,8 +53,9 @@ type ForwarderConfig struct {
 	PollInterval time.Duration
 	// MaxAttempts is the number of failed publish attempts after which a
 	// row is parked as failed. While the publisher is considered down (a
-	// batch in which rows of two or more keys failed and nothing was
-	// published, until the next successful publish) rows are not parked:
+	// batch in which nothing was published and rows of two or more keys
+	// failed, or a publish failed with ErrPublisherUnavailable, until the
+	// next successful publish) rows are not parked:
 	// they keep retrying at MaxBackoff, so an outage never needs an
 	// operator. Optional; default DefaultMaxAttempts (10).
 	MaxAttempts int
@@ -106,7 +107,8 @@ type BatchInfo struct {
 	// Parked is the number of rows parked as failed in this batch.
 	Parked int
 	// Outage is true when nothing could be published and the publisher is
-	// considered down (rows of two or more keys failed): the forwarder then
+	// considered down (rows of two or more keys failed, or a publish failed
+	// with ErrPublisherUnavailable): the forwarder then
 	// backs off as a whole before its next batch. A batch in which only
 	// one key failed is no outage: that key waits for its retry time and
 	// the others go on at once.
@@ -600,13 +602,16 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 
 	// Is the publisher down, or are these messages poison? A batch that
 	// published something proves the publisher works; a batch in which
-	// rows of two or more keys failed and nothing was published is taken
-	// for an outage. Rows are parked only while the publisher is not
+	// rows of two or more keys failed, or a publish failed with
+	// ErrPublisherUnavailable, and nothing was published is taken for an
+	// outage. Rows are parked only while the publisher is not
 	// considered down, so an outage never parks rows and the relay resumes
 	// by itself when the broker returns.
 	if len(delivered) > 0 {
 		f.publisherDown.Store(false)
-	} else if len(failed) >= 2 {
+	} else if len(failed) >= 2 || slices.ContainsFunc(failed, func(fl failedRow) bool {
+		return errors.Is(fl.err, ErrPublisherUnavailable)
+	}) {
 		f.publisherDown.Store(true)
 	}
 	down := f.publisherDown.Load()

@@ -763,3 +763,61 @@ func TestForwarder_NotificationsForRowsTakenElsewhereCostHasDue(t *testing.T) {
 	reaction()
 	require.Len(t, pub.waitUnique(t, 1, 10*time.Second), 1, "a row nobody took is relayed")
 }
+
+// A publisher that cannot reach its broker marks its errors with
+// ErrPublisherUnavailable: with one key pending, far past MaxAttempts,
+// nothing is parked, the batches are outages, and the event goes out once
+// the broker is back.
+func TestForwarder_UnavailablePublisherParksNothing(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "orders", 1, 1)
+		var down atomic.Bool
+		down.Store(true)
+		var attempts, outages atomic.Int32
+		pub := newRecordingPublisher()
+		pub.fail = func(string, seqEvent) error {
+			if down.Load() {
+				attempts.Add(1)
+				return outbox.Unavailable(errors.New("dial tcp 127.0.0.1:5672: connect: connection refused"))
+			}
+			return nil
+		}
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+			MaxAttempts: 2, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+			PollInterval: 5 * time.Millisecond,
+			OnBatch: func(b outbox.BatchInfo) {
+				if b.Outage {
+					outages.Add(1)
+				}
+			},
+		}))
+		require.NoError(t, err)
+		runForwarder(t, f)
+		require.Eventually(t, func() bool {
+			stats, err := st.Stats(context.Background())
+			return attempts.Load() >= 8 || err == nil && stats.Failed > 0
+		}, 20*time.Second, 5*time.Millisecond)
+		stats, err := st.Stats(context.Background())
+		require.NoError(t, err)
+		require.Zero(t, stats.Failed, "a row was parked while the publisher was unavailable")
+		require.EqualValues(t, 1, stats.Pending)
+		require.Positive(t, outages.Load(), "no batch was taken for an outage")
+
+		down.Store(false)
+		got := pub.waitUnique(t, 1, 10*time.Second)
+		require.Equal(t, "k00", got[0].ev.Key)
+	})
+}
+
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, outbox.Unavailable(nil))
+	base := errors.New("connection refused")
+	err := outbox.Unavailable(fmt.Errorf("publish: %w", base))
+	require.Equal(t, "publish: connection refused", err.Error())
+	require.ErrorIs(t, err, base)
+	require.ErrorIs(t, err, outbox.ErrPublisherUnavailable)
+	require.Equal(t, err, outbox.Unavailable(err), "marking twice wraps once")
+}

@@ -13,6 +13,7 @@ import (
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/txoutbox/txoutbox/brokers/internal/unavail"
 )
 
 // Defaults of Config.
@@ -168,7 +169,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 	if err := p.publish(pc, queue, msgs); err != nil {
 		p.discard(pc)
-		return fmt.Errorf("amqp: publish to %s: %w", queue, err)
+		return fmt.Errorf("amqp: publish to %s: %w", queue, unavail.IfNetwork(err))
 	}
 	p.release(pc)
 	return nil
@@ -186,6 +187,9 @@ func (p *Publisher) publish(pc *pubChannel, queue string, msgs []*message.Messag
 		pub.MessageId = msg.UUID
 		dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)
 		if err != nil {
+			if pc.ch.IsClosed() {
+				err = unavail.Mark(err)
+			}
 			return err
 		}
 		confirms = append(confirms, dc)
@@ -236,7 +240,7 @@ func (p *Publisher) publish(pc *pubChannel, queue string, msgs []*message.Messag
 	}
 	if nacked > 0 {
 		if pc.ch.IsClosed() {
-			return fmt.Errorf("%w: the channel closed with %d of %d messages unconfirmed", ErrNacked, nacked, len(msgs))
+			return unavail.Mark(fmt.Errorf("%w: the channel closed with %d of %d messages unconfirmed", ErrNacked, nacked, len(msgs)))
 		}
 		return fmt.Errorf("%w: RabbitMQ nacked %d of %d messages", ErrNacked, nacked, len(msgs))
 	}
@@ -252,7 +256,7 @@ func (p *Publisher) channel(queue string) (*pubChannel, error) {
 		return nil, ErrClosed
 	}
 	if err := p.connectLocked(context.Background()); err != nil {
-		return nil, err
+		return nil, unavail.Mark(err)
 	}
 	var pc *pubChannel
 	for len(p.idle) > 0 && pc == nil {
@@ -265,7 +269,7 @@ func (p *Publisher) channel(queue string) (*pubChannel, error) {
 	if pc == nil {
 		var err error
 		if pc, err = p.openChannelLocked(); err != nil {
-			return nil, err
+			return nil, unavail.Mark(err) // the connection is going away
 		}
 	}
 	if !p.declared[queue] {

@@ -8,8 +8,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/brokers/amqp"
 	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
+	"github.com/txoutbox/txoutbox/internal/lateproxy"
+	"github.com/txoutbox/txoutbox/outbox"
 )
 
 // newPublisher connects a publisher and deletes topic's queue when the
@@ -178,4 +181,30 @@ func TestPublishAfterClose(t *testing.T) {
 	require.NoError(t, pub.Close())
 	require.NoError(t, pub.Close())
 	require.ErrorIs(t, pub.Publish("t", brokertest.KeyedMessages(1, 1)...), amqp.ErrClosed)
+}
+
+// TestPublishWhileBrokerAway: RabbitMQ goes away under a connected
+// publisher. Publish fails with an error the forwarder takes for an outage
+// (outbox.ErrPublisherUnavailable), and succeeds again on the same
+// publisher once RabbitMQ is back.
+func TestPublishWhileBrokerAway(t *testing.T) {
+	t.Parallel()
+	cfg, err := brokers.ParseURL(brokertest.AMQPURL())
+	require.NoError(t, err)
+	proxy := lateproxy.New(t, cfg.Addrs[0])
+	proxy.Start(t)
+	pub, err := amqp.NewPublisher(t.Context(), amqp.Config{URL: proxy.URL(brokertest.AMQPURL()), ConnectTimeout: time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, pub.Close()) })
+	topic := brokertest.NewTopic(t, pub)
+	require.NoError(t, pub.Publish(topic, brokertest.KeyedMessages(5, 2)...))
+
+	proxy.Stop()
+	err = pub.Publish(topic, brokertest.KeyedMessages(5, 2)...)
+	require.Error(t, err)
+	require.ErrorIs(t, err, outbox.ErrPublisherUnavailable, "the forwarder must take it for an outage, not a poison message")
+
+	proxy.Start(t)
+	require.Eventually(t, func() bool { return pub.Publish(topic, brokertest.KeyedMessages(5, 2)...) == nil },
+		10*time.Second, 50*time.Millisecond)
 }

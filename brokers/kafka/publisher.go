@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/txoutbox/txoutbox/brokers/internal/unavail"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -247,7 +248,8 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	defer p.inflight.Done()
 	g, err := p.acquire()
 	if err != nil {
-		return fmt.Errorf("kafka: publish %d messages to %s: %w", len(msgs), topic, err)
+		// Connecting failed: the cluster cannot be reached.
+		return fmt.Errorf("kafka: publish %d messages to %s: %w", len(msgs), topic, unavail.Mark(err))
 	}
 	err = g.producer.SendMessages(pms)
 	p.release(g, err != nil)
@@ -263,11 +265,20 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 func publishError(topic string, n int, err error) error {
 	var perrs sarama.ProducerErrors
 	if !errors.As(err, &perrs) || len(perrs) == 0 {
-		return fmt.Errorf("kafka: publish %d messages to %s: %w", n, topic, err)
+		return fmt.Errorf("kafka: publish %d messages to %s: %w", n, topic, unreachable(err))
 	}
 	first := perrs[0]
 	uuid, _ := first.Msg.Metadata.(string)
-	return fmt.Errorf("kafka: publish to %s: %d of %d messages not acknowledged; first: message %s: %w", topic, len(perrs), n, uuid, first.Err)
+	return fmt.Errorf("kafka: publish to %s: %d of %d messages not acknowledged; first: message %s: %w", topic, len(perrs), n, uuid, unreachable(first.Err))
+}
+
+// unreachable marks the errors that say no broker of the cluster can be
+// reached.
+func unreachable(err error) error {
+	if errors.Is(err, sarama.ErrOutOfBrokers) || errors.Is(err, sarama.ErrNotConnected) || errors.Is(err, sarama.ErrClosedClient) {
+		return unavail.Mark(err)
+	}
+	return unavail.IfNetwork(err)
 }
 
 // Ping returns nil while the cluster is reachable: a broker answers an

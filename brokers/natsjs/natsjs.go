@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/txoutbox/txoutbox/brokers/internal/unavail"
 )
 
 // Defaults of Config.
@@ -348,7 +349,9 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 			case p.isClosed():
 				err = ErrClosed
 			case errors.Is(err, nats.ErrReconnectBufExceeded):
-				err = fmt.Errorf("not connected, reconnecting to %s: %w", redact(p.cfg.URL), err)
+				err = unavail.Mark(fmt.Errorf("not connected, reconnecting to %s: %w", redact(p.cfg.URL), err))
+			case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrNoServers):
+				err = unavail.Mark(err)
 			}
 			return fmt.Errorf("natsjs: publish to %s: send message %d of %d (%s): %w", topic, i+1, len(msgs), msg.UUID, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/natsjs"
+	"github.com/txoutbox/txoutbox/outbox"
 )
 
 // newPublisher connects a publisher to the test server (cfg.URL unless
@@ -326,6 +327,7 @@ func TestSurvivesServerOutage(t *testing.T) {
 	start := time.Now()
 	err = pub.Publish(topic, brokertest.KeyedMessages(10, 2)...)
 	require.Error(t, err, "Publish while the server is down")
+	require.ErrorIs(t, err, outbox.ErrPublisherUnavailable, "the forwarder must take it for an outage, not a poison message")
 	t.Logf("Publish while down failed after %v: %v", time.Since(start), err)
 
 	srv.Start()

@@ -12,6 +12,7 @@ import (
 	wredis "github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+	"github.com/txoutbox/txoutbox/brokers/internal/unavail"
 )
 
 // Defaults of Config.
@@ -214,7 +215,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if err != nil && !errors.Is(firstErr, err) {
 		// The transaction failed as a whole (no connection, EXECABORT):
 		// that is the error, whatever the commands recorded.
-		return fmt.Errorf("redisstream: publish %d messages to %s: %w", len(msgs), topic, err)
+		return fmt.Errorf("redisstream: publish %d messages to %s: %w", len(msgs), topic, unavail.IfNetwork(err))
 	}
 	return fmt.Errorf("redisstream: publish to %s: %d of %d messages failed, first %w", topic, failed, len(msgs), firstErr)
 }

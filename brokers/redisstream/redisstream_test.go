@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
 	"github.com/txoutbox/txoutbox/brokers/redisstream"
+	"github.com/txoutbox/txoutbox/outbox"
 )
 
 func redisOptions(t testing.TB) *redis.Options {
@@ -319,6 +320,7 @@ func TestSurvivesServerOutage(t *testing.T) {
 	start := time.Now()
 	err = pub.Publish(topic, brokertest.KeyedMessages(10, 2)...)
 	require.Error(t, err, "Publish while the server is down")
+	require.ErrorIs(t, err, outbox.ErrPublisherUnavailable, "the forwarder must take it for an outage, not a poison message")
 	t.Logf("Publish while down failed after %v: %v", time.Since(start), err)
 	require.Error(t, pub.Ping(t.Context()))
 
