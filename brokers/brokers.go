@@ -221,54 +221,60 @@ func newBackend(cfg Config, opts Options) (backend, error) {
 		c.ConsumerGroup = cmp.Or(c.ConsumerGroup, opts.ConsumerGroup)
 		c.ConnectTimeout = cmp.Or(c.ConnectTimeout, opts.ConnectTimeout)
 		c.Logger = cmp.Or[watermill.LoggerAdapter](c.Logger, wlog)
-		if err := c.Validate(); err != nil {
-			return backend{}, err
-		}
-		return backend{
-			newPublisher:  func(ctx context.Context) (client, error) { return amqp.NewPublisher(ctx, c) },
-			newSubscriber: func(ctx context.Context) (message.Subscriber, error) { return amqp.NewSubscriber(ctx, c) },
-		}, nil
+		return backendFor(c, amqp.NewPublisher, amqp.NewSubscriber)
 	case NATS:
 		c := opts.NATS
 		c.URL = cfg.URL
 		c.ConsumerGroup = cmp.Or(c.ConsumerGroup, opts.ConsumerGroup)
 		c.ConnectTimeout = cmp.Or(c.ConnectTimeout, opts.ConnectTimeout)
 		c.Logger = cmp.Or[watermill.LoggerAdapter](c.Logger, wlog)
-		if err := c.Validate(); err != nil {
-			return backend{}, err
-		}
-		return backend{
-			newPublisher:  func(ctx context.Context) (client, error) { return natsjs.NewPublisher(ctx, c) },
-			newSubscriber: func(ctx context.Context) (message.Subscriber, error) { return natsjs.NewSubscriber(ctx, c) },
-		}, nil
+		return backendFor(c, natsjs.NewPublisher, natsjs.NewSubscriber)
 	case Redis:
 		c := opts.Redis
 		c.Options = cfg.Redis
 		c.ConsumerGroup = cmp.Or(c.ConsumerGroup, opts.ConsumerGroup)
 		c.ConnectTimeout = cmp.Or(c.ConnectTimeout, opts.ConnectTimeout)
 		c.Logger = cmp.Or[watermill.LoggerAdapter](c.Logger, wlog)
-		if err := c.Validate(); err != nil {
-			return backend{}, err
-		}
-		return backend{
-			newPublisher:  func(ctx context.Context) (client, error) { return redisstream.NewPublisher(ctx, c) },
-			newSubscriber: func(ctx context.Context) (message.Subscriber, error) { return redisstream.NewSubscriber(ctx, c) },
-		}, nil
+		return backendFor(c, redisstream.NewPublisher, redisstream.NewSubscriber)
 	case Kafka:
 		c := opts.Kafka
 		c.Brokers = cfg.KafkaBrokers
 		c.ConsumerGroup = cmp.Or(c.ConsumerGroup, opts.ConsumerGroup)
 		c.ConnectTimeout = cmp.Or(c.ConnectTimeout, opts.ConnectTimeout)
 		c.Logger = cmp.Or[watermill.LoggerAdapter](c.Logger, wlog)
-		if err := c.Validate(); err != nil {
-			return backend{}, err
-		}
-		return backend{
-			newPublisher:  func(ctx context.Context) (client, error) { return kafka.NewPublisher(ctx, c) },
-			newSubscriber: func(ctx context.Context) (message.Subscriber, error) { return kafka.NewSubscriber(ctx, c) },
-		}, nil
+		return backendFor(c, kafka.NewPublisher, kafka.NewSubscriber)
 	}
 	return backend{}, fmt.Errorf("%w: unknown broker kind %q", ErrInvalidURL, cfg.Kind)
+}
+
+// backendFor checks a broker package's config c and returns the backend
+// that connects with it.
+func backendFor[C interface{ Validate() error }, P client, S message.Subscriber](
+	c C,
+	newPublisher func(context.Context, C) (P, error),
+	newSubscriber func(context.Context, C) (S, error),
+) (backend, error) {
+	if err := c.Validate(); err != nil {
+		return backend{}, err
+	}
+	// On an error the constructors return a nil pointer, which must not
+	// become a non-nil interface value.
+	return backend{
+		newPublisher: func(ctx context.Context) (client, error) {
+			p, err := newPublisher(ctx, c)
+			if err != nil {
+				return nil, err
+			}
+			return p, nil
+		},
+		newSubscriber: func(ctx context.Context) (message.Subscriber, error) {
+			s, err := newSubscriber(ctx, c)
+			if err != nil {
+				return nil, err
+			}
+			return s, nil
+		},
+	}, nil
 }
 
 // connect makes one connection attempt and reports whether it succeeded.
@@ -280,7 +286,7 @@ func (b *Broker) connect(ctx context.Context) bool {
 	defer b.mu.Unlock()
 	select {
 	case <-b.closing:
-		if c != nil {
+		if err == nil {
 			_ = c.Close()
 		}
 		return true // stop trying
