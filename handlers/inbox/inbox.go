@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"gorm.io/gorm"
 )
 
@@ -77,6 +77,9 @@ type Inbox struct {
 	dialect dialect
 	table   sqlschema.Table
 	quoted  string
+	// failed is the failed table, the inbox table's name + "_failed".
+	failed       sqlschema.Table
+	quotedFailed string
 }
 
 // New returns an inbox on db's database. db selects the dialect and runs
@@ -102,7 +105,8 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Inbox{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted()}, nil
+	failed := sqlschema.Table{Schema: t.Schema, Name: t.Name + failedSuffix}
+	return &Inbox{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), failed: failed, quotedFailed: failed.Quoted()}, nil
 }
 
 // Table returns the inbox table name as configured.

@@ -10,9 +10,10 @@ import (
 	"gorm.io/gorm"
 )
 
-// Migrations holds the DDL of the inbox table as plain SQL files in
-// golang-migrate layout: postgres/NNNNNN_name.up.sql and .down.sql, and the
-// same for sqlite/. They use the default table name "txoutbox_inbox".
+// Migrations holds the DDL of the inbox table and its failed table as plain
+// SQL files in golang-migrate layout: postgres/NNNNNN_name.up.sql and
+// .down.sql, and the same for sqlite/. They use the default table names
+// "txoutbox_inbox" and "txoutbox_inbox_failed".
 //
 //go:embed migrations
 var Migrations embed.FS
@@ -40,6 +41,7 @@ func (in *Inbox) Migrate(ctx context.Context) error {
 		Dir:          path.Join("migrations", in.dialect.String()),
 		DefaultTable: DefaultTable,
 		Table:        in.table,
+		Related:      []string{failedSuffix},
 	}
 	if in.dialect == postgres {
 		m.LockKey = migrateLockKey

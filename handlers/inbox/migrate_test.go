@@ -55,7 +55,10 @@ func TestCustomTable(t *testing.T) {
 		require.Equal(t, "select", in.Table())
 		require.NoError(t, in.Migrate(ctx))
 		require.True(t, db.Migrator().HasIndex("select", "select_received_at_idx"))
+		require.Equal(t, "select_failed", in.FailedTable())
+		require.True(t, db.Migrator().HasIndex("select_failed", "select_failed_key_idx"))
 		require.False(t, db.Migrator().HasTable(inbox.DefaultTable))
+		require.False(t, db.Migrator().HasTable(inbox.DefaultTable+"_failed"))
 
 		id := outbox.NewUUID()
 		for range 2 {
@@ -83,6 +86,7 @@ func TestSchemaQualifiedTablePostgres(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, dup)
 	require.EqualValues(t, 1, testdb.Count(t, db, `"`+other+`"."messages"`, ""))
+	require.EqualValues(t, 0, testdb.Count(t, db, `"`+other+`"."messages_failed"`, ""), "the failed table is in the inbox's schema")
 
 	sqlite := testdb.OpenSQLite(t)
 	_, err = inbox.New(sqlite, inbox.Config{Table: "app.messages"})
@@ -117,7 +121,9 @@ func TestMigrationFiles(t *testing.T) {
 		for _, e := range entries {
 			b, err := fs.ReadFile(inbox.Migrations, path.Join("migrations", d, e.Name()))
 			require.NoError(t, err)
-			require.Contains(t, string(b), `"`+inbox.DefaultTable+`"`)
+			if !strings.Contains(string(b), `"`+inbox.DefaultTable+`"`) {
+				require.Contains(t, string(b), `"`+inbox.DefaultTable+`_failed"`)
+			}
 			switch {
 			case strings.HasSuffix(e.Name(), ".up.sql"):
 				ups[strings.TrimSuffix(e.Name(), ".up.sql")] = true

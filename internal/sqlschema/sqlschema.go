@@ -91,6 +91,11 @@ type Migration struct {
 	// LockKey, when not 0, is a PostgreSQL advisory lock held while the
 	// migration runs, so several instances may migrate at once.
 	LockKey int64
+	// Related are the suffixes of tables named after DefaultTable that
+	// the files also create ("_failed" for "<default>_failed"): their
+	// references are replaced with Table's name plus the suffix, in
+	// Table's schema.
+	Related []string
 }
 
 // Statements returns the up statements in file order, with the table name
@@ -107,10 +112,18 @@ func (m Migration) Statements() ([]string, error) {
 		}
 	}
 	sort.Strings(names)
-	replacer := strings.NewReplacer(
+	var pairs []string
+	for _, suffix := range m.Related {
+		// Listed first: at one position the replacer tries its pairs in
+		// order, so a related table is not taken for an index name.
+		related := Table{Schema: m.Table.Schema, Name: m.Table.Name + suffix}
+		pairs = append(pairs, `"`+m.DefaultTable+suffix+`"`, related.Quoted())
+	}
+	pairs = append(pairs,
 		`"`+m.DefaultTable+`_`, `"`+m.Table.Name+`_`, // index names: unqualified
 		`"`+m.DefaultTable+`"`, m.Table.Quoted(), // table references
 	)
+	replacer := strings.NewReplacer(pairs...)
 	var stmts []string
 	if m.Table.Schema != "" {
 		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+QuoteIdent(m.Table.Schema))
