@@ -274,6 +274,8 @@ type Consumer struct {
 	tel     *consumerTelemetry
 
 	running      atomic.Bool
+	subscribed   chan struct{} // closed once Run has subscribed
+	subscribeOne sync.Once
 	inFlight     atomic.Int64
 	lastProgress atomic.Int64 // Unix nanoseconds
 
@@ -291,7 +293,7 @@ func (in *Inbox) NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbox: consumer %s: metrics: %w", cfg.Name, err)
 	}
-	c := &Consumer{in: in, cfg: cfg, tel: tel}
+	c := &Consumer{in: in, cfg: cfg, tel: tel, subscribed: make(chan struct{})}
 	for range cfg.Workers {
 		c.workers = append(c.workers, &worker{c: c, in: make(chan *item, cfg.BatchSize)})
 	}
@@ -312,6 +314,12 @@ func (c *Consumer) Stats() ConsumerStats {
 		InFlight: c.inFlight.Load(), LastProgress: time.Unix(0, c.lastProgress.Load()),
 	}
 }
+
+// Running returns a channel closed once Run has subscribed to every topic
+// (the first time): from then on messages published reach the consumer,
+// also on a broker that keeps nothing for topics without subscribers (a
+// GoChannel).
+func (c *Consumer) Running() <-chan struct{} { return c.subscribed }
 
 // Health returns nil while the consumer runs and makes progress:
 // ErrNotRunning before Run and after it returned, ErrStalled when no batch
@@ -349,6 +357,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		chans[i] = ch
 	}
+	c.subscribeOne.Do(func() { close(c.subscribed) })
 	var wg sync.WaitGroup
 	errc := make(chan error, len(chans))
 	for i, ch := range chans {

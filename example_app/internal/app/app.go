@@ -11,9 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/bus"
 	"github.com/txoutbox/txoutbox/example_app/internal/httpapi"
@@ -56,6 +54,11 @@ type Config struct {
 	// before the forwarder is woken. Optional (the demo records commit
 	// times with one).
 	AfterCommit []func(middleware.AfterCommitParams)
+	// Consumer tunes the read-model consumer (Workers, BatchSize,
+	// MaxAttempts, StallAfter, ...). Optional; its Name, Topics,
+	// Subscriber and Handler are set by the app, its Logger and
+	// MeterProvider default to the app's.
+	Consumer inbox.ConsumerConfig
 }
 
 // App is the orders service: the command bus with the transactional
@@ -69,12 +72,15 @@ type App struct {
 	Store *gormstore.Store
 	// Forwarder relays committed events to the broker.
 	Forwarder *outbox.Forwarder
-	// Projector is the read-model consumer.
+	// Projector is the read-model projection.
 	Projector *readmodel.Projector
+	// Inbox is the consumer's inbox and failed table.
+	Inbox *inbox.Inbox
+	// Consumer runs the projection: batched, key-ordered, exactly once.
+	Consumer *inbox.Consumer
 	// Handler is the HTTP API.
 	Handler http.Handler
 
-	router    *message.Router
 	publisher *countingPublisher
 	cleaner   *retention.Cleaner
 }
@@ -149,7 +155,19 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.Projector, err = readmodel.NewProjector(in, reg)
+	a.Projector, err = readmodel.NewProjector(reg)
+	if err != nil {
+		return nil, err
+	}
+	a.Inbox = in
+	ccfg := cfg.Consumer
+	if ccfg.Logger == nil {
+		ccfg.Logger = cfg.Logger
+	}
+	if ccfg.MeterProvider == nil {
+		ccfg.MeterProvider = meters
+	}
+	a.Consumer, err = readmodel.NewConsumer(in, a.Projector, cfg.Broker.Subscriber, cfg.Topic, ccfg)
 	if err != nil {
 		return nil, err
 	}
@@ -160,28 +178,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	wmLog := watermill.NewSlogLoggerWithLevelMapping(cfg.Logger, map[slog.Level]slog.Level{
-		slog.LevelInfo: slog.LevelDebug, // the router's info lines are chatty
-	})
-	a.router, err = message.NewRouter(message.RouterConfig{CloseTimeout: ShutdownTimeout}, wmLog)
-	if err != nil {
-		return nil, err
-	}
-	h := a.router.AddConsumerHandler(readmodel.Consumer, cfg.Topic, cfg.Broker.Subscriber, a.Projector.Handler())
-	// Retry in place before giving the message back to the broker: a
-	// retried message keeps its place, a nacked one may not.
-	h.AddMiddleware(
-		wmiddleware.Retry{
-			MaxRetries:      10,
-			InitialInterval: 10 * time.Millisecond,
-			MaxInterval:     time.Second,
-			Multiplier:      2,
-			Logger:          wmLog,
-		}.Middleware,
-		wmiddleware.Recoverer,
-	)
 
-	a.Handler, err = httpapi.New(httpapi.Config{Bus: a.Bus, DB: cfg.DB, Stats: store.Stats, Broker: cfg.Broker.Health, Metrics: metricsHandler, Logger: cfg.Logger})
+	a.Handler, err = httpapi.New(httpapi.Config{
+		Bus: a.Bus, DB: cfg.DB, Stats: store.Stats, Broker: cfg.Broker.Health, Metrics: metricsHandler, Logger: cfg.Logger,
+		Consumer: a.Consumer.Health, ConsumerFailed: a.consumerFailed,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -204,24 +205,18 @@ func (a *App) Published(topic string) int64 { return a.publisher.count(topic) }
 // yet relayed stay in the outbox for the next start.
 func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	log := a.cfg.Logger
-	routerDone := make(chan error, 1)
-	go func() { routerDone <- a.router.Run(context.WithoutCancel(ctx)) }()
+	consumerCtx, stopConsumer := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopConsumer()
+	consumerDone := make(chan error, 1)
+	go func() { consumerDone <- a.Consumer.Run(consumerCtx) }()
 	select {
-	case <-a.router.Running():
-	case err := <-routerDone:
+	case <-a.Consumer.Running():
+	case err := <-consumerDone:
 		return fmt.Errorf("consumer: %w", err)
 	case <-ctx.Done():
 		log.Info("shutting down")
-		// A router closed while it is still starting waits out its whole
-		// CloseTimeout: let it start (or fail) first.
-		select {
-		case <-a.router.Running():
-		case err := <-routerDone:
-			routerDone <- err
-		case <-time.After(ShutdownTimeout):
-		}
-		_ = a.router.Close()
-		<-routerDone
+		stopConsumer()
+		<-consumerDone
 		return nil
 	}
 
@@ -246,9 +241,9 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	case err := <-srvDone:
 		runErr = fmt.Errorf("http server: %w", err)
-	case err := <-routerDone:
+	case err := <-consumerDone:
 		runErr = fmt.Errorf("consumer stopped: %w", err)
-		routerDone <- nil
+		consumerDone <- nil
 	}
 
 	log.Info("shutting down")
@@ -261,11 +256,29 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	}
 	stopFwd()
 	fwdWG.Wait()
-	if err := a.router.Close(); err != nil {
-		log.Warn("consumer shutdown", "error", err)
+	stopConsumer()
+	select {
+	case err := <-consumerDone:
+		if err != nil {
+			log.Warn("consumer shutdown", "error", err)
+		}
+	case <-time.After(ShutdownTimeout):
+		log.Warn("consumer shutdown: batches still running after " + ShutdownTimeout.String())
 	}
-	<-routerDone
 	return runErr
+}
+
+// consumerFailed counts the consumer's messages in the failed table.
+func (a *App) consumerFailed(ctx context.Context) (int64, error) {
+	counts, err := a.Inbox.FailedCounts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, c := range counts[readmodel.Consumer] {
+		n += c
+	}
+	return n, nil
 }
 
 // ValidTopic checks a topic name: 1 to 100 letters, digits, '-' or '_'.

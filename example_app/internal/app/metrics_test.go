@@ -18,7 +18,8 @@ import (
 	"github.com/txoutbox/txoutbox/internal/testdb"
 )
 
-// GET /metrics serves the relay metrics in the Prometheus text format.
+// GET /metrics serves the relay and consumer metrics in the Prometheus
+// text format.
 func TestMetricsEndpoint(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -44,8 +45,13 @@ func TestMetricsEndpoint(t *testing.T) {
 		rec := httptest.NewRecorder()
 		a.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 		body = rec.Body.String()
-		return rec.Code == http.StatusOK && strings.Contains(body, `txoutbox_relay_published_total{`)
+		return rec.Code == http.StatusOK && strings.Contains(body, `txoutbox_relay_published_total{`) && strings.Contains(body, `txoutbox_inbox_processed_total{`)
 	}, 10*time.Second, 10*time.Millisecond)
+	// The consumer's series.
+	require.Contains(t, body, `txoutbox_consumer="orders.read_model"`)
+	require.Contains(t, body, "txoutbox_inbox_lag_seconds_bucket")
+	require.Contains(t, body, "txoutbox_inbox_in_flight")
+	require.Contains(t, body, "txoutbox_inbox_batch_size_bucket")
 	require.Contains(t, body, `messaging_destination_name="orders"`)
 	require.Contains(t, body, "txoutbox_outbox_pending")
 	require.Contains(t, body, "txoutbox_relay_batch_duration_seconds_bucket")

@@ -226,8 +226,8 @@ func Run(ctx context.Context, a *app.App, db *gorm.DB, baseURL string, rec *Reco
 	}
 	res.CatchUp = time.Since(catchUp)
 	res.Published = a.Published(a.Topic())
-	ps := a.Projector.Stats()
-	res.Duplicates, res.ConsumerErrors = ps.Duplicates, ps.Errors
+	cs := a.Consumer.Stats()
+	res.Duplicates, res.ConsumerErrors = cs.Duplicates, cs.Failures
 
 	// The checks.
 	res.Failures = append(res.Failures, check(ctx, db, c, cfg, events, want, &res)...)

@@ -13,6 +13,7 @@ import (
 	"github.com/txoutbox/txoutbox/bus"
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
+	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -31,6 +32,13 @@ type Config struct {
 	// Broker reports whether the broker answers, for GET /healthz
 	// (brokers.Broker.Health). Optional.
 	Broker func(ctx context.Context) error
+	// Consumer reports the read-model consumer for GET /healthz
+	// (inbox.Consumer.Health): an error makes the status "degraded".
+	// Optional.
+	Consumer func() error
+	// ConsumerFailed counts the consumer's messages in the inbox's failed
+	// table, for GET /healthz. Optional.
+	ConsumerFailed func(ctx context.Context) (int64, error)
 	// Metrics serves GET /metrics. Optional.
 	Metrics http.Handler
 	// Logger receives the errors answered with 500. Optional; default
@@ -142,11 +150,17 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 
 // HealthResponse is the body of GET /healthz.
 type HealthResponse struct {
-	// Status is "ok", or "degraded" while the broker does not answer: the
-	// service still takes commands, and their events wait in the outbox.
+	// Status is "ok", or "degraded" while the broker does not answer (the
+	// service still takes commands, and their events wait in the outbox)
+	// or the consumer makes no progress while messages wait.
 	Status string `json:"status"`
 	// Broker is "ok", or "down: " and the reason.
 	Broker string `json:"broker,omitempty"`
+	// Consumer is "ok", or "stalled: " / "not running: " and the reason.
+	Consumer string `json:"consumer,omitempty"`
+	// ConsumerFailed counts the consumer's messages in the inbox's failed
+	// table (parked, or held behind a parked one).
+	ConsumerFailed int64 `json:"consumer_failed"`
 	// OutboxPending counts events not yet published.
 	OutboxPending int64 `json:"outbox_pending"`
 	// OutboxFailed counts events parked after too many failed publishes.
@@ -170,6 +184,23 @@ func (a *api) health(w http.ResponseWriter, r *http.Request) {
 		if err := a.cfg.Broker(r.Context()); err != nil {
 			resp.Status, resp.Broker = "degraded", "down: "+err.Error()
 		}
+	}
+	if a.cfg.Consumer != nil {
+		resp.Consumer = "ok"
+		if err := a.cfg.Consumer(); err != nil {
+			state := "stalled: "
+			if errors.Is(err, inbox.ErrNotRunning) {
+				state = "not running: "
+			}
+			resp.Status, resp.Consumer = "degraded", state+err.Error()
+		}
+	}
+	if a.cfg.ConsumerFailed != nil {
+		n, err := a.cfg.ConsumerFailed(r.Context())
+		if a.fail(w, r, err) {
+			return
+		}
+		resp.ConsumerFailed = n
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

@@ -158,7 +158,7 @@ func TestAPI(t *testing.T) {
 				break
 			}
 		}
-		require.Equal(t, map[string]any{"status": "ok", "broker": "ok", "outbox_pending": 0.0, "outbox_failed": 0.0, "oldest_pending_seconds": 0.0}, a.body)
+		require.Equal(t, map[string]any{"status": "ok", "broker": "ok", "consumer": "ok", "consumer_failed": 0.0, "outbox_pending": 0.0, "outbox_failed": 0.0, "oldest_pending_seconds": 0.0}, a.body)
 		require.EqualValues(t, 4, testdb.Count(t, db, "projected_events", ""))
 		require.EqualValues(t, 4, testdb.Count(t, db, "txoutbox_inbox", "consumer = ?", readmodel.Consumer))
 	})

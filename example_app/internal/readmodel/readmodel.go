@@ -95,33 +95,30 @@ func Get(ctx context.Context, db *gorm.DB, id string) (OrderView, error) {
 
 // Stats counts what the projection did since it was created.
 type Stats struct {
-	// Deliveries counts messages handed to the projection, duplicates and
-	// failed attempts included.
-	Deliveries int64
-	// Applied counts events applied and committed.
+	// Applied counts events applied (their transaction may still roll
+	// back; the consumer's Stats count what committed).
 	Applied int64
-	// Duplicates counts deliveries the inbox acked without applying them.
-	Duplicates int64
-	// Errors counts deliveries that failed (the router retries them).
+	// Errors counts events the projection failed on (the consumer retries
+	// them, then parks them).
 	Errors int64
 }
 
-// Projector projects order events into the read model, through the inbox.
+// Projector projects order events into the read model. Its Handler runs
+// under an inbox.Consumer (see NewConsumer), in the consumer's transaction.
 type Projector struct {
 	registry *handlers.Registry
-	inbox    *inbox.Inbox
 	now      func() time.Time
 
-	deliveries, applied, duplicates, errs atomic.Int64
+	applied, errs atomic.Int64
 }
 
-// NewProjector returns a projector that records processed messages in in.
-// reg must be able to decode the order events (see NewRegistry).
-func NewProjector(in *inbox.Inbox, reg *handlers.Registry) (*Projector, error) {
-	if in == nil || reg == nil {
-		return nil, errors.New("readmodel: NewProjector needs an inbox and a registry")
+// NewProjector returns a projector decoding with reg, which must know the
+// order events (see NewRegistry).
+func NewProjector(reg *handlers.Registry) (*Projector, error) {
+	if reg == nil {
+		return nil, errors.New("readmodel: NewProjector needs a registry")
 	}
-	return &Projector{registry: reg, inbox: in, now: time.Now}, nil
+	return &Projector{registry: reg, now: time.Now}, nil
 }
 
 // NewRegistry returns an event registry with the order events registered,
@@ -138,51 +135,36 @@ func NewRegistry(cfg handlers.RegistryConfig) (*handlers.Registry, error) {
 
 // Stats returns the projector's counters.
 func (p *Projector) Stats() Stats {
-	return Stats{
-		Deliveries: p.deliveries.Load(),
-		Applied:    p.applied.Load(),
-		Duplicates: p.duplicates.Load(),
-		Errors:     p.errs.Load(),
-	}
+	return Stats{Applied: p.applied.Load(), Errors: p.errs.Load()}
 }
 
-// Handler returns the projection as a Watermill handler: it decodes the
-// event and applies it to the read model inside the inbox's transaction,
-// so the read model changes once per message even when the broker or the
-// outbox delivers it again. Add it to a router with AddConsumerHandler.
+// Handler returns the projection as a handler for an inbox.Consumer: it
+// decodes the event and applies it in the transaction of the message's
+// context (gormstore.Tx). An event the registry does not know fails with
+// handlers.ErrUnknownEvent, one that does not follow the order's last
+// event with ErrOutOfSequence.
 func (p *Projector) Handler() message.NoPublishHandlerFunc {
 	applied := p.registry.HandlerFunc(p.apply)
-	var inner message.HandlerFunc = func(msg *message.Message) ([]*message.Message, error) {
-		return nil, applied(msg)
-	}
-	deduped := p.inbox.Middleware(Consumer)(func(msg *message.Message) ([]*message.Message, error) {
-		// Runs only for a message the inbox has not seen before.
-		if ran, ok := msg.Context().Value(ranKey{}).(*bool); ok {
-			*ran = true
-		}
-		return inner(msg)
-	})
 	return func(msg *message.Message) error {
-		p.deliveries.Add(1)
-		orig := msg.Context()
-		ran := new(bool)
-		msg.SetContext(context.WithValue(orig, ranKey{}, ran))
-		_, err := deduped(msg)
-		msg.SetContext(orig)
-		switch {
-		case err != nil:
+		if err := applied(msg); err != nil {
 			p.errs.Add(1)
-		case *ran:
-			p.applied.Add(1)
-		default:
-			p.duplicates.Add(1)
+			return err
 		}
-		return err
+		p.applied.Add(1)
+		return nil
 	}
 }
 
-// ranKey marks in a message's context whether the inbox ran the handler.
-type ranKey struct{}
+// NewConsumer returns the inbox consumer that runs the projection on
+// topic, with cfg's tuning (Workers, BatchSize, ...): its Name is
+// Consumer, its Handler p's.
+func NewConsumer(in *inbox.Inbox, p *Projector, sub message.Subscriber, topic string, cfg inbox.ConsumerConfig) (*inbox.Consumer, error) {
+	cfg.Name = Consumer
+	cfg.Topics = []string{topic}
+	cfg.Subscriber = sub
+	cfg.Handler = p.Handler()
+	return in.NewConsumer(cfg)
+}
 
 // apply applies one decoded event in the inbox's transaction.
 func (p *Projector) apply(msg *message.Message, event any) error {
