@@ -72,3 +72,43 @@ func TestPoisonMessagesDoNotStopTheReadModel(t *testing.T) {
 		require.Equal(t, 1, r.Attempts, "an unknown event is parked at once")
 	}
 }
+
+// A consumer that makes no progress while messages wait (here: the read
+// model's table is locked) makes /healthz report it, until it goes on.
+func TestHealthReportsStalledConsumer(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db := testdb.Open(t, testdb.Postgres)
+	b, err := brokers.Open(ctx, "", brokers.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Close() })
+	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Consumer: inbox.ConsumerConfig{StallAfter: 200 * time.Millisecond}})
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx, nil) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	<-a.Consumer.Running()
+
+	health := func() httpapi.HealthResponse {
+		rec := httptest.NewRecorder()
+		a.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+		var h httpapi.HealthResponse
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &h))
+		return h
+	}
+	lock := db.Begin()
+	require.NoError(t, lock.Exec("LOCK TABLE order_views IN ACCESS EXCLUSIVE MODE").Error)
+	require.NoError(t, a.Bus.Dispatch(ctx, orders.PlaceOrder{OrderID: "o-1", Customer: "ada", AmountCents: 7}))
+	require.Eventually(t, func() bool { return health().Status == "degraded" }, 10*time.Second, 10*time.Millisecond)
+	h := health()
+	require.Contains(t, h.Consumer, "stalled: ")
+	require.Contains(t, h.Consumer, "1 messages waiting")
+	require.Equal(t, "ok", h.Broker)
+
+	require.NoError(t, lock.Rollback().Error)
+	require.Eventually(t, func() bool { return health().Status == "ok" }, 10*time.Second, 10*time.Millisecond)
+	_, err = readmodel.Get(ctx, db, "o-1")
+	require.NoError(t, err)
+}
