@@ -347,11 +347,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	defer c.running.Store(false)
 	c.progress()
+	// The subscriptions outlive the workers, so that the acks and nacks
+	// they send when they stop still reach the broker.
+	subCtx, endSubscriptions := context.WithCancel(context.WithoutCancel(ctx))
+	defer endSubscriptions()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	chans := make([]<-chan *message.Message, len(c.cfg.Topics))
 	for i, topic := range c.cfg.Topics {
-		ch, err := c.cfg.Subscriber.Subscribe(ctx, topic)
+		ch, err := c.cfg.Subscriber.Subscribe(subCtx, topic)
 		if err != nil {
 			return fmt.Errorf("inbox: consumer %s: subscribe to %s: %w", c.cfg.Name, topic, err)
 		}
