@@ -161,6 +161,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	a.Inbox = in
 	ccfg := cfg.Consumer
+	if ccfg.Workers == 0 && cfg.DB.Dialector.Name() == "sqlite" {
+		// SQLite takes one writer at a time: more workers only queue for
+		// its lock, ahead of the commands.
+		ccfg.Workers = 1
+	}
 	if ccfg.Logger == nil {
 		ccfg.Logger = cfg.Logger
 	}
