@@ -73,6 +73,16 @@ type Config struct {
 	// min(Prefetch/2, MaxPendingAcks) messages at once (see Subscriber).
 	// Optional; default DefaultPrefetch (1).
 	Prefetch int
+	// Concurrent makes a subscription hand over up to Prefetch
+	// unacknowledged messages at once, in queue order, and accept their
+	// acks and nacks in any order (see Subscriber). It is for consumers
+	// that keep order themselves, such as inbox.Consumer, which orders by
+	// partition key over its workers; give them a Prefetch of at least
+	// their workers times their batch size. A Watermill Router handles
+	// each message in a goroutine of its own, so with Concurrent it loses
+	// the queue's order: leave it off for routers. Optional; default
+	// false.
+	Concurrent bool
 }
 
 // Validate reports every problem with the config.
