@@ -16,10 +16,12 @@ import (
 	"time"
 
 	"github.com/txoutbox/txoutbox/brokers"
+	"github.com/txoutbox/txoutbox/brokers/amqp"
 	"github.com/txoutbox/txoutbox/example_app/internal/app"
 	"github.com/txoutbox/txoutbox/example_app/internal/database"
 	"github.com/txoutbox/txoutbox/example_app/internal/demo"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
+	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/middleware"
 	"gorm.io/gorm"
 )
@@ -234,6 +236,9 @@ func connect(ctx context.Context, s settings, log *slog.Logger) (*gorm.DB, *brok
 		ConsumerGroup:  ConsumerGroup,
 		ConnectTimeout: connectTimeout,
 		Logger:         log,
+		// The read model's consumer orders by key itself and batches:
+		// RabbitMQ hands it a window of workers × batch size messages.
+		AMQP: amqp.Config{Concurrent: true, Prefetch: inbox.DefaultWorkers * inbox.DefaultBatchSize},
 	})
 	if err != nil {
 		_ = database.Close(db)
