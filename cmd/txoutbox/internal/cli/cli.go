@@ -127,6 +127,7 @@ Exit codes: 0 ok, 1 runtime failure (database unreachable, statement failed),
 		migrateCmd(o, run),
 		statusCmd(o, run),
 		failedCmd(o, run),
+		inboxCmd(o, run),
 		purgeCmd(o, run),
 	)
 	return root
