@@ -21,10 +21,15 @@ import (
 	"gorm.io/gorm/logger"
 )
 
-// TestMain runs the forwarder subprocess of TestSIGKILLForwarder when the
-// test binary is started as one (see childEnv), and the tests otherwise.
+// TestMain runs the forwarder subprocess of TestSIGKILLForwarder, or the
+// consumer subprocess of TestSIGKILLConsumer, when the test binary is
+// started as one (see childEnv), and the tests otherwise.
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
+	switch os.Getenv(childEnv) {
+	case "":
+	case "consumer":
+		os.Exit(runConsumerChild())
+	default:
 		os.Exit(runChild())
 	}
 	os.Exit(m.Run())
