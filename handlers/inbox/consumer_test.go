@@ -351,3 +351,33 @@ func TestConsumerConfigErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.ErrorIs(t, c.Health(), inbox.ErrNotRunning)
 }
+
+// A batch whose transaction breaks (here: its connection is killed) is
+// retried whole and charges nothing to its messages: even with
+// MaxAttempts 1 nothing is parked.
+func TestConsumerBrokenTransactionParksNothing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testdb.Postgres, inbox.Config{})
+	pubsub := newGoChannel(t)
+	var killed atomic.Int64
+	handler := func(msg *message.Message) error {
+		tx, err := gormstore.Tx(msg.Context())
+		if err != nil {
+			return err
+		}
+		if killed.Add(1) <= 3 {
+			// The server ends this session: the transaction is gone.
+			return tx.Exec("SELECT pg_terminate_backend(pg_backend_pid())").Error
+		}
+		return effectHandler(msg)
+	}
+	c := startConsumer(t, f, pubsub, inbox.ConsumerConfig{Handler: handler, MaxAttempts: 1, MaxRetryBackoff: 20 * time.Millisecond, RetryBackoff: time.Millisecond})
+	msgs := []*message.Message{keyed("a", "1"), keyed("b", "2")}
+	require.NoError(t, pubsub.Publish("t", msgs...))
+	require.Eventually(t, func() bool { return c.Stats().Processed == 2 }, 20*time.Second, 5*time.Millisecond)
+	require.Zero(t, c.Stats().Parked)
+	require.Zero(t, c.Stats().Failures, "nothing charged to the messages")
+	for _, m := range msgs {
+		require.Equal(t, int64(1), f.effects(t, m.UUID))
+	}
+}
