@@ -21,7 +21,33 @@ import (
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
 )
+
+// runApp runs the app on db until the test ends, with an in-process
+// GoChannel broker unless cfg has a broker; cfg gives the rest of the
+// config. It returns once the consumer has subscribed.
+func runApp(t *testing.T, db *gorm.DB, cfg app.Config) *app.App {
+	t.Helper()
+	if cfg.Broker == nil {
+		b, err := brokers.Open(t.Context(), "", brokers.Options{})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = b.Close() })
+		cfg.Broker = b
+	}
+	cfg.DB = db
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	a, err := app.New(t.Context(), cfg)
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx, nil) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	<-a.Consumer.Running()
+	return a
+}
 
 // A message the consumer cannot handle (an event it does not know, one
 // without a name) is parked in the inbox's failed table; later orders
@@ -33,13 +59,7 @@ func TestPoisonMessagesDoNotStopTheReadModel(t *testing.T) {
 	b, err := brokers.Open(ctx, "", brokers.Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Close() })
-	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx, nil) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	<-a.Consumer.Running()
+	a := runApp(t, db, app.Config{Broker: b})
 
 	unknown := message.NewMessage(watermill.NewUUID(), []byte(`{}`))
 	unknown.Metadata.Set(outbox.MetadataName, "OrderShipped")
@@ -79,17 +99,7 @@ func TestHealthReportsStalledConsumer(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	db := testdb.Open(t, testdb.Postgres)
-	b, err := brokers.Open(ctx, "", brokers.Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = b.Close() })
-	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Consumer: inbox.ConsumerConfig{StallAfter: 200 * time.Millisecond}})
-	require.NoError(t, err)
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx, nil) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	<-a.Consumer.Running()
+	a := runApp(t, db, app.Config{Consumer: inbox.ConsumerConfig{StallAfter: 200 * time.Millisecond}})
 
 	health := func() httpapi.HealthResponse {
 		rec := httptest.NewRecorder()
@@ -109,6 +119,6 @@ func TestHealthReportsStalledConsumer(t *testing.T) {
 
 	require.NoError(t, lock.Rollback().Error)
 	require.Eventually(t, func() bool { return health().Status == "ok" }, 10*time.Second, 10*time.Millisecond)
-	_, err = readmodel.Get(ctx, db, "o-1")
+	_, err := readmodel.Get(ctx, db, "o-1")
 	require.NoError(t, err)
 }

@@ -1,9 +1,6 @@
 package app_test
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,7 +8,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/txoutbox/txoutbox/brokers"
 	"github.com/txoutbox/txoutbox/example_app/internal/app"
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
@@ -24,15 +20,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	db := testdb.Open(t, testdb.SQLite)
-	b, err := brokers.Open(ctx, "", brokers.Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = b.Close() })
-	a, err := app.New(ctx, app.Config{DB: db, Broker: b, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx, nil) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	a := runApp(t, db, app.Config{})
 
 	require.NoError(t, a.Bus.Dispatch(ctx, orders.PlaceOrder{OrderID: "o-1", Customer: "ada", AmountCents: 7}))
 	require.Eventually(t, func() bool {
