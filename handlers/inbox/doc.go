@@ -43,49 +43,54 @@
 // long as it fails, holding up every message behind it. [Consumer] is the
 // inbox's own consumer, for the producer's pace:
 //
-//		c, err := in.NewConsumer(inbox.ConsumerConfig{
-//			Name:       "billing.charge",
-//			Topics:     []string{"orders"},
-//			Subscriber: sub,
-//			Handler:    reg.HandlerFunc(apply), // runs in the batch's transaction
-//		})
-//		...
-//		go c.Run(ctx)
+//	c, err := in.NewConsumer(inbox.ConsumerConfig{
+//		Name:       "billing.charge",
+//		Topics:     []string{"orders"},
+//		Subscriber: sub,
+//		Handler:    reg.HandlerFunc(apply), // runs in the batch's transaction
+//	})
+//	...
+//	go c.Run(ctx)
 //
-//	  - Batches: a worker processes up to BatchSize messages in one
-//	    transaction: one statement records their inbox rows (the duplicates
-//	    are acked without running the handler), each handler runs in a
-//	    savepoint of its own, so a failing message rolls back only its own
-//	    writes, and the batch is acked after the commit. A crash between
-//	    commit and ack redelivers messages the inbox then finds.
-//	  - Workers: messages of one partition key (the outbox's
-//	    "partition_key" metadata) go to one of Workers workers, in the
-//	    order they arrive; other keys run in parallel. On a single queue
-//	    this is what makes one queue fast without losing per-key order; on
-//	    a broker that partitions by key (Kafka) it composes with the
-//	    partitions.
-//	  - Failures: a failed message is retried with backoff (its key waits,
-//	    others go on); after MaxAttempts, or at once for an error wrapping
-//	    [ErrPermanent] or handlers.ErrDecode, it is recorded in the failed
-//	    table with its payload, metadata, error and attempts, and acked.
-//	    Under [KeyWait] (the default) its key's later messages are recorded
-//	    behind it as held; [Inbox.Retry] (or the CLI's "txoutbox inbox
-//	    failed retry") makes the running consumer process them again, in
-//	    order, and [Inbox.Discard] drops a message and lets its key go on.
-//	    An unknown event (handlers.ErrUnknownEvent) is parked at once
-//	    ([UnknownPark]) or acked and counted ([UnknownSkip]).
-//	  - Outages: when a batch's transaction fails (the database is away),
-//	    the batch is retried with backoff and nothing is charged to its
-//	    messages; nothing is parked.
-//	  - Metrics and health: OpenTelemetry counters of processed, duplicate,
-//	    failed, parked, held and skipped messages, the in-flight gauge, the
-//	    lag histogram (now − the event's created_at) and the batch size
-//	    (see docs/operations.md); [Consumer.Health] reports a consumer that
-//	    made no progress for StallAfter while messages wait.
+// What it does:
+//
+//   - Batches: a worker processes up to BatchSize messages in one
+//     transaction: one statement records their inbox rows (the duplicates
+//     are acked without running the handler), each handler runs in a
+//     savepoint of its own, so a failing message rolls back only its own
+//     writes, and the batch is acked after the commit. A crash between
+//     commit and ack redelivers messages the inbox then finds.
+//   - Workers: messages of one partition key (the outbox's
+//     "partition_key" metadata) go to one of Workers workers, in the
+//     order they arrive; other keys run in parallel. On a single queue
+//     this is what makes one queue fast without losing per-key order; on
+//     a broker that partitions by key (Kafka) it composes with the
+//     partitions.
+//   - Failures: a failed message is retried with backoff (its key waits,
+//     others go on); after MaxAttempts, or at once for an error wrapping
+//     [ErrPermanent] or handlers.ErrDecode, it is recorded in the failed
+//     table with its payload, metadata, error and attempts, and acked.
+//     Under [KeyWait] (the default) its key's later messages are recorded
+//     behind it as held; [Inbox.Retry] (or the CLI's "txoutbox inbox
+//     failed retry") makes the running consumer process them again, in
+//     order, and [Inbox.Discard] drops a message and lets its key go on.
+//     An unknown event (handlers.ErrUnknownEvent) is parked at once
+//     ([UnknownPark]) or acked and counted ([UnknownSkip]).
+//   - Outages: when a batch's transaction fails (the database is away),
+//     the batch is retried with backoff and nothing is charged to its
+//     messages; nothing is parked.
+//   - Metrics and health: OpenTelemetry counters of processed, duplicate,
+//     failed, parked, held and skipped messages, the in-flight gauge, the
+//     lag histogram (now − the event's created_at) and the batch size
+//     (see docs/operations.md); [Consumer.Health] reports a consumer that
+//     made no progress for StallAfter while messages wait.
 //
 // Batches and workers need a subscriber that hands over the next message
 // before the previous one is acked: brokers/amqp with Config.Concurrent, a
-// Watermill GoChannel. Most Watermill subscribers (watermill-kafka per
+// Watermill GoChannel without BlockPublishUntilSubscriberAck (which loses
+// the order of messages published together; the brokers package's
+// in-process broker sets it, and hands over one at a time). Most
+// Watermill subscribers (watermill-kafka per
 // partition, watermill-nats, watermill-redisstream) hand over one message
 // at a time until it is acked: the Consumer then works with batches of one,
 // keeping every guarantee above. A batch is what has arrived while the
