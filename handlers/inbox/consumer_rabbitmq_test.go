@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/brokers/amqp"
+	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -53,9 +54,8 @@ func TestConsumerKeyOrderOnRabbitMQ(t *testing.T) {
 	}
 	require.NoError(t, pub.Publish(topic, msgs...)) // a backlog, in order
 
+	require.NoError(t, f.db.Exec("CREATE TABLE applied (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, seq INTEGER NOT NULL)").Error)
 	var (
-		mu      sync.Mutex
-		applied = map[string][]int{}
 		failed  sync.Map
 		running atomic.Int64
 		maxRun  atomic.Int64
@@ -74,12 +74,14 @@ func TestConsumerKeyOrderOnRabbitMQ(t *testing.T) {
 		if err := effectHandler(msg); err != nil {
 			return err
 		}
+		// The order of application is the order of the committed rows
+		// (a handler may run again when another one of its batch fails).
+		tx, err := gormstore.Tx(msg.Context())
+		if err != nil {
+			return err
+		}
 		seq, _ := strconv.Atoi(msg.Metadata.Get("seq"))
-		key := msg.Metadata.Get(outbox.MetadataPartitionKey)
-		mu.Lock()
-		applied[key] = append(applied[key], seq)
-		mu.Unlock()
-		return nil
+		return tx.Exec("INSERT INTO applied (key, seq) VALUES (?, ?)", msg.Metadata.Get(outbox.MetadataPartitionKey), seq).Error
 	}
 	c, err := f.in.NewConsumer(inbox.ConsumerConfig{
 		Name: consumerName, Topics: []string{topic}, Subscriber: sub, Handler: handler,
@@ -95,8 +97,15 @@ func TestConsumerKeyOrderOnRabbitMQ(t *testing.T) {
 
 	require.EqualValues(t, n, testdb.Count(t, f.db, "effects", ""))
 	require.EqualValues(t, n, testdb.Count(t, f.db, "(SELECT DISTINCT message_uuid FROM effects) d", ""), "each message once")
-	mu.Lock()
-	defer mu.Unlock()
+	var rows []struct {
+		Key string
+		Seq int
+	}
+	require.NoError(t, f.db.Raw("SELECT key, seq FROM applied ORDER BY id").Scan(&rows).Error)
+	applied := map[string][]int{}
+	for _, r := range rows {
+		applied[r.Key] = append(applied[r.Key], r.Seq)
+	}
 	require.Len(t, applied, keys)
 	for key, seqs := range applied {
 		for i := 1; i < len(seqs); i++ {

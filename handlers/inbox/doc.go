@@ -56,9 +56,12 @@
 //
 //   - Batches: a worker processes up to BatchSize messages in one
 //     transaction: one statement records their inbox rows (the duplicates
-//     are acked without running the handler), each handler runs in a
-//     savepoint of its own, so a failing message rolls back only its own
-//     writes, and the batch is acked after the commit. A crash between
+//     are acked without running the handler), the handlers run, and the
+//     batch is acked after the commit. When a handler fails, the
+//     transaction is rolled back and the batch runs again with each
+//     handler in a savepoint of its own (and so do the worker's next 16
+//     batches), so a failing message rolls back only its own writes; the
+//     handlers before it run twice, only the committed run counts. A crash between
 //     commit and ack redelivers messages the inbox then finds.
 //   - Workers: messages of one partition key (the outbox's
 //     "partition_key" metadata) go to one of Workers workers, in the
