@@ -324,12 +324,17 @@ func (c *Consumer) Stats() ConsumerStats {
 func (c *Consumer) Running() <-chan struct{} { return c.subscribed }
 
 // Health returns nil while the consumer runs and makes progress:
-// ErrNotRunning before Run and after it returned, ErrStalled when no batch
+// ErrNotRunning before Run has subscribed and after it returned, ErrStalled when no batch
 // has committed for ConsumerConfig.StallAfter while messages wait (the
 // database is away, or a handler blocks).
 func (c *Consumer) Health() error {
 	if !c.running.Load() {
 		return fmt.Errorf("%w: %s", ErrNotRunning, c.cfg.Name)
+	}
+	select {
+	case <-c.subscribed:
+	default:
+		return fmt.Errorf("%w: %s is subscribing", ErrNotRunning, c.cfg.Name)
 	}
 	n := c.inFlight.Load()
 	since := time.Since(time.Unix(0, c.lastProgress.Load()))

@@ -33,7 +33,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		rec := httptest.NewRecorder()
 		a.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 		body = rec.Body.String()
-		return rec.Code == http.StatusOK && strings.Contains(body, `txoutbox_relay_published_total{`) && strings.Contains(body, `txoutbox_inbox_processed_total{`)
+		// The outbox gauges read the table at each scrape: wait for all.
+		return rec.Code == http.StatusOK && strings.Contains(body, `txoutbox_relay_published_total{`) &&
+			strings.Contains(body, `txoutbox_inbox_processed_total{`) && strings.Contains(body, "txoutbox_outbox_pending")
 	}, 10*time.Second, 10*time.Millisecond)
 	// The consumer's series.
 	require.Contains(t, body, `txoutbox_consumer="orders.read_model"`)

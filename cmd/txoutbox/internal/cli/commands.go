@@ -140,10 +140,14 @@ pending age means the forwarder is behind, stopped, or a key is blocked.`,
 		Args: cobra.NoArgs,
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
 			var out statusOutput
-			err := o.withStore(cmd.Context(), func(s *gormstore.Store) error {
-				st, err := s.Stats(cmd.Context())
+			err := o.withDB(cmd.Context(), false, func(db *gorm.DB) error {
+				s, err := gormstore.New(db, gormstore.Config{Table: o.table})
 				if err != nil {
 					return err
+				}
+				st, err := s.Stats(cmd.Context())
+				if err != nil {
+					return hintMissingTable(err)
 				}
 				out = statusOutput{
 					Table:   s.Table(),
@@ -156,25 +160,64 @@ pending age means the forwarder is behind, stopped, or a key is blocked.`,
 					out.Topics = append(out.Topics, topicStatus{Topic: name, Pending: t.Pending, Failed: t.Failed, age: newAge(t.OldestPendingAge)})
 				}
 				slices.SortFunc(out.Topics, func(a, b topicStatus) int { return cmp.Compare(a.Topic, b.Topic) })
-				return nil
+				out.Consumers, err = o.consumerStatus(cmd.Context(), db)
+				return err
 			})
 			if err != nil {
 				return err
 			}
 			return o.print(cmd, out, func(p *printer) {
 				p.linef("outbox %s: %d pending, %d failed, oldest pending %s", out.Table, out.Pending, out.Failed, out.OldestPendingAge)
-				if len(out.Topics) == 0 {
+				if len(out.Topics) > 0 {
+					p.linef("")
+					tw := p.table("TOPIC", "PENDING", "FAILED", "OLDEST PENDING")
+					for _, t := range out.Topics {
+						tw.row(t.Topic, t.Pending, t.Failed, t.OldestPendingAge)
+					}
+					tw.flush()
+				}
+				if len(out.Consumers) == 0 {
 					return
 				}
 				p.linef("")
-				tw := p.table("TOPIC", "PENDING", "FAILED", "OLDEST PENDING")
-				for _, t := range out.Topics {
-					tw.row(t.Topic, t.Pending, t.Failed, t.OldestPendingAge)
+				tw := p.table("CONSUMER", "FAILED", "HELD", "RETRY")
+				for _, c := range out.Consumers {
+					tw.row(c.Consumer, c.Failed, c.Held, c.Retry)
 				}
 				tw.flush()
 			})
 		}),
 	}
+}
+
+// consumerStatus counts the inbox failed table's rows per consumer; nil
+// when the table does not exist (no inbox.Consumer ever ran there).
+func (o *options) consumerStatus(ctx context.Context, db *gorm.DB) ([]consumerStatus, error) {
+	in, err := inbox.New(db, inbox.Config{Table: o.inboxTable})
+	if err != nil {
+		return nil, err
+	}
+	if !db.WithContext(ctx).Migrator().HasTable(in.FailedTable()) {
+		return nil, nil
+	}
+	counts, err := in.FailedCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []consumerStatus{}
+	for name, c := range counts {
+		out = append(out, consumerStatus{Consumer: name, Failed: c[inbox.StatusFailed], Held: c[inbox.StatusHeld], Retry: c[inbox.StatusRetry]})
+	}
+	slices.SortFunc(out, func(a, b consumerStatus) int { return cmp.Compare(a.Consumer, b.Consumer) })
+	return out, nil
+}
+
+// consumerStatus is a consumer's rows in the inbox failed table.
+type consumerStatus struct {
+	Consumer string `json:"consumer"`
+	Failed   int64  `json:"failed"`
+	Held     int64  `json:"held"`
+	Retry    int64  `json:"retry"`
 }
 
 // age is a duration shown as text ("3m4s", "-" for none) and seconds.
@@ -205,6 +248,8 @@ type statusOutput struct {
 	Failed  int64  `json:"failed"`
 	age
 	Topics []topicStatus `json:"topics"`
+	// Consumers lists the consumers with rows in the inbox failed table.
+	Consumers []consumerStatus `json:"consumers,omitempty"`
 }
 
 type topicStatus struct {

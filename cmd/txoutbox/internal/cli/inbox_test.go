@@ -77,6 +77,9 @@ func TestInboxFailed(t *testing.T) {
 	okJSON(t, url, &list, "inbox", "failed", "list", "--consumer", "nobody")
 	require.Empty(t, list.Failed)
 
+	out = ok(t, url, "status")
+	require.Regexp(t, `billing\s+2\s+0\s+0`, out, "status counts the consumer's failed messages")
+
 	// Bad input.
 	for _, args := range [][]string{
 		{"inbox", "failed", "retry", poison.UUID},             // no --consumer
