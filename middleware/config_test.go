@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,6 +222,28 @@ func TestAfterCommit(t *testing.T) {
 		require.Len(t, calls[2].params.Records, 1)
 		require.JSONEq(t, `{"seq":3}`, string(calls[2].params.Records[0].Message.Payload))
 	})
+}
+
+// wakeCounter is a middleware.Waker that counts its wake-ups.
+type wakeCounter struct{ n atomic.Int64 }
+
+func (w *wakeCounter) Wake() { w.n.Add(1) }
+
+// Wake is woken once per committed command with events, never for one
+// without events or rolled back.
+func TestWake(t *testing.T) {
+	t.Parallel()
+	w := &wakeCounter{}
+	f := newFixture(t, testdb.SQLite, withConfig(func(c *middleware.TransactionalConfig) { c.Wake = w }))
+	ctx := context.Background()
+	require.NoError(t, f.run(ctx, func(ctx context.Context) error { return outbox.Emit(ctx, AuditLogged{Seq: 1}, AuditLogged{Seq: 2}) }))
+	require.EqualValues(t, 1, w.n.Load())
+	require.NoError(t, f.run(ctx, func(ctx context.Context) error { return insertOrder(ctx, "o-1", 1) }))
+	require.Error(t, f.run(ctx, func(ctx context.Context) error {
+		require.NoError(t, outbox.Emit(ctx, AuditLogged{Seq: 3}))
+		return errors.New("no")
+	}))
+	require.EqualValues(t, 1, w.n.Load())
 }
 
 func TestAfterCommitSeesCommittedRows(t *testing.T) {

@@ -90,7 +90,7 @@ func TestCQRSOverRabbitMQ(t *testing.T) {
 	require.NoError(t, err)
 	tm, err := middleware.NewTransactional(middleware.TransactionalConfig{
 		DB: f.db, Store: f.store,
-		AfterCommit: []func(middleware.AfterCommitParams){func(middleware.AfterCommitParams) { fwd.Wake() }},
+		Wake: fwd,
 	})
 	require.NoError(t, err)
 	fwdDone := make(chan error, 1)

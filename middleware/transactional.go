@@ -71,8 +71,19 @@ type TransactionalConfig struct {
 	CommandName func(cmd any) string
 	// AfterCommit functions are called, in order and synchronously, after a
 	// top-level command's transaction commits with at least one event saved.
-	// Use them to wake a forwarder in the same process. Optional.
+	// Optional.
 	AfterCommit []func(AfterCommitParams)
+	// Wake is woken after a top-level command's transaction commits with
+	// at least one event saved, after the AfterCommit functions: pass the
+	// outbox.Forwarder of the same process, so that it relays at once
+	// instead of at its next poll. Optional.
+	Wake Waker
+}
+
+// Waker is what TransactionalConfig.Wake wakes; *outbox.Forwarder is one.
+type Waker interface {
+	// Wake asks for a relay pass soon; it must not block.
+	Wake()
 }
 
 // AfterCommitParams describes a commit for TransactionalConfig.AfterCommit.
@@ -229,6 +240,9 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 				p := AfterCommitParams{Ctx: ctx, Command: cmd, Records: recs}
 				for _, f := range t.cfg.AfterCommit {
 					f(p)
+				}
+				if t.cfg.Wake != nil {
+					t.cfg.Wake.Wake()
 				}
 			}
 			return nil

@@ -132,10 +132,8 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	hooks := append(cfg.AfterCommit[:len(cfg.AfterCommit):len(cfg.AfterCommit)],
-		func(middleware.AfterCommitParams) { a.Forwarder.Wake() })
 	tx, err := middleware.NewTransactional(middleware.TransactionalConfig{
-		DB: cfg.DB, Store: store, Encoder: enc, AfterCommit: hooks,
+		DB: cfg.DB, Store: store, Encoder: enc, AfterCommit: cfg.AfterCommit, Wake: a.Forwarder,
 	})
 	if err != nil {
 		return nil, err

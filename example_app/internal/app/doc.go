@@ -2,14 +2,14 @@
 //
 //	HTTP API ──Dispatch──▶ bus: Recover → Transactional → orders handlers
 //	                         │  orders row + outbox rows, one transaction
-//	                         ▼  AfterCommit: Forwarder.Wake()
+//	                         ▼  Wake: Forwarder.Wake()
 //	outbox table ──Forwarder──▶ Watermill Publisher ──▶ broker
-//	broker ──▶ Watermill Subscriber ──▶ Router ──▶ Retry → inbox → projection
-//	                                                  │  inbox row + read model, one transaction
-//	                                                  ▼
+//	broker ──▶ Watermill Subscriber ──▶ inbox.Consumer ──▶ projection
+//	                                        │  inbox rows + read model, one transaction per batch
+//	                                        ▼
 //	GET /orders/{id} ◀── order_views
 //
 // A retention.Cleaner deletes inbox rows older than seven days, every
-// minute. Everything runs in one process; only the broker (package broker)
+// minute. Everything runs in one process; only the broker (package brokers)
 // and the database (package database) change with the configuration.
 package app
