@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -161,10 +162,23 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 			return err
 		}
 		if _, err := tx.Statement.ConnPool.ExecContext(ctx, query, args...); err != nil {
+			if missingTable(err) {
+				return fmt.Errorf("gormstore: insert into %s: %w (create the table first: gormstore.Migrate, Store.Migrate, or the CLI's \"txoutbox migrate\")", s.table, err)
+			}
 			return fmt.Errorf("gormstore: insert into %s: %w", s.table, err)
 		}
 	}
 	return nil
+}
+
+// missingTable tells an error of a statement on a table that does not
+// exist: SQLSTATE 42P01 on PostgreSQL, "no such table" on SQLite.
+func missingTable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "42P01"
+	}
+	return strings.Contains(err.Error(), "no such table")
 }
 
 func (s *Store) insertSQL(records []outbox.Record) (string, []any, error) {

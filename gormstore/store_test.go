@@ -61,6 +61,21 @@ func TestSaveNeedsTransaction(t *testing.T) {
 	})
 }
 
+// Saving before the table exists says how to create it.
+func TestSaveWithoutTableSaysToMigrate(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		s, err := gormstore.New(db, gormstore.Config{})
+		require.NoError(t, err)
+		err = db.Transaction(func(tx *gorm.DB) error {
+			return s.Save(context.Background(), tx, []outbox.Record{record("t", "", "x")})
+		})
+		require.ErrorContains(t, err, "gormstore.Migrate")
+		require.ErrorContains(t, err, "txoutbox migrate")
+	})
+}
+
 // TestSaveTransactionKinds saves through every kind of transaction GORM
 // hands out: Transaction, Begin, and a PrepareStmt session's transaction
 // (whose ConnPool is a *gorm.PreparedStmtTX, not a *sql.Tx).
