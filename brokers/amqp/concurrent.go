@@ -58,21 +58,25 @@ func (s *Subscriber) consumeConcurrent(ctx context.Context, c *consumer, out cha
 			queue = append(queue, msg)
 			watchers.Go(func() {
 				defer cancel()
-				var st settlement
+				st := settlement{tag: d.DeliveryTag}
 				select {
 				case <-msg.Acked():
-					st = settlement{tag: d.DeliveryTag, ack: true}
+					st.ack = true
 				case <-msg.Nacked():
-					st = settlement{tag: d.DeliveryTag}
 				case <-stop:
-					return
+					// An ack that came with the end still counts.
+					select {
+					case <-msg.Acked():
+						st.ack = true
+					case <-msg.Nacked():
+					default:
+						return
+					}
 				}
-				select {
-				case settled <- st:
-				case <-stop:
-					// The loop ended: the deferred drain cannot see
-					// this one, so an ack is lost (a redelivery).
-				}
+				// settled holds Prefetch: RabbitMQ delivers no more
+				// than Prefetch messages it has no ack for, so this
+				// never waits for long; the deferred drain reads it.
+				settled <- st
 			})
 		case send <- head:
 			queue[0] = nil
