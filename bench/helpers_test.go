@@ -321,6 +321,10 @@ func (a counts) sub(b counts) counts {
 	return counts{a.statements - b.statements, a.roundTrips - b.roundTrips, a.transactions - b.transactions}
 }
 
+func (a counts) add(b counts) counts {
+	return counts{a.statements + b.statements, a.roundTrips + b.roundTrips, a.transactions + b.transactions}
+}
+
 func (c *queryCounter) statement(sql string) {
 	c.statements.Add(1)
 	s := strings.ToLower(strings.TrimSpace(sql))
