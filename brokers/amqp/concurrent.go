@@ -25,17 +25,15 @@ func (s *Subscriber) consumeConcurrent(ctx context.Context, c *consumer, out cha
 	var watchers sync.WaitGroup
 	settled := make(chan settlement, s.cfg.Prefetch)
 	defer func() {
+		// Acks that came with the end still count: the watchers check
+		// once more, and settled is read until the last one is done.
 		close(stop)
-		watchers.Wait()
-		// Acks that came with the end still count.
-		for {
-			select {
-			case st := <-settled:
-				acks.settle(st)
-				continue
-			default:
-			}
-			break
+		go func() {
+			watchers.Wait()
+			close(settled)
+		}()
+		for st := range settled {
+			acks.settle(st)
 		}
 		acks.flush()
 	}()
@@ -43,8 +41,15 @@ func (s *Subscriber) consumeConcurrent(ctx context.Context, c *consumer, out cha
 	for {
 		var send chan<- *message.Message
 		var head *message.Message
+		var idle <-chan time.Time
 		if len(queue) > 0 {
 			send, head = out, queue[0]
+		} else if acks.ackTo != 0 {
+			// Nothing waits to be handed over: unless a delivery or an
+			// ack comes within AckLinger, the subscription idles and
+			// sends the acks up to the floor.
+			acks.idle.Reset(AckLinger)
+			idle = acks.idle.C
 		}
 		select {
 		case d, ok := <-c.deliveries:
@@ -73,9 +78,9 @@ func (s *Subscriber) consumeConcurrent(ctx context.Context, c *consumer, out cha
 						return
 					}
 				}
-				// settled holds Prefetch: RabbitMQ delivers no more
-				// than Prefetch messages it has no ack for, so this
-				// never waits for long; the deferred drain reads it.
+				// settled holds Prefetch, as many as RabbitMQ
+				// delivers without an ack: this does not wait for long,
+				// and after stop the deferred drain reads it.
 				settled <- st
 			})
 		case send <- head:
@@ -85,32 +90,40 @@ func (s *Subscriber) consumeConcurrent(ctx context.Context, c *consumer, out cha
 			acks.settle(st)
 		case <-acks.due():
 			acks.flush()
+		case <-idle:
+			acks.flushFloor()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// concurrentAcker acknowledges messages handled in any order: all the
-// acked ones up to the floor (below which every delivery is settled)
-// with one multiple ack, and those held above it singly once the oldest
-// held ack is MaxAckDelay old.
+// concurrentAcker acknowledges the messages of one channel handled in any
+// order. Every delivery up to the floor is settled; the acks held up to
+// it go as one multiple ack, which covers no other delivery. Above the
+// floor, a lower delivery is not settled yet: the acks held there go
+// singly, once the oldest held ack is MaxAckDelay old. Each delivery tag
+// is acked or nacked on the wire once: a tag leaves state when the floor
+// passes it, and one above the floor is marked once its ack or nack is
+// sent.
 type concurrentAcker struct {
 	ch  *amqp091.Channel
 	max int
 	log watermill.LoggerAdapter
 	// floor is the highest tag such that every delivery up to it is
-	// settled; above it, state tells each received delivery's state.
+	// settled (tags start at 1 on each channel); state tells the state of
+	// each delivery above it.
 	floor uint64
 	state map[uint64]uint8
-	// ackTo is the highest acked tag up to floor whose ack was not sent
-	// (0: none), below the number of such acks, n the number of all acks
-	// not sent.
+	// ackTo is the highest acked tag up to the floor whose ack was not
+	// sent (0: none), below the number of acks up to the floor not sent,
+	// n the number of all acks not sent.
 	ackTo uint64
 	below int
 	n     int
 	timer *time.Timer // MaxAckDelay after the oldest unsent ack
-	armed bool
+	armed bool        // timer runs: n > 0
+	idle  *time.Timer // AckLinger, while nothing waits to be handed over
 }
 
 // The states of a delivery above the floor.
@@ -121,23 +134,32 @@ const (
 )
 
 func newConcurrentAcker(ch *amqp091.Channel, maxPending int, log watermill.LoggerAdapter) *concurrentAcker {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return &concurrentAcker{ch: ch, max: maxPending, log: log, state: map[uint64]uint8{}, timer: t}
+	stopped := func() *time.Timer {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return t
+	}
+	return &concurrentAcker{ch: ch, max: maxPending, log: log, state: map[uint64]uint8{}, timer: stopped(), idle: stopped()}
 }
 
+// received records a delivery of the channel, in delivery order.
 func (a *concurrentAcker) received(tag uint64) { a.state[tag] = tagReceived }
 
-// settle records a handled delivery: a nack is sent at once.
+// settle records a delivery's ack or nack. A nack is sent at once, after
+// the acks held up to the floor.
 func (a *concurrentAcker) settle(st settlement) {
-	if _, ok := a.state[st.tag]; !ok {
+	if s, ok := a.state[st.tag]; !ok || s != tagReceived {
 		return // settled already
 	}
 	if st.ack {
 		a.state[st.tag] = tagAcked
 		a.n++
-		a.arm()
+		if !a.armed {
+			a.timer.Reset(MaxAckDelay)
+			a.armed = true
+		}
 	} else {
+		a.flushFloor()
 		if err := a.ch.Nack(st.tag, false, true); err != nil {
 			a.log.Debug("AMQP nack not sent; RabbitMQ redelivers the message", watermill.LogFields{"delivery_tag": st.tag, "error": err.Error()})
 		}
@@ -160,13 +182,18 @@ func (a *concurrentAcker) settle(st settlement) {
 	}
 }
 
-// flushFloor sends the held acks up to the floor as one multiple ack.
+// flushFloor sends the acks held up to the floor as one multiple ack up
+// to the highest of them: every delivery up to it is settled, and the
+// others were nacked or acked already, so it acknowledges exactly the
+// held ones.
 func (a *concurrentAcker) flushFloor() {
 	if a.ackTo == 0 {
 		return
 	}
 	if err := a.ch.Ack(a.ackTo, true); err != nil {
-		a.log.Debug("AMQP ack not sent; RabbitMQ redelivers the messages", watermill.LogFields{"delivery_tag": a.ackTo, "error": err.Error()})
+		a.log.Debug("AMQP ack not sent; RabbitMQ redelivers the messages", watermill.LogFields{
+			"messages": a.below, "delivery_tag": a.ackTo, "error": err.Error(),
+		})
 	}
 	a.n -= a.below
 	a.ackTo, a.below = 0, 0
@@ -176,16 +203,8 @@ func (a *concurrentAcker) flushFloor() {
 	}
 }
 
-// arm starts the MaxAckDelay timer unless it runs.
-func (a *concurrentAcker) arm() {
-	if !a.armed {
-		a.timer.Reset(MaxAckDelay)
-		a.armed = true
-	}
-}
-
-// due fires when the oldest unsent ack is MaxAckDelay old; nil (blocks)
-// when none is held.
+// due fires when the oldest unsent ack is MaxAckDelay old; it is nil
+// (blocks) when none is held.
 func (a *concurrentAcker) due() <-chan time.Time {
 	if !a.armed {
 		return nil
@@ -193,10 +212,10 @@ func (a *concurrentAcker) due() <-chan time.Time {
 	return a.timer.C
 }
 
-// flush sends every held ack: one multiple ack up to the floor, single
-// acks above it. It runs when the oldest held ack is MaxAckDelay old and
-// when the subscription ends; min(Prefetch/2, MaxPendingAcks) acks up to
-// the floor are sent at once (flushFloor).
+// flush sends every held ack: one multiple ack up to the floor, and a
+// single ack for each held above it (a multiple ack there would also
+// acknowledge the unsettled deliveries below it). It runs when the oldest
+// held ack is MaxAckDelay old and when the subscription ends.
 func (a *concurrentAcker) flush() {
 	if a.armed {
 		a.timer.Stop()

@@ -32,7 +32,8 @@
 // A queue is FIFO and the messages of one Publish call go out on one channel
 // in order, so the per-key order the outbox forwarder keeps survives into the
 // queue. A [Subscriber] hands a queue's messages over in that order, the
-// next one only after the previous one was acked or nacked, and keeps the
+// next one only after the previous one was acked or nacked (unless
+// Config.Concurrent: see Concurrent delivery), and keeps the
 // order through redeliveries while it holds one unacknowledged message at
 // a time (Config.Prefetch 1, the default): a nacked message is requeued at
 // its place and delivered again before the ones behind it. With a larger
@@ -67,6 +68,21 @@
 // instead of 5,000. A crash then redelivers at most Prefetch messages, as
 // before, of which at most min(Prefetch/2, MaxPendingAcks) were handled
 // already. With Prefetch 1 every message is acknowledged on its own.
+//
+// # Concurrent delivery
+//
+// With Config.Concurrent a subscription hands over up to Prefetch
+// unacknowledged messages at once, each as soon as it arrives and in queue
+// order, and takes their acks and nacks in any order: what a consumer
+// needs that batches messages and runs workers in parallel, keeping the
+// order per partition key itself (inbox.Consumer of package
+// handlers/inbox). Acks are still coalesced: one multiple ack covers the
+// acked messages up to the highest delivery tag below which every
+// delivery is settled; an ack above a message still being handled is
+// sent on its own after at most [MaxAckDelay]; a nack goes at once. A
+// Watermill Router handles each message in a goroutine of its own and
+// would lose the queue's order: leave Concurrent off for routers. See
+// [Subscriber].
 //
 // On the project's 2-core test machine, `go test -run '^$' -bench
 // 'BenchmarkRelayBroker/broker=amqp' -benchtime 1x ./bench/` (Prefetch

@@ -19,7 +19,10 @@ import (
 
 // ackFrame is a basic.ack or basic.nack a client sent.
 type ackFrame struct {
-	Nack     bool
+	Nack bool
+	// Conn numbers the proxy's connections from 0, in the order they
+	// were accepted; delivery tags belong to a connection's channel.
+	Conn     int
 	Channel  uint16
 	Tag      uint64
 	Multiple bool
@@ -31,7 +34,7 @@ func (f ackFrame) String() string {
 	if f.Nack {
 		kind = "nack"
 	}
-	return fmt.Sprintf("%s(ch %d, tag %d, multiple %v, requeue %v)", kind, f.Channel, f.Tag, f.Multiple, f.Requeue)
+	return fmt.Sprintf("%s(conn %d, ch %d, tag %d, multiple %v, requeue %v)", kind, f.Conn, f.Channel, f.Tag, f.Multiple, f.Requeue)
 }
 
 // frameProxy forwards TCP connections to RabbitMQ and records the
@@ -61,7 +64,7 @@ func newFrameProxy(t *testing.T) *frameProxy {
 	var conns []net.Conn
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		for {
+		for conn := 0; ; conn++ {
 			c, err := ln.Accept()
 			if err != nil {
 				return
@@ -75,7 +78,7 @@ func newFrameProxy(t *testing.T) *frameProxy {
 			conns = append(conns, c, up)
 			mu.Unlock()
 			wg.Go(func() { _, _ = io.Copy(c, up); _ = c.Close() })
-			wg.Go(func() { p.forward(up, c); _ = up.Close() })
+			wg.Go(func() { p.forward(up, c, conn); _ = up.Close() })
 		}
 	})
 	t.Cleanup(func() {
@@ -94,8 +97,8 @@ func newFrameProxy(t *testing.T) *frameProxy {
 func (p *frameProxy) URL() string { return p.url }
 
 // forward copies the client's protocol header and frames to up, recording
-// the acknowledgements among them.
-func (p *frameProxy) forward(up io.Writer, client io.Reader) {
+// the acknowledgements among them as the ones of connection conn.
+func (p *frameProxy) forward(up io.Writer, client io.Reader, conn int) {
 	r := bufio.NewReaderSize(client, 64<<10)
 	w := bufio.NewWriterSize(up, 64<<10)
 	header := make([]byte, 8) // "AMQP" 0 0 9 1
@@ -137,6 +140,7 @@ func (p *frameProxy) forward(up io.Writer, client io.Reader) {
 		bits := body[12]
 		f := ackFrame{
 			Nack:     method == 120,
+			Conn:     conn,
 			Channel:  binary.BigEndian.Uint16(head[1:]),
 			Tag:      binary.BigEndian.Uint64(body[4:]),
 			Multiple: bits&1 != 0,
