@@ -33,9 +33,16 @@ import (
 const (
 	consumerEvents = 5000
 	consumerKeys   = 50
-	consumerKills  = 4
+	consumerKills  = 4 // by the test, besides the subprocess's own
+	// consumerSelfKill is how many messages the first subprocess commits
+	// before it kills itself.
+	consumerSelfKill = 500
 	// childQueueEnv names the queue the consumer subprocess consumes.
 	childQueueEnv = "TXOUTBOX_CHAOS_QUEUE"
+	// childKillAfterEnv, when set to n, makes the consumer subprocess
+	// SIGKILL itself as soon as n of its messages have committed, before
+	// RabbitMQ has their acks (they are coalesced for up to MaxAckDelay).
+	childKillAfterEnv = "TXOUTBOX_CHAOS_KILL_AFTER"
 )
 
 // projectedDDL is the consumer subprocess's projection: one row per
@@ -48,13 +55,15 @@ const projectedDDL = `CREATE TABLE projected (
 	seq          INTEGER NOT NULL
 )`
 
-// TestSIGKILLConsumer kills an inbox.Consumer process with SIGKILL four
+// TestSIGKILLConsumer kills an inbox.Consumer process with SIGKILL five
 // times while it drains a RabbitMQ queue of 5,000 events on 50 keys
 // (Concurrent delivery, 4 workers, batches of up to 100), then lets a last
-// one finish. Acks trail commits (they are coalesced for up to 100ms), so
-// kills land between a batch's commit and its ack: RabbitMQ redelivers
-// messages the inbox already has. Every event must be applied exactly
-// once, each key's in order, and the queue must end empty.
+// one finish. The first process kills itself right after a batch commit,
+// before its acks leave (childKillAfterEnv); the test kills the next four
+// at random moments. Acks trail commits (they are coalesced for up to
+// 100ms), so kills land between a batch's commit and its ack: RabbitMQ
+// redelivers messages the inbox already has. Every event must be applied
+// exactly once, each key's in order, and the queue must end empty.
 func TestSIGKILLConsumer(t *testing.T) {
 	addr := amqpAddr(t)
 	require.True(t, portOpen(addr), "RabbitMQ is not answering at %s (run scripts/ensure-services.sh rabbitmq, or `make test-chaos`)", addr)
@@ -96,17 +105,37 @@ func TestSIGKILLConsumer(t *testing.T) {
 			}
 		}
 	})
-	start := func() *exec.Cmd {
+	start := func(env ...string) *exec.Cmd {
 		t.Helper()
 		out := &lockedBuffer{}
 		outs = append(outs, out)
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), childEnv+"=consumer", childDSNEnv+"="+testdb.SchemaURL(t, schema), childQueueEnv+"="+queue)
+		cmd.Env = append(cmd.Env, env...)
 		cmd.Stdout, cmd.Stderr = out, out
 		require.NoError(t, cmd.Start())
 		current = cmd
 		return cmd
 	}
+
+	// The first process dies right after a commit, by its own hand.
+	cmd := start(fmt.Sprintf("%s=%d", childKillAfterEnv, consumerSelfKill))
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		current = nil
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "the subprocess must die of SIGKILL")
+		ws, ok := ee.Sys().(syscall.WaitStatus)
+		require.True(t, ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the subprocess must die of SIGKILL, not %v", err)
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+		current = nil
+		t.Fatalf("the subprocess did not kill itself after %d messages (%d projected)", consumerSelfKill, projected())
+	}
+	t.Logf("self-kill: %d of %d events projected", projected(), consumerEvents)
 
 	for kill := 1; kill <= consumerKills; kill++ {
 		before := projected()
@@ -124,7 +153,7 @@ func TestSIGKILLConsumer(t *testing.T) {
 		require.Less(t, n, int64(consumerEvents), "the queue drained before the last kill: the test no longer kills in the middle (slow the subprocess's handler)")
 	}
 
-	cmd := start()
+	cmd = start()
 	eventually(t, 60*time.Second, 20*time.Millisecond, func() (bool, string) {
 		n := projected()
 		return n >= consumerEvents, fmt.Sprintf("%d of %d projected", n, consumerEvents)
@@ -159,16 +188,19 @@ func TestSIGKILLConsumer(t *testing.T) {
 
 	// The kills landed between commit and ack: the later processes were
 	// redelivered messages the inbox had, and acked them as duplicates.
-	dups := 0
+	// Each process reports its count; a killed one up to 10ms late.
 	re := regexp.MustCompile(`duplicates=(\d+)`)
-	for _, o := range outs {
+	dups := make([]int, len(outs))
+	total := 0
+	for i, o := range outs {
 		if m := re.FindAllStringSubmatch(o.String(), -1); len(m) > 0 {
-			n, _ := strconv.Atoi(m[len(m)-1][1])
-			dups += n
+			dups[i], _ = strconv.Atoi(m[len(m)-1][1])
+			total += dups[i]
 		}
 	}
-	t.Logf("%d redelivered messages acked as duplicates across the runs", dups)
-	require.Positive(t, dups, "no kill landed between a commit and its ack")
+	t.Logf("redelivered messages acked as duplicates, per process: %v", dups)
+	require.Positive(t, dups[1], "the process after the self-kill acked no duplicate: the self-kill did not land between a commit and its ack")
+	require.Positive(t, total, "no kill landed between a commit and its ack")
 	requireQueueEmpty(t, queue)
 }
 
@@ -188,7 +220,8 @@ func requireQueueEmpty(t *testing.T, queue string) {
 
 // runConsumerChild is the subprocess of TestSIGKILLConsumer: an
 // inbox.Consumer of the test's queue projecting into the projected table.
-// It prints its duplicates count every 10ms.
+// It prints its duplicates count every 10ms. With childKillAfterEnv it
+// kills itself right after a commit.
 func runConsumerChild() int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "chaos consumer child:", err)
@@ -236,6 +269,18 @@ func runConsumerChild() int {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
+	if n, _ := strconv.ParseInt(os.Getenv(childKillAfterEnv), 10, 64); n > 0 {
+		// Processed counts a batch's messages after its commit, just
+		// before each is acked: dying at once leaves them committed and
+		// not acked.
+		go func() {
+			for c.Stats().Processed < n {
+				time.Sleep(50 * time.Microsecond)
+			}
+			fmt.Printf("killing myself after %d committed messages\n", c.Stats().Processed)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}()
+	}
 	if err := c.Run(ctx); err != nil {
 		return fail(err)
 	}

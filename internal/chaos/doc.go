@@ -1,11 +1,18 @@
-// Package chaos holds the forwarder's failure tests: tests that break the
-// services everything else depends on, and check that the outbox loses
-// nothing and recovers by itself.
+// Package chaos holds the failure tests of the forwarder and of the inbox
+// consumer: tests that break the services everything else depends on, or
+// kill the process, and check that nothing is lost or applied twice and
+// that everything recovers by itself.
 //
 //   - TestSIGKILLForwarder: a forwarder in a subprocess is killed with
 //     SIGKILL in the middle of batches and restarted, several times. Every
 //     event is delivered at least once, duplicates stay within one batch per
 //     kill, and per partition key the first deliveries keep the commit order.
+//   - TestSIGKILLConsumer: an inbox.Consumer in a subprocess drains a
+//     RabbitMQ queue and is killed with SIGKILL five times, once by itself
+//     right after a batch commit and four times by the test at random
+//     moments, then restarted. Every message is applied exactly once, each
+//     key's in order, and the redeliveries of messages committed but not
+//     acked are counted as duplicates.
 //   - TestPostgresRestart: the local PostgreSQL cluster is restarted
 //     (pg_ctlcluster ... restart) while a forwarder drains a backlog and
 //     producers commit through the middleware. The forwarder reconnects
