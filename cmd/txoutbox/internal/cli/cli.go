@@ -92,7 +92,8 @@ func newRoot(o *options, started *bool) *cobra.Command {
 		Short: "Administer txoutbox outbox and inbox tables",
 		Long: `txoutbox administers the outbox table of a txoutbox application (and its inbox
 table): create the tables, see what is pending or failed, retry or discard
-failed events, and purge delivered rows.
+failed events ("failed") and the messages consumers parked ("inbox failed"),
+and purge delivered rows.
 
 The database is PostgreSQL (postgres://user:pass@host:5432/db?sslmode=disable)
 or a SQLite file (a path, file:path.db, or sqlite:///path.db), from

@@ -214,14 +214,15 @@ func TestMigrate(t *testing.T) {
 	human := ok(t, url, "migrate")
 	require.Equal(t, "migrated outbox table txoutbox_outbox\nmigrated inbox table txoutbox_inbox\n", human)
 	require.True(t, db.Migrator().HasTable(inboxTable))
+	require.True(t, db.Migrator().HasTable(inboxTable+"_failed"), "migrate inbox creates the failed table too")
 	ok(t, url, "migrate") // idempotent
 
 	// Custom, schema-qualified tables.
 	ok(t, url, "migrate", "--table", "ops.events", "--inbox-table", "ops.seen")
 	var n int64
-	require.NoError(t, db.Raw(`SELECT count(*) FROM pg_tables WHERE schemaname = 'ops' AND tablename IN ('events', 'seen')`).Scan(&n).Error)
+	require.NoError(t, db.Raw(`SELECT count(*) FROM pg_tables WHERE schemaname = 'ops' AND tablename IN ('events', 'seen', 'seen_failed')`).Scan(&n).Error)
 	require.NoError(t, db.Exec(`DROP SCHEMA ops CASCADE`).Error)
-	require.EqualValues(t, 2, n)
+	require.EqualValues(t, 3, n)
 }
 
 func TestStatus(t *testing.T) {

@@ -130,11 +130,15 @@ type migrateOutput struct {
 func statusCmd(o *options, run runWrapper) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show pending and failed events and the oldest pending age, overall and per topic",
+		Short: "Show pending and failed events, the oldest pending age, and consumers' failed messages",
 		Long: `Show the rows waiting in the outbox: pending (not yet delivered, not parked),
 failed (parked after MaxAttempts, waiting for "failed retry" or "failed discard"),
 and the age of the oldest pending row, overall and per topic. A growing oldest
-pending age means the forwarder is behind, stopped, or a key is blocked.`,
+pending age means the forwarder is behind, stopped, or a key is blocked.
+
+When the inbox's failed table exists (the --inbox-table name followed by
+"_failed"), also show per consumer how many of its messages are failed, held
+and marked for retry (see "inbox failed").`,
 		Example: `  txoutbox status
   txoutbox status --json | jq .oldest_pending_age_seconds`,
 		Args: cobra.NoArgs,

@@ -4,10 +4,17 @@
 // (inbox.Inbox):
 //
 //	migrate [outbox|inbox]...                 create or upgrade the tables
-//	status                                    pending, failed, oldest pending age, per topic
+//	status                                    pending, failed, oldest pending age, per topic;
+//	                                          inbox failed counts per consumer
 //	failed list [--limit N] [--after ID]      parked rows with their last error
 //	failed retry ID... | --all                make parked rows pending again
 //	failed discard ID...                      delete parked rows, never publishing them
+//	inbox failed list [--consumer NAME]       messages consumers parked (failed, held, retry)
+//	     [--limit N] [--after ID]
+//	inbox failed retry --consumer NAME        mark failed messages for the running consumer
+//	     (UUID... | --all)                    to process again (within its redrive poll)
+//	inbox failed discard --consumer NAME      delete them from the failed table, never
+//	     UUID...                              processing them
 //	purge --delivered-before D                delete delivered rows (KeepDelivered)
 //	      [--inbox-older-than D]              and old inbox rows, in batches
 //
