@@ -672,29 +672,23 @@ func (w *worker) process(ctx context.Context, batch []*item) {
 			c.tel.processed(ctx, it)
 			c.finish(it, true)
 		case outDuplicate:
-			c.duplicates.Add(1)
-			c.tel.count(ctx, c.tel.duplicates, it.topic)
+			c.count(ctx, &c.duplicates, c.tel.duplicates, it.topic)
 			c.finish(it, true)
 		case outSkipped:
-			c.skipped.Add(1)
-			c.tel.count(ctx, c.tel.skipped, it.topic)
+			c.count(ctx, &c.skipped, c.tel.skipped, it.topic)
 			c.cfg.Logger.Debug("inbox: skipped a message with an unknown event", "consumer", c.cfg.Name, "message_uuid", it.msg.UUID, "error", errs[i])
 			c.finish(it, true)
 		case outParked:
-			c.failures.Add(1)
-			c.parked.Add(1)
-			c.tel.count(ctx, c.tel.failures, it.topic)
-			c.tel.count(ctx, c.tel.parked, it.topic)
+			c.count(ctx, &c.failures, c.tel.failures, it.topic)
+			c.count(ctx, &c.parked, c.tel.parked, it.topic)
 			c.cfg.Logger.Warn("inbox: parked a message in the failed table", "consumer", c.cfg.Name, "message_uuid", it.msg.UUID,
 				"topic", it.topic, "partition_key", it.key, "attempts", it.attempts+1, "error", errs[i])
 			c.finish(it, true)
 		case outHeld:
-			c.held.Add(1)
-			c.tel.count(ctx, c.tel.held, it.topic)
+			c.count(ctx, &c.held, c.tel.held, it.topic)
 			c.finish(it, true)
 		case outRetry:
-			c.failures.Add(1)
-			c.tel.count(ctx, c.tel.failures, it.topic)
+			c.count(ctx, &c.failures, c.tel.failures, it.topic)
 			it.attempts++
 			it.notBefore = now.Add(c.backoff(it.attempts))
 			c.cfg.Logger.Debug("inbox: handler failed; retrying", "consumer", c.cfg.Name, "message_uuid", it.msg.UUID, "attempt", it.attempts, "error", errs[i])
@@ -705,6 +699,12 @@ func (w *worker) process(ctx context.Context, batch []*item) {
 			}
 		}
 	}
+}
+
+// count adds one to a Stats counter and its metric.
+func (c *Consumer) count(ctx context.Context, n *atomic.Int64, m metric.Int64Counter, topic string) {
+	n.Add(1)
+	c.tel.count(ctx, m, topic)
 }
 
 // savepoint names the savepoint of each message's handler.
@@ -749,8 +749,6 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 	in := c.in
 	now := in.cfg.Now()
 	err := in.db.WithContext(context.WithoutCancel(ctx)).Transaction(func(tx *gorm.DB) error {
-		clear(outs)
-		clear(errs)
 		fresh, err := c.record(tx, batch, now)
 		if err != nil {
 			return err

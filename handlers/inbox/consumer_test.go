@@ -19,6 +19,8 @@ import (
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
 
 const consumerName = "test.consumer"
@@ -74,16 +76,9 @@ func TestConsumerProcessesEachMessageOnceInBatches(t *testing.T) {
 	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
 		f := newFixture(t, d, inbox.Config{})
 		pubsub := newGoChannel(t)
-		var txs sync.Map
-		handler := func(msg *message.Message) error {
-			tx, err := gormstore.Tx(msg.Context())
-			if err != nil {
-				return err
-			}
-			txs.Store(fmt.Sprintf("%p", tx.Statement.ConnPool), true)
-			return effectHandler(msg)
-		}
-		c := startConsumer(t, f, pubsub, inbox.ConsumerConfig{Handler: handler, Workers: 2, BatchSize: 50})
+		reader := sdkmetric.NewManualReader()
+		meters := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		c := startConsumer(t, f, pubsub, inbox.ConsumerConfig{Handler: effectHandler, Workers: 2, BatchSize: 50, MeterProvider: meters})
 
 		var msgs []*message.Message
 		for i := range 400 {
@@ -102,9 +97,23 @@ func TestConsumerProcessesEachMessageOnceInBatches(t *testing.T) {
 		st := c.Stats()
 		require.Equal(t, int64(400), st.Processed)
 		require.Equal(t, int64(400), st.Duplicates)
-		n := 0
-		txs.Range(func(any, any) bool { n++; return true })
-		require.Less(t, n, 400, "messages shared transactions")
+		// The batch-size histogram: 800 messages in fewer than 800
+		// transactions, none over BatchSize; the counters agree.
+		var rm metricdata.ResourceMetrics
+		require.NoError(t, reader.Collect(context.Background(), &rm))
+		got := map[string]any{}
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				got[m.Name] = m.Data
+			}
+		}
+		sizes := got["txoutbox.inbox.batch.size"].(metricdata.Histogram[int64]).DataPoints[0]
+		require.EqualValues(t, 800, sizes.Sum)
+		require.Less(t, sizes.Count, uint64(800), "messages shared transactions")
+		maxSize, _ := sizes.Max.Value()
+		require.LessOrEqual(t, maxSize, int64(50))
+		require.EqualValues(t, 400, got["txoutbox.inbox.processed"].(metricdata.Sum[int64]).DataPoints[0].Value)
+		require.EqualValues(t, 400, got["txoutbox.inbox.duplicates"].(metricdata.Sum[int64]).DataPoints[0].Value)
 	})
 }
 
