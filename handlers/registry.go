@@ -1,7 +1,10 @@
 package handlers
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"io"
 	"fmt"
 	"reflect"
 	"slices"
@@ -50,6 +53,21 @@ type RegistryConfig struct {
 	// Logger receives the acked unknown events. Optional; default
 	// watermill.NopLogger.
 	Logger watermill.LoggerAdapter
+	// AllowUnknownFields accepts JSON payloads with fields the registered
+	// type does not have, for a consumer that must keep working while
+	// producers add fields. By default a JSON payload (the default
+	// marshaler, cqrs.JSONMarshaler) must match its registered type: a
+	// field the type lacks, or data after the JSON value, fails the
+	// decode with ErrDecode naming the event and the field, so a payload
+	// of another shape never becomes a zero-valued event. Other
+	// marshalers decide for themselves. Optional; default false.
+	AllowUnknownFields bool
+	// Compressors are the custom compressors producers may use
+	// (outbox.EncoderConfig.Compressor), in addition to the built-in gzip
+	// and zstd: a message with outbox.MetadataContentEncoding (published
+	// with ForwarderConfig.PublishCompressed) is decompressed before it is
+	// decoded. Optional.
+	Compressors []outbox.Compressor
 }
 
 // Registry maps event names to Go types: the consumer side's "event map".
@@ -131,7 +149,7 @@ func (r *Registry) Decode(msg *message.Message) (any, error) {
 	if !ok {
 		return nil, r.unknown(name, msg)
 	}
-	return decodeInto(r.cfg.Marshaler, t, name, msg)
+	return r.decodeInto(t, name, msg)
 }
 
 func (r *Registry) unknown(name string, msg *message.Message) error {
@@ -196,7 +214,7 @@ func newValue(t reflect.Type) reflect.Value {
 }
 
 // decodeInto unmarshals msg into a new value of t and returns it as a t.
-func decodeInto(m cqrs.CommandEventMarshaler, t reflect.Type, name string, msg *message.Message) (v any, err error) {
+func (r *Registry) decodeInto(t reflect.Type, name string, msg *message.Message) (v any, err error) {
 	defer func() {
 		// A marshaler may panic on input it cannot handle.
 		if p := recover(); p != nil {
@@ -209,11 +227,61 @@ func decodeInto(m cqrs.CommandEventMarshaler, t reflect.Type, name string, msg *
 	} else {
 		target = reflect.New(t)
 	}
-	if err := m.Unmarshal(msg, target.Interface()); err != nil {
+	if err := r.unmarshal(msg, target.Interface()); err != nil {
 		return nil, fmt.Errorf("%w %q (%s) from message %s: %w", ErrDecode, name, t, msg.UUID, err)
 	}
 	if t.Kind() == reflect.Pointer {
 		return target.Interface(), nil
 	}
 	return target.Elem().Interface(), nil
+}
+
+// unmarshal decodes msg's payload, decompressed, into v: strictly for the
+// JSON marshaler unless AllowUnknownFields, with the marshaler otherwise.
+// msg itself is not changed.
+func (r *Registry) unmarshal(msg *message.Message, v any) error {
+	payload := msg.Payload
+	enc := msg.Metadata.Get(outbox.MetadataContentEncoding)
+	if enc != "" {
+		p, err := outbox.DecompressPayload(enc, msg.Payload, r.cfg.Compressors...)
+		if err != nil {
+			return err
+		}
+		payload = p
+	}
+	if isJSONMarshaler(r.cfg.Marshaler) && !r.cfg.AllowUnknownFields {
+		return strictJSON(payload, v)
+	}
+	if enc == "" {
+		return r.cfg.Marshaler.Unmarshal(msg, v)
+	}
+	plain := message.NewMessage(msg.UUID, payload)
+	plain.Metadata = msg.Metadata
+	plain.SetContext(msg.Context())
+	return r.cfg.Marshaler.Unmarshal(plain, v)
+}
+
+func isJSONMarshaler(m cqrs.CommandEventMarshaler) bool {
+	switch m.(type) {
+	case cqrs.JSONMarshaler, *cqrs.JSONMarshaler:
+		return true
+	}
+	return false
+}
+
+// strictJSON decodes one JSON value into v, rejecting fields v's type does
+// not have and anything after the value.
+func strictJSON(payload []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if strings.HasPrefix(err.Error(), "json: unknown field ") {
+			return fmt.Errorf("payload does not match the registered type: %s (set handlers.RegistryConfig.AllowUnknownFields to accept fields the type lacks)", strings.TrimPrefix(err.Error(), "json: "))
+		}
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("payload has data after its JSON value")
+	}
+	return nil
 }

@@ -61,6 +61,19 @@ type EncoderConfig struct {
 	// Now returns the emit time for MetadataCreatedAt. Optional; default:
 	// time.Now.
 	Now func() time.Time
+	// Compressor compresses payloads of at least CompressMinBytes before
+	// they are stored: Gzip(level), Zstd(), or a Compressor of your own.
+	// A compressed row carries MetadataContentEncoding; a payload that
+	// does not get smaller is stored plain. The forwarder publishes the
+	// original bytes (ForwarderConfig.PublishCompressed publishes the
+	// compressed ones), and rows stored before compression was turned on,
+	// or after it is turned off, relay as they are. MaxPayloadBytes applies
+	// to the payload before compression. Optional; default nil: no
+	// compression.
+	Compressor Compressor
+	// CompressMinBytes is the smallest payload the Compressor compresses.
+	// Optional; 0 means DefaultCompressMinBytes (1 KiB).
+	CompressMinBytes int
 }
 
 // Encoder turns emitted events into records. It is safe for concurrent use.
@@ -79,6 +92,9 @@ func NewEncoder(cfg EncoderConfig) *Encoder {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.CompressMinBytes <= 0 {
+		cfg.CompressMinBytes = DefaultCompressMinBytes
 	}
 	return &Encoder{cfg: cfg}
 }
@@ -163,6 +179,9 @@ func (e *Encoder) Encode(entry Entry) (rec Record, err error) {
 		msg.Metadata.Set(MetadataPartitionKey, key)
 	}
 	e.stamp(msg, entry, true)
+	if err := e.compress(msg); err != nil {
+		return Record{}, fmt.Errorf("%w %T: %w", ErrMarshal, ev, err)
+	}
 	return Record{Topic: topic, PartitionKey: key, Message: msg}, nil
 }
 
@@ -179,7 +198,30 @@ func (e *Encoder) encodeMessage(entry Entry) (Record, error) {
 		msg.Metadata = make(message.Metadata)
 	}
 	e.stamp(msg, entry, false)
+	if err := e.compress(msg); err != nil {
+		return Record{}, fmt.Errorf("%w message %s: %w", ErrMarshal, msg.UUID, err)
+	}
 	return Record{Topic: entry.Topic, PartitionKey: msg.Metadata.Get(MetadataPartitionKey), Message: msg}, nil
+}
+
+// compress compresses msg's payload with the configured Compressor when it
+// is large enough, not compressed already (a message the caller compressed
+// carries MetadataContentEncoding), and gets smaller.
+func (e *Encoder) compress(msg *message.Message) error {
+	c := e.cfg.Compressor
+	if c == nil || len(msg.Payload) < e.cfg.CompressMinBytes || msg.Metadata.Get(MetadataContentEncoding) != "" {
+		return nil
+	}
+	p, err := c.Compress(msg.Payload)
+	if err != nil {
+		return fmt.Errorf("compress with %s: %w", c.Encoding(), err)
+	}
+	if len(p) >= len(msg.Payload) {
+		return nil
+	}
+	msg.Payload = p
+	msg.Metadata.Set(MetadataContentEncoding, c.Encoding())
+	return nil
 }
 
 // stamp sets the UUID when empty and the command and time metadata:

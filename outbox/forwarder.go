@@ -94,6 +94,17 @@ type ForwarderConfig struct {
 	// the publish span's context into the published message's metadata.
 	// Optional; default otel.GetTextMapPropagator().
 	Propagator propagation.TextMapPropagator
+	// PublishCompressed publishes compressed rows (see
+	// EncoderConfig.Compressor) as stored, with their
+	// MetadataContentEncoding, for consumers that decompress themselves
+	// (handlers.Registry does). Optional; default false: the forwarder
+	// decompresses each compressed row and publishes the original payload
+	// without the metadata key; a row that does not decompress is parked
+	// with the reason.
+	PublishCompressed bool
+	// Compressors are the custom compressors the encoder may have used, in
+	// addition to the built-in Gzip and Zstd. Optional.
+	Compressors []Compressor
 }
 
 // BatchInfo describes one batch for ForwarderConfig.OnBatch.
@@ -548,7 +559,7 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 	start := time.Now()
 	rows := claim.Rows()
 	info := BatchInfo{Claimed: len(rows)}
-	plan := planBatch(rows)
+	plan := f.planBatch(rows)
 
 	type failedRow struct {
 		row Row
@@ -731,7 +742,7 @@ type parkedRow struct {
 // of the same topic, and the runs are published in rounds, so a key whose
 // topic changes has its later rows published after its earlier ones. A key
 // stops at its first blocked or undecodable row.
-func planBatch(rows []Row) batchPlan {
+func (f *Forwarder) planBatch(rows []Row) batchPlan {
 	type keyState struct {
 		topic   string
 		round   int
@@ -770,7 +781,7 @@ func planBatch(rows []Row) batchPlan {
 		} else if r.Blocked {
 			continue
 		}
-		msg, err := decodeRow(r, in)
+		msg, err := f.decodeRow(r, in)
 		if err != nil {
 			plan.parked = append(plan.parked, parkedRow{row: *r, reason: err.Error()})
 			if ks != nil {
@@ -795,9 +806,10 @@ func planBatch(rows []Row) batchPlan {
 	return plan
 }
 
-// decodeRow turns a stored row back into a message. A row that cannot
-// become a message is parked at once with the reason.
-func decodeRow(r *Row, in intern.Table) (*message.Message, error) {
+// decodeRow turns a stored row back into a message, decompressed unless
+// PublishCompressed is set. A row that cannot become a message is parked
+// at once with the reason.
+func (f *Forwarder) decodeRow(r *Row, in intern.Table) (*message.Message, error) {
 	if r.UUID == "" {
 		return nil, errors.New("undecodable row: empty message UUID")
 	}
@@ -808,6 +820,11 @@ func decodeRow(r *Row, in intern.Table) (*message.Message, error) {
 	if len(r.Metadata) > 0 {
 		if err := decodeMetadata(r.Metadata, msg.Metadata, in); err != nil {
 			return nil, fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
+		}
+		if !f.cfg.PublishCompressed {
+			if err := Decompress(msg, f.cfg.Compressors...); err != nil {
+				return nil, fmt.Errorf("undecodable row: %w", err)
+			}
 		}
 	}
 	return msg, nil
