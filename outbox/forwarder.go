@@ -679,6 +679,13 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 	if err == nil {
 		f.tel.recordBatch(ctx, info, rows, delivered, failures)
 	}
+	if f.log.Enabled(ctx, slog.LevelDebug) {
+		f.log.LogAttrs(ctx, slog.LevelDebug, "outbox relay: batch",
+			slog.Int("claimed", info.Claimed), slog.Int("published", info.Published),
+			slog.Int("failed", info.Failed), slog.Int("parked", info.Parked),
+			slog.Bool("outage", info.Outage), slog.Duration("duration", info.Duration),
+			slog.Any("error", info.Err))
+	}
 	if f.cfg.OnBatch != nil {
 		f.cfg.OnBatch(info)
 	}
