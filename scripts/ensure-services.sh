@@ -47,7 +47,13 @@
 #                                          wait until the port answers
 #   3. missing, root on Debian/Ubuntu   -> apt-get install redis-server, then as 2
 #   4. anything else                    -> say what to install, exit 1
+#
+# TXOUTBOX_NO_INSTALL=1 turns step 3 off: a missing service is reported with
+# what to install, and nothing is installed.
 set -euo pipefail
+
+# can_apt_install: root, apt-get, and installing not turned off.
+can_apt_install() { [[ "${TXOUTBOX_NO_INSTALL:-}" != 1 && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; }
 
 readonly DEFAULT_DATABASE_URL='postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
 readonly WAIT_SECONDS=30
@@ -247,10 +253,10 @@ ensure_postgres() {
 		elif cluster="$(pg_cluster)"; then
 			read -r ver name <<<"$cluster"
 			pg_cluster_start "$ver" "$name"
-		elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+		elif can_apt_install; then
 			pg_install
 		else
-			pg_how_to_install "not installed here, and installing it needs root and apt-get"
+			pg_how_to_install "not installed here, and installing it needs root and apt-get (and TXOUTBOX_NO_INSTALL unset)"
 		fi
 	fi
 	pg_wait
@@ -345,12 +351,12 @@ ensure_rabbitmq() {
 			rabbitmq_how_to_install "$AMQP_HOST is not this machine, so this script cannot start it"
 		elif command -v rabbitmq-server >/dev/null && command -v rabbitmqctl >/dev/null; then
 			rabbitmq_start
-		elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+		elif can_apt_install; then
 			rabbitmq_install
 			# The package's install script may have started it already.
 			amqp_port_open || rabbitmq_start
 		else
-			rabbitmq_how_to_install "not installed here, and installing it needs root and apt-get"
+			rabbitmq_how_to_install "not installed here, and installing it needs root and apt-get (and TXOUTBOX_NO_INSTALL unset)"
 		fi
 		rabbitmq_wait
 	fi
@@ -401,7 +407,6 @@ wait_port() {
 	die "$name at $host:$port is not accepting connections after ${BROKER_WAIT_SECONDS}s; see $logfile"
 }
 
-can_apt_install() { [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; }
 
 apt_install() {
 	log "$1 is not installed; installing it from Debian packages"
@@ -454,7 +459,7 @@ ensure_nats() {
 		elif command -v nats-server >/dev/null; then
 			nats_how_to_install "nats-server is at $(command -v nats-server), not /usr/sbin/nats-server, or start-stop-daemon is missing, so start it yourself"
 		else
-			nats_how_to_install "not installed here, and installing it needs root and apt-get"
+			nats_how_to_install "not installed here, and installing it needs root and apt-get (and TXOUTBOX_NO_INSTALL unset)"
 		fi
 		wait_port NATS "$NATS_HOST" "$NATS_PORT" /var/log/nats-server.log
 	fi
@@ -500,7 +505,7 @@ ensure_redis() {
 			apt_install redis-server
 			port_open "$REDIS_HOST" "$REDIS_PORT" || redis_start
 		else
-			redis_how_to_install "not installed here, and installing it needs root and apt-get"
+			redis_how_to_install "not installed here, and installing it needs root and apt-get (and TXOUTBOX_NO_INSTALL unset)"
 		fi
 		wait_port Redis "$REDIS_HOST" "$REDIS_PORT" /var/log/redis/ci.log
 	fi
