@@ -106,7 +106,7 @@ func source(rs *results, file string) string {
 			n++
 		}
 	}
-	s := fmt.Sprintf("%s, one run of -count %d", file, n)
+	s := fmt.Sprintf("%s: one go test run, -count %d", file, n)
 	if cpu := rs.header["cpu"]; cpu != "" {
 		s += "; cpu: " + cpu
 	}
@@ -142,7 +142,14 @@ func drainChart(rs *results, file string) (chart, error) {
 			if err != nil {
 				return nil, nil, err
 			}
-			pts = append(pts, point{x: s.backlog, y: m, label: human(m) + "/s"})
+			pt := point{x: s.backlog, y: m, label: thousands(m) + " events/s"}
+			switch {
+			case s.backlog > 100_000:
+				pt.left, pt.dx = true, -9 // clear of the legend
+			case len(subs) > 1:
+				pt.dy = 20 // below the line that leaves the point
+			}
+			pts = append(pts, pt)
 			runs = append(runs, runsAt(s.backlog, vs, 1)...)
 		}
 		return pts, runs, nil
@@ -164,7 +171,8 @@ func drainChart(rs *results, file string) (chart, error) {
 		ss = append(ss, series{name: "floor: DELETE … RETURNING,\nnothing published", color: colFloor, noLine: true, points: floor, runs: floorRuns})
 		note += fmt.Sprintf(" The floor bounds any relay: native is %.2f× of it.", native[0].y/floor[0].y)
 	}
-	note += "\nEvents of about 200 bytes on 50 partition keys, relayed into a Watermill GoChannel; PostgreSQL on the same 2 cores."
+	note += "\nEvents of about 200 bytes on 50 partition keys, relayed into a Watermill GoChannel; PostgreSQL on the same machine." +
+		"\nThe stock forwarder and the floor have one backlog size, 50,000 events."
 	return chart{
 		title:    "Relay: drain rate against backlog size",
 		subtitle: source(rs, file),
@@ -183,11 +191,14 @@ func latencyChart(rs *results, file string) (chart, error) {
 	var ss []series
 	lo, hi := math.Inf(1), math.Inf(-1)
 	var idle []string
+	// The lower line's labels go below right of its points, the upper's
+	// above left: both clear of the rising lines.
 	for _, b := range []struct {
 		sub, name, color string
+		below            bool
 	}{
-		{"native", "native: forwarder woken after commit\n(Wake + LISTEN/NOTIFY)", colNative},
-		{"watermill-sql-forwarder", "stock: watermill-sql Subscriber\n(poll 10 ms) + components/forwarder", colStock},
+		{"native", "native: forwarder woken after commit\n(Wake + LISTEN/NOTIFY)", colNative, true},
+		{"watermill-sql-forwarder", "stock: watermill-sql Subscriber\n(poll 10 ms) + components/forwarder", colStock, false},
 	} {
 		name := "BenchmarkCommitToPublish/backend=" + b.sub
 		s := series{name: b.name, color: b.color}
@@ -196,7 +207,11 @@ func latencyChart(rs *results, file string) (chart, error) {
 			if err != nil {
 				return chart{}, err
 			}
-			s.points = append(s.points, point{x: float64(i), y: m, label: msLabel(m)})
+			pt := point{x: float64(i), y: m, label: msLabel(m), dy: 20}
+			if !b.below {
+				pt.left, pt.dx, pt.dy = true, -9, -9
+			}
+			s.points = append(s.points, pt)
 			s.runs = append(s.runs, runsAt(float64(i), vs, 1)...)
 			for _, v := range append(vs, m) {
 				lo, hi = math.Min(lo, v), math.Max(hi, v)
@@ -219,11 +234,20 @@ func latencyChart(rs *results, file string) (chart, error) {
 		title:    "Commit-to-publish latency",
 		subtitle: source(rs, file),
 		note:     note,
-		x:        axis{label: "percentile of all events of the runs", min: -0.4, max: 2.6, ticks: ticks},
+		x:        axis{label: "percentile of the events of a run", min: -0.4, max: 2.6, ticks: ticks},
 		y: axis{label: "latency (ms, log scale)", log: true,
 			min: math.Pow(10, math.Floor(math.Log10(lo))), max: math.Pow(10, math.Ceil(math.Log10(hi*1.3)))},
 		series: ss,
 	}, nil
+}
+
+// thousands writes 116609.4 as "116,609".
+func thousands(v float64) string {
+	s := fmt.Sprintf("%.0f", v)
+	for i := len(s) - 3; i > 0 && s[i-1] != '-'; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 func msLabel(v float64) string {
@@ -240,7 +264,9 @@ func dispatchChart(rs *results, file string) (chart, error) {
 		return chart{}, err
 	}
 	label := func(m float64) string { return fmt.Sprintf("%.0f µs (%.2f×)", m*us, m/off) }
-	line := func(name, color string, subs map[float64]string, noLine bool) (series, error) {
+	// Labels below right of the points at 1 event, under the rising line,
+	// and above left of those at 10, clear of the legend.
+	line := func(name, color string, subs map[float64]string, noLine bool, dy float64) (series, error) {
 		s := series{name: name, color: color, noLine: noLine}
 		for _, x := range []float64{1, 10} {
 			sub, ok := subs[x]
@@ -251,30 +277,30 @@ func dispatchChart(rs *results, file string) (chart, error) {
 			if err != nil {
 				return series{}, err
 			}
-			s.points = append(s.points, point{x: x, y: m * us, label: label(m)})
+			pt := point{x: x, y: m * us, label: label(m), dy: dy}
+			if x == 10 {
+				pt.left, pt.dx, pt.dy = true, -9, -10
+			}
+			s.points = append(s.points, pt)
 			s.runs = append(s.runs, runsAt(x, vs, us)...)
 		}
 		return s, nil
 	}
 	outbox, err := line("with outbox: middleware.Transactional\n+ gormstore (defaults)", colNative,
-		map[float64]string{1: "outbox=1event", 10: "outbox=10events"}, false)
+		map[float64]string{1: "outbox=1event", 10: "outbox=10events"}, false, 18)
 	if err != nil {
 		return chart{}, err
 	}
 	stock, err := line("stock: watermill-sql Publisher on\nthe transaction (1 event)", colStock,
-		map[float64]string{1: "stock=watermill-sql"}, true)
+		map[float64]string{1: "stock=watermill-sql"}, true, 20)
 	if err != nil {
 		return chart{}, err
 	}
 	ss := []series{
 		{name: "without outbox: BEGIN, INSERT,\nCOMMIT (baseline)", color: colFloor, dash: true,
-			points: []point{{x: 0, y: off * us, label: fmt.Sprintf("%.0f µs", off*us)}, {x: 10.5, y: off * us}},
+			points: []point{{x: 0, y: off * us, label: fmt.Sprintf("%.0f µs", off*us), dy: 20}, {x: 10.5, y: off * us}},
 			runs:   runsAt(0, offRuns, us)},
 		outbox,
-	}
-	if quiet, err := line("with outbox, NoNotify", colQuiet,
-		map[float64]string{1: "outbox=1event,nonotify", 10: "outbox=10events,nonotify"}, false); err == nil {
-		ss = append(ss, quiet) // a diagnostic: drawn when the file has it
 	}
 	ss = append(ss, stock)
 	hi := 0.0
@@ -291,9 +317,9 @@ func dispatchChart(rs *results, file string) (chart, error) {
 		title:    "Write path: time per command against events per command",
 		subtitle: source(rs, file),
 		note: "A command that inserts one business row on PostgreSQL, 8 in flight; wall time per command (ns/op),\n" +
-			"in brackets the ratio to the baseline without outbox.",
+			"in brackets the ratio to the baseline without outbox. The stock publisher writes one event per call.",
 		x:      axis{label: "events emitted per command", min: -0.3, max: 10.5, ticks: ticks},
-		y:      axis{label: "time per command (µs)", min: 0, max: math.Ceil(hi*1.15/50) * 50},
+		y:      axis{label: "time per command (µs)", min: 0, max: math.Ceil(hi*1.15/50) * 50, format: thousands},
 		series: ss,
 	}, nil
 }

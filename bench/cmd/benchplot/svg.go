@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"strings"
@@ -43,14 +44,17 @@ type series struct {
 	runs   []point
 }
 
+// A point's label goes at (dx, dy) pixels from it, 9 right and 9 up by
+// default; left puts its end there instead of its start.
 type point struct {
-	x, y  float64
-	label string
+	x, y   float64
+	label  string
+	dx, dy float64
+	left   bool
 }
 
 const (
-	width      = 880
-	height     = 480
+	width      = 960
 	plotLeft   = 90
 	plotTop    = 64
 	plotWidth  = 530
@@ -139,6 +143,8 @@ func (c chart) svg() string {
 	xp := func(v float64) float64 { return plotLeft + c.x.pos(v, plotWidth) }
 	yp := func(v float64) float64 { return plotTop + plotHeight - c.y.pos(v, plotHeight) }
 
+	notes := strings.Split(strings.TrimSpace(c.note), "\n")
+	height := plotTop + plotHeight + 60 + 16*len(notes)
 	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="%s" font-size="13">`,
 		width, height, width, height, fontFamily)
 	p(`<rect width="100%%" height="100%%" fill="#ffffff"/>`)
@@ -181,11 +187,20 @@ func (c chart) svg() string {
 			p(`<polyline points="%s" fill="none" stroke="%s" stroke-width="2.5"%s/>`, strings.Join(pts, " "), s.color, dash)
 		}
 		for _, pt := range s.points {
-			if !s.dash {
+			if !s.dash || pt.label != "" {
 				p(`<circle cx="%.1f" cy="%.1f" r="5" fill="%s"/>`, xp(pt.x), yp(pt.y), s.color)
 			}
 			if pt.label != "" {
-				p(`<text x="%.1f" y="%.1f" fill="%s" font-weight="bold">%s</text>`, xp(pt.x)+9, yp(pt.y)-9, s.color, esc(pt.label))
+				dx, dy := cmp.Or(pt.dx, 9), cmp.Or(pt.dy, -9)
+				anchor := "start"
+				if pt.left {
+					anchor = "end"
+				}
+				// A white outline first keeps the label readable over lines.
+				x, y := xp(pt.x)+dx, yp(pt.y)+dy
+				p(`<text x="%.1f" y="%.1f" text-anchor="%s" font-weight="bold" fill="#ffffff" stroke="#ffffff" stroke-width="5" stroke-linejoin="round">%s</text>`,
+					x, y, anchor, esc(pt.label))
+				p(`<text x="%.1f" y="%.1f" text-anchor="%s" font-weight="bold" fill="%s">%s</text>`, x, y, anchor, s.color, esc(pt.label))
 			}
 		}
 	}
@@ -209,10 +224,10 @@ func (c chart) svg() string {
 	}
 	if hasRuns(c.series) {
 		p(`<circle cx="%d" cy="%d" r="3" fill="none" stroke="#555555"/>`, legendLeft+14, y)
-		p(`<text x="%d" y="%d" dominant-baseline="middle">one run (filled: median)</text>`, legendLeft+36, y)
+		p(`<text x="%d" y="%d" dominant-baseline="middle">one run (filled: median of the runs)</text>`, legendLeft+36, y)
 	}
 
-	for i, l := range strings.Split(c.note, "\n") {
+	for i, l := range notes {
 		if l != "" {
 			p(`<text x="%d" y="%d" font-size="12" fill="#555555">%s</text>`, plotLeft, plotTop+plotHeight+68+i*16, esc(l))
 		}
