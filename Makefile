@@ -10,6 +10,8 @@
 #                    after the other tests and alone
 #   make bench       ensure PostgreSQL and the brokers are up, then run the
 #                    benchmarks only
+#   make plots       redraw the plots of docs/benchmarks.md (docs/img/*.svg) from
+#                    the bench output in bench/results/; needs no database
 #   make cover       like test, with a coverage profile and a summary
 #   make smoke       the example app's demo (go run ./example_app demo) on
 #                    SQLite + GoChannel, then on PostgreSQL with RabbitMQ,
@@ -91,6 +93,12 @@ smoke: services-example
 
 bench: services services-example
 	$(GO) test -run '^$$' -bench . -timeout 60m $(BENCH_FLAGS) $(PKGS)
+
+# The inputs are `go test -bench` output files; docs/benchmarks.md has the
+# commands that produce them.
+.PHONY: plots
+plots:
+	$(GO) run ./bench/cmd/benchplot -in bench/results -out docs/img
 
 cover: services
 	$(GO) test -race -count=1 -covermode=atomic -coverprofile=$(COVERPROFILE) $(TEST_FLAGS) $(PKGS)
