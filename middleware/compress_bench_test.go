@@ -34,7 +34,7 @@ func (e DocumentAttached) PartitionKey() string { return e.OrderID }
 
 func tenKBDocument(orderID string) DocumentAttached {
 	ev := DocumentAttached{OrderID: orderID}
-	for i := 0; len(ev.Lines) < 70; i++ {
+	for i := 0; len(ev.Lines) < 92; i++ {
 		ev.Lines = append(ev.Lines, lineItem{
 			SKU:         fmt.Sprintf("SKU-%05d", i*7919%100000),
 			Description: []string{"Stainless steel bolt M8", "Washer, zinc plated", "Hex nut M8, grade 8", "Cable tie 200 mm"}[i%4],
