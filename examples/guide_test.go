@@ -74,3 +74,40 @@ func TestGuideShowsTheExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestComparisonNamesRealTests checks that every test docs/comparison.md
+// cites as evidence exists.
+func TestComparisonNamesRealTests(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "comparison.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defined := map[string]bool{}
+	err = filepath.WalkDir("..", func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range testFunc.FindAllSubmatch(src, -1) {
+			defined[string(m[1])] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cited := regexp.MustCompile("`(?:[a-z]+\\.)?(Test[A-Za-z0-9_]+)`").FindAllSubmatch(doc, -1)
+	if len(cited) == 0 {
+		t.Fatal("docs/comparison.md cites no test")
+	}
+	for _, m := range cited {
+		if !defined[string(m[1])] {
+			t.Errorf("docs/comparison.md cites %s, which no test file defines", m[1])
+		}
+	}
+}
+
+var testFunc = regexp.MustCompile(`(?m)^func (Test[A-Za-z0-9_]+)\(`)
