@@ -31,4 +31,13 @@
 // Every message carries these metadata keys: [MetadataName],
 // [MetadataCorrelationID], [MetadataCausationID], [MetadataCommand] and
 // [MetadataCreatedAt]; [MetadataPartitionKey] when the key is not empty.
+//
+// # Compression
+//
+// [EncoderConfig.Compressor] compresses large payloads before they are
+// stored ([Zstd], [Gzip], or any [Compressor]); a compressed row carries
+// [MetadataContentEncoding]. The [Forwarder] publishes the original bytes
+// and drops the key, or, with [ForwarderConfig.PublishCompressed], the
+// stored bytes with the key; a row that does not decompress is parked with
+// the reason. [Decompress] does the same for a consumer.
 package outbox
