@@ -73,6 +73,9 @@ Flags:
   -log-level LEVEL      [LOG_LEVEL] debug, info, warn or error (default info;
                         the demo logs warnings only unless this is set)
 
+The demo writes a progress line to stderr every second (every 5 seconds when
+stderr is not a terminal), and the summary to stdout.
+
 Demo flags (after "demo"):
   -n N                  orders to place (default %d); each is paid or cancelled
   -concurrency N        clients sending requests at once (default %d)
@@ -357,6 +360,7 @@ func runDemo(ctx context.Context, s settings, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "demo:        %d orders, %d clients, on %s + %s, topic %s\n", s.orders, s.concurrency, s.db, s.broker, s.topic)
 	res, err := demo.Run(ctx, a, db, "http://"+ln.Addr().String(), rec, demo.Config{
 		Orders: s.orders, Concurrency: s.concurrency, Timeout: s.timeout, Prefix: prefix,
+		Progress: stderr, ProgressInterval: progressInterval(stderr),
 	})
 	stop()
 	if rerr := <-runDone; rerr != nil && err == nil {
@@ -377,6 +381,26 @@ func runDemo(ctx context.Context, s settings, stdout, stderr io.Writer) error {
 		return errors.New("demo failed: not every event arrived exactly once in the read model (see above)")
 	}
 	return nil
+}
+
+// progressInterval is the time between the demo's progress lines on w:
+// every second on a terminal, every 5 seconds otherwise, so that a log
+// shows the run is alive without a line per second.
+func progressInterval(w io.Writer) time.Duration {
+	if isTerminal(w) {
+		return time.Second
+	}
+	return 5 * time.Second
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 func randomHex(n int) string {

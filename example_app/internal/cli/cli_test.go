@@ -263,6 +263,7 @@ func TestDemoEmbedded(t *testing.T) {
 		"commands:    324 sent, 240 accepted, 84 rejected as the rules require, 0 unexpected answers",
 		"events:      240 committed, 240 published, 240 projected; inbox: 240 rows",
 		"latency:     commit to projection p50 ",
+		"             (per event: from its command's commit to its projection, through relay, broker and consumer, queueing included)\n",
 		"result:      OK: all 240 events of 120 orders arrived exactly once in the read model",
 	} {
 		require.Contains(t, r.stdout, want)
