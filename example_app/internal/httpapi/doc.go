@@ -18,9 +18,10 @@
 // application/json, also for routes the API does not have:
 //
 //	400  bad input: a body that is not one JSON object of the request's
-//	     fields (unknown fields, a wrong JSON type, anything after the
-//	     object), a blank customer, a control character (NUL included) or
-//	     invalid UTF-8 in a text field, an amount not positive, a bad ID
+//	     fields (a field unknown, spelt in another case or given twice, a
+//	     wrong JSON type, anything after the object), a blank customer, a
+//	     control character (NUL included) or invalid UTF-8 in a text
+//	     field, a text too long, an amount not positive, a bad ID
 //	404  unknown order, or no such route
 //	405  a route with another method; the Allow header lists the methods
 //	409  business rule: already paid, cancelled, ...

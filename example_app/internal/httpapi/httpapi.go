@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -267,34 +269,92 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) bool {
 // decode reads a JSON body into v; an empty body is accepted when
 // optional. It answers itself and returns false on a bad body: 413 when the
 // body is larger than maxBody, 400 otherwise, with a message that names the
-// JSON field, not the Go type behind it.
+// JSON field, not the Go type behind it. Field names are matched exactly
+// (encoding/json alone takes "CUSTOMER" for "customer") and once.
 func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if errors.Is(err, io.EOF) && optional {
-		return true
-	}
-	if err == nil {
-		// Anything after the JSON value, even a lone '}', is an error.
-		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
-			err = errTrailing
-			var mb *http.MaxBytesError
-			if errors.As(terr, &mb) {
-				err = terr
-			}
-		}
-	}
-	if err == nil {
-		return true
-	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	var mb *http.MaxBytesError
 	if errors.As(err, &mb) {
 		writeJSON(w, http.StatusRequestEntityTooLarge, ErrorResponse{Error: fmt.Sprintf("request body larger than %d bytes", mb.Limit)})
 		return false
 	}
-	writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: "bad request body: " + bodyError(err)})
-	return false
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: "bad request body: cannot read it: " + err.Error()})
+		return false
+	}
+	if optional && len(bytes.TrimSpace(body)) == 0 {
+		return true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	err = dec.Decode(v)
+	if err == nil {
+		// Anything after the JSON value, even a lone '}', is an error.
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			err = errTrailing
+		}
+	}
+	if err == nil {
+		err = exactFields(body, v)
+	}
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: "bad request body: " + bodyError(err)})
+		return false
+	}
+	return true
+}
+
+// fieldError is a field name that is not one of the request's, or given
+// twice.
+type fieldError struct{ msg string }
+
+func (e fieldError) Error() string { return e.msg }
+
+// exactFields checks the keys of the JSON object body against the JSON
+// names of the struct v points to: each must be one of them, spelled
+// exactly, and appear once. body has been decoded into v without error.
+func exactFields(body []byte, v any) error {
+	t := reflect.TypeOf(v).Elem()
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	names := map[string]bool{}
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		names[cmp.Or(name, f.Name)] = true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil // null: nothing to check
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		if !names[key] {
+			for name := range names {
+				if strings.EqualFold(name, key) {
+					return fieldError{fmt.Sprintf("unknown field %q (field names are case-sensitive: %q)", key, name)}
+				}
+			}
+			return fieldError{fmt.Sprintf("unknown field %q", key)}
+		}
+		if seen[key] {
+			return fieldError{fmt.Sprintf("field %q given twice", key)}
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // errTrailing: the body has more than one JSON value.
@@ -324,6 +384,8 @@ func bodyError(err error) string {
 		}
 		return fmt.Sprintf("%s must be %s, got %s", typ.Field, want, jsonValue(typ.Value))
 	case errors.Is(err, errTrailing):
+		return err.Error()
+	case errors.As(err, new(fieldError)):
 		return err.Error()
 	}
 	// Unknown fields: `json: unknown field "x"`, with no Go type in it.
