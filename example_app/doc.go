@@ -14,9 +14,13 @@
 //
 // With no configuration it runs on a SQLite file in the data directory and
 // Watermill's in-process GoChannel. DATABASE_URL=postgres://... switches to
-// PostgreSQL; BROKER_URL switches the broker (amqp://, nats://, redis://,
-// kafka://). Only the construction of the Watermill publisher and
-// subscriber changes (internal/broker).
+// PostgreSQL, and DATABASE_URL=./app.db (or file:app.db?params, or
+// sqlite:///abs/app.db: the forms the txoutbox CLI takes) to a SQLite file
+// of your choice; BROKER_URL switches the broker (amqp://, nats://,
+// redis://, kafka://). Every variable has a flag (--database-url, ...),
+// which wins; a bad value is reported with the flag's name when it came
+// from the flag, the variable's otherwise. Only the construction of the
+// Watermill publisher and subscriber changes (internal/broker).
 //
 // Layout:
 //

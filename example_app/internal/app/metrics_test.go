@@ -45,4 +45,9 @@ func TestMetricsEndpoint(t *testing.T) {
 	require.Contains(t, body, `messaging_destination_name="orders"`)
 	require.Contains(t, body, "txoutbox_outbox_pending")
 	require.Contains(t, body, "txoutbox_relay_batch_duration_seconds_bucket")
+	// The Go runtime's and the process's.
+	for _, name := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "go_gc_duration_seconds",
+		"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} {
+		require.Regexp(t, `(?m)^`+name+`(\{.*\})? [0-9.e+-]+$`, body, name)
+	}
 }

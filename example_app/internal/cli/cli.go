@@ -51,14 +51,17 @@ Usage:
                               event reached the read model exactly once, print a summary
 
 Every flag can also be set by the environment variable in brackets; a flag wins.
+Flags may start with - or --. An error names the flag when the value came from
+one, the variable otherwise.
 With no configuration the service needs nothing installed: SQLite in the data
 directory and Watermill's in-process GoChannel.
 
 Flags:
   -addr ADDR            HTTP listen address [HTTP_ADDR] (default 127.0.0.1:8080)
-  -database-url URL     [DATABASE_URL] postgres://user:pass@host:5432/db, or
-                        sqlite:///path/file.db (default: SQLite file orders.db
-                        in the data directory)
+  -database-url URL     [DATABASE_URL] postgres://user:pass@host:5432/db, or a
+                        SQLite file: a path (./app.db), file:path.db[?params]
+                        or sqlite:///path/file.db (default: SQLite file
+                        orders.db in the data directory)
   -broker-url URL       [BROKER_URL] amqp://guest:guest@127.0.0.1:5672/ (RabbitMQ),
                         nats://127.0.0.1:4222 (NATS JetStream), redis://127.0.0.1:6379/0
                         (Redis Streams), kafka://127.0.0.1:9092[,host:port...] (Kafka)
@@ -69,6 +72,9 @@ Flags:
                         demo uses a new topic per run unless this is set)
   -log-level LEVEL      [LOG_LEVEL] debug, info, warn or error (default info;
                         the demo logs warnings only unless this is set)
+
+The demo writes a progress line to stderr every second (every 5 seconds when
+stderr is not a terminal), and the summary to stdout.
 
 Demo flags (after "demo"):
   -n N                  orders to place (default %d); each is paid or cancelled
@@ -94,6 +100,7 @@ func DefaultDataDir() string { return filepath.Join(os.TempDir(), "txoutbox-exam
 type settings struct {
 	demo      bool
 	addr      string
+	addrFrom  string // "--addr", "HTTP_ADDR", or "" for the default
 	dbURL     string
 	brokerURL string
 	dataDir   string
@@ -158,25 +165,38 @@ func parse(args []string, getenv func(string) string) (settings, error) {
 	if fs.NArg() > 0 {
 		return s, usagef("unexpected argument %q (see example_app -h)", fs.Arg(0))
 	}
+	// An error names where its value came from: the flag when it was
+	// given, the environment variable otherwise.
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	source := func(flagName, envName string) string {
+		if given[flagName] {
+			return "--" + flagName
+		}
+		return envName
+	}
 
 	var err error
 	if s.broker, err = brokers.ParseURL(s.brokerURL); err != nil {
-		return s, usageError{err}
+		return s, usagef("%s: %w", source("broker-url", "BROKER_URL"), err)
 	}
 	if s.db, err = database.ParseURL(s.dbURL, s.dataDir); err != nil {
-		return s, usageError{err}
+		if s.dbURL == "" {
+			return s, usagef("%s: %w", source("data-dir", "DATA_DIR"), err)
+		}
+		return s, usagef("%s: %w", source("database-url", "DATABASE_URL"), err)
 	}
 	s.topicSet = s.topic != ""
 	if s.topicSet {
 		if err := app.ValidTopic(s.topic); err != nil {
-			return s, usagef("TOPIC: %v", err)
+			return s, usagef("%s: %w", source("topic", "TOPIC"), err)
 		}
 	}
 	s.level = slog.LevelInfo
 	if *level != "" {
 		s.levelSet = true
 		if err := s.level.UnmarshalText([]byte(*level)); err != nil {
-			return s, usagef("LOG_LEVEL %q: use debug, info, warn or error", *level)
+			return s, usagef("%s %q: use debug, info, warn or error", source("log-level", "LOG_LEVEL"), *level)
 		}
 	}
 	if s.demo {
@@ -184,7 +204,13 @@ func parse(args []string, getenv func(string) string) (settings, error) {
 			return s, usagef("demo: -n, -concurrency and -timeout must be positive")
 		}
 	} else if _, _, err := net.SplitHostPort(s.addr); err != nil {
-		return s, usagef("HTTP_ADDR %q: %v", s.addr, err)
+		return s, usagef("%s %q: %v", source("addr", "HTTP_ADDR"), s.addr, err)
+	}
+	switch {
+	case given["addr"]:
+		s.addrFrom = "--addr"
+	case getenv("HTTP_ADDR") != "":
+		s.addrFrom = "HTTP_ADDR"
 	}
 	return s, nil
 }
@@ -251,7 +277,7 @@ func connect(ctx context.Context, s settings, log *slog.Logger) (*gorm.DB, *brok
 // serve runs the service until ctx ends.
 func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	log := newLogger(stderr, s.level)
-	if s.db.Dialect == database.SQLite {
+	if s.db.Dialect == database.SQLite && s.dbURL == "" {
 		log.Info("data directory: " + filepath.Dir(s.db.Path) + " (set DATA_DIR or DATABASE_URL to change it)")
 	}
 	db, b, err := connect(ctx, s, log)
@@ -266,7 +292,10 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w (set HTTP_ADDR or -addr)", s.addr, err)
+		if s.addrFrom == "" {
+			return fmt.Errorf("listen on %s: %w (set --addr or HTTP_ADDR)", s.addr, err)
+		}
+		return fmt.Errorf("listen on %s (from %s): %w", s.addr, s.addrFrom, err)
 	}
 	base := "http://" + ln.Addr().String()
 	log.Info("orders service listening on "+base, "topic", a.Topic(), "consumer", readmodel.Consumer)
@@ -331,6 +360,7 @@ func runDemo(ctx context.Context, s settings, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "demo:        %d orders, %d clients, on %s + %s, topic %s\n", s.orders, s.concurrency, s.db, s.broker, s.topic)
 	res, err := demo.Run(ctx, a, db, "http://"+ln.Addr().String(), rec, demo.Config{
 		Orders: s.orders, Concurrency: s.concurrency, Timeout: s.timeout, Prefix: prefix,
+		Progress: stderr, ProgressInterval: progressInterval(stderr),
 	})
 	stop()
 	if rerr := <-runDone; rerr != nil && err == nil {
@@ -351,6 +381,26 @@ func runDemo(ctx context.Context, s settings, stdout, stderr io.Writer) error {
 		return errors.New("demo failed: not every event arrived exactly once in the read model (see above)")
 	}
 	return nil
+}
+
+// progressInterval is the time between the demo's progress lines on w:
+// every second on a terminal, every 5 seconds otherwise, so that a log
+// shows the run is alive without a line per second.
+func progressInterval(w io.Writer) time.Duration {
+	if isTerminal(w) {
+		return time.Second
+	}
+	return 5 * time.Second
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 func randomHex(n int) string {

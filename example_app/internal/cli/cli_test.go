@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +79,19 @@ func TestBadConfigExitsWithTwo(t *testing.T) {
 		{"bad redis db", map[string]string{"BROKER_URL": "redis://r/x"}, nil, "invalid database number"},
 		{"flag wins over env", map[string]string{"BROKER_URL": "nats://127.0.0.1:4222"}, []string{"-broker-url", "zmq://x"}, `unsupported scheme "zmq"`},
 		{"unsupported database", map[string]string{"DATABASE_URL": "mysql://db/x"}, nil, `unsupported scheme "mysql"`},
-		{"database without scheme", map[string]string{"DATABASE_URL": "localhost/test"}, nil, "no scheme"},
+		{"database as host and port", map[string]string{"DATABASE_URL": "localhost:5432/test"}, nil, "DATABASE_URL: invalid database URL \"localhost:5432/test\": looks like a host and port"},
+		{"in-memory database", nil, []string{"--database-url", ":memory:"}, "--database-url: invalid database URL \":memory:\": an in-memory SQLite database"},
+		{"database flag named", map[string]string{"DATABASE_URL": "postgres://db/x"}, []string{"--database-url", "mysql://db/x"}, `--database-url: invalid database URL "mysql://db/x": unsupported scheme "mysql"`},
+		{"database variable named", map[string]string{"DATABASE_URL": "mysql://db/x"}, nil, `example_app: DATABASE_URL: invalid database URL "mysql://db/x"`},
+		{"broker flag named", nil, []string{"-broker-url", "zmq://x"}, `--broker-url: invalid broker URL`},
+		{"broker variable named", map[string]string{"BROKER_URL": "zmq://x"}, nil, `example_app: BROKER_URL: invalid broker URL`},
+		{"topic flag named", map[string]string{"TOPIC": "good"}, []string{"--topic", "orders.v1"}, "--topic: "},
+		{"topic variable named", map[string]string{"TOPIC": "orders.v1"}, nil, "example_app: TOPIC: "},
+		{"log level flag named", nil, []string{"--log-level", "loud"}, `--log-level "loud": use debug, info, warn or error`},
+		{"log level variable named", map[string]string{"LOG_LEVEL": "loud"}, nil, `example_app: LOG_LEVEL "loud": use debug`},
+		{"listen address flag named", map[string]string{"HTTP_ADDR": "127.0.0.1:0"}, []string{"--addr", "8080"}, `--addr "8080": `},
+		{"listen address variable named", map[string]string{"HTTP_ADDR": "8080"}, nil, `example_app: HTTP_ADDR "8080": `},
+		{"empty data directory flag named", nil, []string{"--data-dir", ""}, "--data-dir: invalid database URL: no database URL and no data directory"},
 		{"postgres without host", map[string]string{"DATABASE_URL": "postgres:///test"}, nil, "no host"},
 		{"bad topic", map[string]string{"TOPIC": "orders.v1"}, nil, "only letters"},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, nil, "LOG_LEVEL"},
@@ -112,6 +125,51 @@ func TestBadConfigHidesPasswords(t *testing.T) {
 	r := mainWith(t.Context(), map[string]string{"BROKER_URL": "amqp://user:s3cret@host:x/", "DATA_DIR": t.TempDir()})
 	require.Equal(t, cli.ExitUsage, r.code)
 	require.NotContains(t, r.stderr, "s3cret")
+}
+
+// The service runs on a SQLite file given as a plain path, as the
+// txoutbox CLI accepts it, from the environment and from the flag.
+func TestServeOnPlainSQLitePath(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		env  func(path string) map[string]string
+		args func(path string) []string
+	}{
+		{"DATABASE_URL", func(p string) map[string]string { return map[string]string{"DATABASE_URL": p} }, func(string) []string { return nil }},
+		{"--database-url", func(string) map[string]string { return nil }, func(p string) []string { return []string{"--database-url", p} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dataDir, dbDir := t.TempDir(), t.TempDir()
+			path := filepath.Join(dbDir, "app.db")
+			ctx, cancel := context.WithCancel(t.Context())
+			var stdout, stderr syncBuffer
+			done := make(chan int, 1)
+			env := map[string]string{"DATA_DIR": dataDir, "HTTP_ADDR": "127.0.0.1:0"}
+			for k, v := range tc.env(path) {
+				env[k] = v
+			}
+			go func() {
+				done <- cli.Main(ctx, tc.args(path), &stdout, &stderr, func(k string) string { return env[k] })
+			}()
+			require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "listening on http://127.0.0.1:") },
+				10*time.Second, 10*time.Millisecond, stderr.String())
+			require.Contains(t, stderr.String(), `database="sqlite file `+path+`"`)
+			require.NotContains(t, stderr.String(), "data directory:")
+			cancel()
+			select {
+			case code := <-done:
+				require.Equal(t, cli.ExitOK, code, stderr.String())
+			case <-time.After(15 * time.Second):
+				t.Fatal("the service did not stop")
+			}
+			require.FileExists(t, path)
+			entries, err := os.ReadDir(dataDir)
+			require.NoError(t, err)
+			require.Empty(t, entries, "nothing in the data directory")
+		})
+	}
 }
 
 // A broker or database that is not there: a clear error within seconds,
@@ -205,6 +263,7 @@ func TestDemoEmbedded(t *testing.T) {
 		"commands:    324 sent, 240 accepted, 84 rejected as the rules require, 0 unexpected answers",
 		"events:      240 committed, 240 published, 240 projected; inbox: 240 rows",
 		"latency:     commit to projection p50 ",
+		"             (per event: from its command's commit to its projection, through relay, broker and consumer, queueing included)\n",
 		"result:      OK: all 240 events of 120 orders arrived exactly once in the read model",
 	} {
 		require.Contains(t, r.stdout, want)

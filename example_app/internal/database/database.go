@@ -47,6 +47,9 @@ type Config struct {
 	URL string
 	// Path is the SQLite file (SQLite only).
 	Path string
+	// Params are SQLite URI parameters from a file:path?params URL, added
+	// to (and winning over) the defaults of SQLiteDSN. SQLite only.
+	Params string
 }
 
 // String describes the database without credentials, for log lines.
@@ -61,46 +64,80 @@ func (c Config) String() string {
 	return "postgres"
 }
 
-// ParseURL turns a DATABASE_URL into a Config. The empty string selects the
-// SQLite file DefaultFile under dataDir; sqlite:///path/to/file.db (or
-// sqlite://relative.db) a SQLite file of your choice; postgres:// and
-// postgresql:// URLs PostgreSQL. The error wraps ErrInvalidURL.
+// ParseURL turns a database URL (DATABASE_URL, --database-url) into a
+// Config. It accepts what the txoutbox CLI accepts:
+//
+//   - "": the SQLite file DefaultFile under dataDir;
+//   - postgres://... and postgresql://...: PostgreSQL;
+//   - a SQLite file as a plain path (./app.db, /tmp/x.db), as
+//     file:path[?params] (SQLite URI parameters such as
+//     _pragma=cache_size(-20000)), or as sqlite://path or sqlite3://path
+//     (sqlite:///abs/path.db, sqlite://relative.db; no parameters).
+//
+// An in-memory database (:memory:) is refused: the service keeps a pool of
+// connections, and each would see a database of its own. The error wraps
+// ErrInvalidURL and does not name where raw came from; the caller adds
+// the flag or the variable.
 func ParseURL(raw, dataDir string) (Config, error) {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
 		if dataDir == "" {
-			return Config{}, fmt.Errorf("%w: no DATABASE_URL and no data directory", ErrInvalidURL)
+			return Config{}, fmt.Errorf("%w: no database URL and no data directory", ErrInvalidURL)
 		}
 		return Config{Dialect: SQLite, Path: filepath.Join(dataDir, DefaultFile)}, nil
 	}
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return Config{}, fmt.Errorf("%w: %q has no scheme (use postgres://user@host:5432/db or sqlite:///path/file.db, or leave it empty for SQLite under the data directory)", ErrInvalidURL, redact(raw))
-	}
-	switch strings.ToLower(scheme) {
-	case "postgres", "postgresql":
-		u, err := url.Parse(raw)
-		if err != nil {
-			var uerr *url.Error
-			if errors.As(err, &uerr) {
-				err = uerr.Err
+	scheme, rest, hasScheme := strings.Cut(raw, "://")
+	if hasScheme {
+		switch strings.ToLower(scheme) {
+		case "postgres", "postgresql":
+			u, err := url.Parse(raw)
+			if err != nil {
+				var uerr *url.Error
+				if errors.As(err, &uerr) {
+					err = uerr.Err
+				}
+				return Config{}, fmt.Errorf("%w %q: %v", ErrInvalidURL, redact(raw), err)
 			}
-			return Config{}, fmt.Errorf("%w %q: %v", ErrInvalidURL, redact(raw), err)
+			if u.Host == "" && u.Query().Get("host") == "" {
+				return Config{}, fmt.Errorf("%w %q: no host (use postgres://user@host:5432/db)", ErrInvalidURL, redact(raw))
+			}
+			return Config{Dialect: Postgres, URL: raw}, nil
+		case "sqlite", "sqlite3":
+			if rest == "" {
+				return Config{}, fmt.Errorf("%w %q: no file (use sqlite:///path/file.db, or the path alone)", ErrInvalidURL, raw)
+			}
+			if strings.ContainsAny(rest, "?#") {
+				return Config{}, fmt.Errorf("%w %q: %s:// takes a file path only (use file:path.db?... for parameters)", ErrInvalidURL, raw, scheme)
+			}
+			return sqliteFile(raw, rest, "")
 		}
-		if u.Host == "" && u.Query().Get("host") == "" {
-			return Config{}, fmt.Errorf("%w %q: no host (use postgres://user@host:5432/db)", ErrInvalidURL, redact(raw))
-		}
-		return Config{Dialect: Postgres, URL: raw}, nil
-	case "sqlite":
-		if rest == "" {
-			return Config{}, fmt.Errorf("%w %q: no file (use sqlite:///path/file.db)", ErrInvalidURL, raw)
-		}
-		if strings.ContainsAny(rest, "?#") {
-			return Config{}, fmt.Errorf("%w %q: sqlite:// takes a file path only", ErrInvalidURL, raw)
-		}
-		return Config{Dialect: SQLite, Path: filepath.Clean(rest)}, nil
+		return Config{}, fmt.Errorf("%w %q: unsupported scheme %q (use postgres://, a SQLite file path, or file:path.db)", ErrInvalidURL, redact(raw), scheme)
 	}
-	return Config{}, fmt.Errorf("%w %q: unsupported scheme %q (use postgres:// or sqlite://)", ErrInvalidURL, redact(raw), scheme)
+	if path, ok := strings.CutPrefix(raw, "file:"); ok {
+		path, params, _ := strings.Cut(path, "?")
+		if path == "" {
+			return Config{}, fmt.Errorf("%w %q: file: needs a path", ErrInvalidURL, raw)
+		}
+		if _, err := url.ParseQuery(params); err != nil {
+			return Config{}, fmt.Errorf("%w %q: parameters: %v", ErrInvalidURL, raw, err)
+		}
+		return sqliteFile(raw, path, params)
+	}
+	if host, port, ok := strings.Cut(strings.SplitN(raw, "/", 2)[0], ":"); ok && host != "" && port != "" && strings.Trim(port, "0123456789") == "" {
+		// localhost:5432/db would otherwise become a SQLite file in a
+		// directory named localhost:5432.
+		return Config{}, fmt.Errorf("%w %q: looks like a host and port; use postgres://user@%s:%s/db for PostgreSQL, or ./%s for a SQLite file of that name", ErrInvalidURL, redact(raw), host, port, raw)
+	}
+	return sqliteFile(raw, raw, "")
+}
+
+// sqliteFile returns the Config of a SQLite file at path with URI
+// parameters params.
+func sqliteFile(raw, path, params string) (Config, error) {
+	if path == ":memory:" || strings.Contains(params, "mode=memory") {
+		return Config{}, fmt.Errorf("%w %q: an in-memory SQLite database is not shared by the service's connections; use a file", ErrInvalidURL, raw)
+	}
+	return Config{Dialect: SQLite, Path: filepath.Clean(path), Params: params}, nil
 }
 
 // Open opens the database and checks that it answers within timeout. A
@@ -118,7 +155,7 @@ func Open(ctx context.Context, cfg Config, timeout time.Duration) (*gorm.DB, err
 		if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o755); err != nil {
 			return nil, fmt.Errorf("create the data directory: %w", err)
 		}
-		db, err = gorm.Open(sqlite.Open(SQLiteDSN(cfg.Path)), gcfg)
+		db, err = gorm.Open(sqlite.Open(sqliteDSN(cfg.Path, cfg.Params)), gcfg)
 	case Postgres:
 		db, err = gorm.Open(postgres.Open(withConnectTimeout(cfg.URL, timeout)), gcfg)
 	default:
@@ -159,8 +196,26 @@ func Close(db *gorm.DB) error {
 // synchronous=NORMAL (durable at checkpoints, safe against corruption) and
 // BEGIN IMMEDIATE for write transactions, so two writers never deadlock on
 // a lock upgrade.
-func SQLiteDSN(path string) string {
-	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+func SQLiteDSN(path string) string { return sqliteDSN(path, "") }
+
+// sqliteDSN is SQLiteDSN with the URI parameters params: a pragma or
+// _txlock set in params replaces the default one.
+func sqliteDSN(path, params string) string {
+	q := []string{}
+	if params != "" {
+		q = append(q, params)
+	}
+	for _, d := range []struct{ key, param string }{
+		{"busy_timeout", "_pragma=busy_timeout(10000)"},
+		{"journal_mode", "_pragma=journal_mode(WAL)"},
+		{"synchronous", "_pragma=synchronous(NORMAL)"},
+		{"_txlock", "_txlock=immediate"},
+	} {
+		if !strings.Contains(params, d.key) {
+			q = append(q, d.param)
+		}
+	}
+	return "file:" + path + "?" + strings.Join(q, "&")
 }
 
 // withConnectTimeout adds connect_timeout to a PostgreSQL URL that has none,

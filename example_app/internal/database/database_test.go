@@ -29,9 +29,37 @@ func TestParseURL(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, Postgres, c.Dialect)
 
+	// A SQLite file in every form the txoutbox CLI accepts.
+	for _, tc := range []struct {
+		url  string
+		want Config
+	}{
+		{"./app.db", Config{Dialect: SQLite, Path: "app.db"}},
+		{"app.db", Config{Dialect: SQLite, Path: "app.db"}},
+		{"/tmp/x.db", Config{Dialect: SQLite, Path: "/tmp/x.db"}},
+		{"  /tmp/x.db ", Config{Dialect: SQLite, Path: "/tmp/x.db"}},
+		{"../data/x.db", Config{Dialect: SQLite, Path: "../data/x.db"}},
+		{"file:/tmp/x.db", Config{Dialect: SQLite, Path: "/tmp/x.db"}},
+		{"file:x.db?_pragma=cache_size(-2000)", Config{Dialect: SQLite, Path: "x.db", Params: "_pragma=cache_size(-2000)"}},
+		{"sqlite://rel/x.db", Config{Dialect: SQLite, Path: "rel/x.db"}},
+		{"sqlite3:///abs/x.db", Config{Dialect: SQLite, Path: "/abs/x.db"}},
+		{"SQLite:///abs/x.db", Config{Dialect: SQLite, Path: "/abs/x.db"}},
+	} {
+		c, err := ParseURL(tc.url, "/data")
+		require.NoError(t, err, tc.url)
+		require.Equal(t, tc.want, c, tc.url)
+	}
+
 	for _, tc := range []struct{ url, want string }{
 		{"mysql://db/x", `unsupported scheme "mysql"`},
-		{"db:5432/app", "no scheme"},
+		{"db:5432/app", `"db:5432/app": looks like a host and port; use postgres://user@db:5432/db for PostgreSQL, or ./db:5432/app for a SQLite file of that name`},
+		{"localhost:5432", "looks like a host and port"},
+		{":memory:", "in-memory SQLite database"},
+		{"file::memory:?cache=shared", "in-memory SQLite database"},
+		{"file:x.db?mode=memory", "in-memory SQLite database"},
+		{"file:", "file: needs a path"},
+		{"file:x.db?a=%zz", "parameters"},
+		{"sqlite3://x.db?mode=ro", "sqlite3:// takes a file path only"},
 		{"postgres:///app", "no host"},
 		{"postgres://db:x/app", "invalid port"},
 		{"sqlite://", "no file"},
@@ -65,6 +93,38 @@ func TestOpen(t *testing.T) {
 	_, err = Open(t.Context(), Config{Dialect: Postgres, URL: "postgres://postgres@127.0.0.1:1/x?sslmode=disable"}, time.Second)
 	require.ErrorIs(t, err, ErrUnreachable)
 	require.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestSQLiteDSN(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "file:/x.db?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate", SQLiteDSN("/x.db"))
+	require.Equal(t, "file:/x.db?_pragma=busy_timeout(500)&_pragma=cache_size(-2000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate",
+		sqliteDSN("/x.db", "_pragma=busy_timeout(500)&_pragma=cache_size(-2000)"), "a pragma given replaces the default")
+}
+
+// A plain path and a file: URL with parameters open, with the parameters
+// applied.
+func TestOpenPlainPath(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	c, err := ParseURL(filepath.Join(dir, "plain.db"), "")
+	require.NoError(t, err)
+	db, err := Open(t.Context(), c, time.Second)
+	require.NoError(t, err)
+	require.NoError(t, Close(db))
+	require.FileExists(t, filepath.Join(dir, "plain.db"))
+
+	c, err = ParseURL("file:"+filepath.Join(dir, "params.db")+"?_pragma=cache_size(-1234)", "")
+	require.NoError(t, err)
+	db, err = Open(t.Context(), c, time.Second)
+	require.NoError(t, err)
+	var size int
+	require.NoError(t, db.Raw("PRAGMA cache_size").Scan(&size).Error)
+	require.Equal(t, -1234, size)
+	var mode string
+	require.NoError(t, db.Raw("PRAGMA journal_mode").Scan(&mode).Error)
+	require.Equal(t, "wal", mode, "the defaults still apply")
+	require.NoError(t, Close(db))
 }
 
 func TestWithConnectTimeout(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"io"
 	"net/http"
 	"slices"
@@ -20,6 +19,7 @@ import (
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
 	"github.com/txoutbox/txoutbox/example_app/internal/readmodel"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
+	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"github.com/txoutbox/txoutbox/middleware"
 	"gorm.io/gorm"
 )
@@ -48,6 +48,43 @@ type Config struct {
 	// Prefix starts every order ID of the run, so the checks see this run's
 	// orders only. Required.
 	Prefix string
+	// Progress receives a progress line every ProgressInterval while the
+	// commands run and while the read model catches up. Optional; nil
+	// prints none.
+	Progress io.Writer
+	// ProgressInterval is the time between progress lines. Optional;
+	// default DefaultProgressInterval.
+	ProgressInterval time.Duration
+}
+
+// DefaultProgressInterval is the default of Config.ProgressInterval.
+const DefaultProgressInterval = time.Second
+
+// Progress is what a run has done so far, as a progress line shows it.
+type Progress struct {
+	// Elapsed is the time since the run started.
+	Elapsed time.Duration
+	// Phase is "commands" while the commands are sent, "catch-up" while
+	// the run waits for the read model, "checks" while it checks it.
+	Phase string
+	// Orders is the number of orders to place.
+	Orders int
+	// Placed, Paid and Cancelled count the commands accepted so far.
+	Placed, Paid, Cancelled int64
+	// Committed counts the events the outbox committed for the run's
+	// orders.
+	Committed int
+	// Published counts the messages the forwarder published to the run's
+	// topic (when the publish call returned: GoChannel delivers inside it,
+	// so Published can trail Consumed); Consumed the messages the
+	// read-model consumer processed.
+	Published, Consumed int64
+}
+
+// String is the progress line, without a newline.
+func (p Progress) String() string {
+	return fmt.Sprintf("progress:    %3.0fs %s: orders %d/%d placed, %d paid, %d cancelled; events %d committed, %d published, %d consumed",
+		p.Elapsed.Seconds(), p.Phase, p.Placed, p.Orders, p.Paid, p.Cancelled, p.Committed, p.Published, p.Consumed)
 }
 
 // committed is an event as the outbox committed it.
@@ -81,6 +118,12 @@ func (r *Recorder) AfterCommit(p middleware.AfterCommitParams) {
 			r.events[rec.Message.UUID] = committed{orderID: rec.PartitionKey, at: now}
 		}
 	}
+}
+
+func (r *Recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
 }
 
 func (r *Recorder) snapshot() map[string]committed {
@@ -138,6 +181,7 @@ func (r Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "events:      %d committed, %d published, %d projected; inbox: %d rows, %d duplicate deliveries skipped; %d consumer errors retried\n",
 		r.Committed, r.Published, r.Projected, r.InboxRows, r.Duplicates, r.ConsumerErrors)
 	fmt.Fprintf(w, "latency:     commit to projection p50 %v, p99 %v, max %v\n", round(r.P50), round(r.P99), round(r.Max))
+	fmt.Fprint(w, "             (per event: from its command's commit to its projection, through relay, broker and consumer, queueing included)\n")
 	fmt.Fprintf(w, "time:        %v for the commands (%.0f commands/s), %v more for the read model to catch up\n",
 		round(r.Load), rate, round(r.CatchUp))
 	if r.OK() {
@@ -185,8 +229,19 @@ func Run(ctx context.Context, a *app.App, db *gorm.DB, baseURL string, rec *Reco
 
 	// The load.
 	start := time.Now()
+	var phase atomic.Value
+	phase.Store("commands")
+	stopProgress := c.progress(cfg, func() Progress {
+		return Progress{
+			Elapsed: time.Since(start), Phase: phase.Load().(string), Orders: cfg.Orders,
+			Placed: c.placed.Load(), Paid: c.paid.Load(), Cancelled: c.cancelled.Load(),
+			Committed: rec.count(), Published: a.Published(a.Topic()), Consumed: a.Consumer.Stats().Processed,
+		}
+	})
+	defer stopProgress()
 	want := c.load(ctx, cfg)
 	res.Load = time.Since(start)
+	phase.Store("catch-up")
 	res.Commands, res.Accepted, res.Rejected, res.Unexpected = c.commands.Load(), c.accepted.Load(), c.rejected.Load(), c.unexpected.Load()
 	c.mu.Lock()
 	res.Failures = append(res.Failures, c.failures...)
@@ -225,6 +280,7 @@ func Run(ctx context.Context, a *app.App, db *gorm.DB, baseURL string, rec *Reco
 		}
 	}
 	res.CatchUp = time.Since(catchUp)
+	phase.Store("checks")
 	res.Published = a.Published(a.Topic())
 	cs := a.Consumer.Stats()
 	res.Duplicates, res.ConsumerErrors = cs.Duplicates, cs.Failures
@@ -234,6 +290,7 @@ func Run(ctx context.Context, a *app.App, db *gorm.DB, baseURL string, rec *Reco
 	if st, err := a.Store.Stats(ctx); err == nil && st.Topics[a.Topic()].Failed > 0 {
 		res.Failures = append(res.Failures, fmt.Sprintf("%d events of the topic are parked as failed in the outbox", st.Topics[a.Topic()].Failed))
 	}
+	stopProgress()
 	return res, nil
 }
 
@@ -289,6 +346,37 @@ func (c *client) load(ctx context.Context, cfg Config) map[string]expectation {
 	return want
 }
 
+// progress writes get's line to cfg.Progress every cfg.ProgressInterval
+// until the returned function is called (more calls do nothing).
+func (c *client) progress(cfg Config, get func() Progress) (stop func()) {
+	if cfg.Progress == nil {
+		return func() {}
+	}
+	every := cmp.Or(cfg.ProgressInterval, DefaultProgressInterval)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				fmt.Fprintln(cfg.Progress, get())
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(done)
+			<-finished
+		})
+	}
+}
+
 // order runs the commands of order i.
 func (c *client) order(ctx context.Context, prefix string, i int) {
 	id := fmt.Sprintf("%s-%d", prefix, i)
@@ -296,24 +384,31 @@ func (c *client) order(ctx context.Context, prefix string, i int) {
 	if !c.expect(ctx, "POST", "/orders", place, http.StatusCreated) {
 		return
 	}
+	c.placed.Add(1)
 	pay, cancel := "/orders/"+id+"/pay", "/orders/"+id+"/cancel"
 	reason := httpapi.CancelRequest{Reason: "changed my mind"}
+	paid := func() bool { return c.count(&c.paid, c.expect(ctx, "POST", pay, nil, http.StatusOK)) }
+	cancelled := func() bool { return c.count(&c.cancelled, c.expect(ctx, "POST", cancel, reason, http.StatusOK)) }
 	switch i % 6 {
 	case 0, 5:
-		c.expect(ctx, "POST", pay, nil, http.StatusOK)
+		paid()
 	case 1:
-		_ = c.expect(ctx, "POST", pay, nil, http.StatusOK) &&
-			c.expect(ctx, "POST", pay, nil, http.StatusConflict)
+		_ = paid() && c.expect(ctx, "POST", pay, nil, http.StatusConflict)
 	case 2:
-		_ = c.expect(ctx, "POST", pay, nil, http.StatusOK) &&
-			c.expect(ctx, "POST", cancel, reason, http.StatusConflict)
+		_ = paid() && c.expect(ctx, "POST", cancel, reason, http.StatusConflict)
 	case 3:
-		_ = c.expect(ctx, "POST", cancel, reason, http.StatusOK) &&
-			c.expect(ctx, "POST", pay, nil, http.StatusConflict)
+		_ = cancelled() && c.expect(ctx, "POST", pay, nil, http.StatusConflict)
 	case 4:
-		_ = c.expect(ctx, "POST", cancel, reason, http.StatusOK) &&
-			c.expect(ctx, "POST", cancel, nil, http.StatusConflict)
+		_ = cancelled() && c.expect(ctx, "POST", cancel, nil, http.StatusConflict)
 	}
+}
+
+// count adds one to n when ok, and returns ok.
+func (c *client) count(n *atomic.Int64, ok bool) bool {
+	if ok {
+		n.Add(1)
+	}
+	return ok
 }
 
 // client sends the demo's requests and counts the answers.
@@ -322,6 +417,9 @@ type client struct {
 	http *http.Client
 
 	commands, accepted, rejected, unexpected atomic.Int64
+	// placed, paid and cancelled count the accepted commands, for the
+	// progress line.
+	placed, paid, cancelled atomic.Int64
 
 	mu       sync.Mutex
 	failures []string

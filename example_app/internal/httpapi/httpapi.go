@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strings"
 
 	"github.com/txoutbox/txoutbox/bus"
@@ -54,8 +57,8 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	a := &api{cfg: cfg}
 	mux := http.NewServeMux()
+	a := &api{cfg: cfg, mux: mux}
 	mux.HandleFunc("POST /orders", a.place)
 	mux.HandleFunc("POST /orders/{id}/pay", a.pay)
 	mux.HandleFunc("POST /orders/{id}/cancel", a.cancel)
@@ -64,10 +67,37 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", cfg.Metrics)
 	}
+	// Every request no route above takes: 404 or 405 in the API's error
+	// shape, instead of ServeMux's plain text.
+	mux.HandleFunc("/", a.noRoute)
 	return mux, nil
 }
 
-type api struct{ cfg Config }
+type api struct {
+	cfg Config
+	mux *http.ServeMux
+}
+
+// methods are the methods noRoute tries for the Allow header of a 405.
+var methods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
+
+// noRoute answers a request that matches no route: 405 with an Allow header
+// when the path has routes for other methods, 404 otherwise.
+func (a *api) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range methods {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
+		if _, pattern := a.mux.Handler(probe); pattern != "" && pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) == 0 {
+		writeJSON(w, http.StatusNotFound, ErrorResponse{Error: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+		return
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	writeJSON(w, http.StatusMethodNotAllowed, ErrorResponse{Error: fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", "))})
+}
 
 // PlaceRequest is the body of POST /orders.
 type PlaceRequest struct {
@@ -141,7 +171,11 @@ func (a *api) cancel(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) get(w http.ResponseWriter, r *http.Request) {
-	v, err := readmodel.Get(r.Context(), a.cfg.DB, r.PathValue("id"))
+	id := r.PathValue("id")
+	if a.fail(w, r, orders.ValidateID(id)) {
+		return
+	}
+	v, err := readmodel.Get(r.Context(), a.cfg.DB, id)
 	if a.fail(w, r, err) {
 		return
 	}
@@ -233,25 +267,181 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) bool {
 }
 
 // decode reads a JSON body into v; an empty body is accepted when
-// optional. It answers 400 itself and returns false on a bad body.
+// optional. It answers itself and returns false on a bad body: 413 when the
+// body is larger than maxBody, 400 otherwise, with a message that names the
+// JSON field, not the Go type behind it. Field names are matched exactly
+// (encoding/json alone takes "CUSTOMER" for "customer") and once.
 func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if errors.Is(err, io.EOF) && optional {
-		return true
-	}
-	if err == nil && dec.More() {
-		err = errors.New("more than one JSON value")
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		writeJSON(w, http.StatusRequestEntityTooLarge, ErrorResponse{Error: fmt.Sprintf("request body larger than %d bytes", mb.Limit)})
+		return false
 	}
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			err = errors.New("empty body")
+		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: "bad request body: cannot read it: " + err.Error()})
+		return false
+	}
+	if optional && len(bytes.TrimSpace(body)) == 0 {
+		return true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	err = dec.Decode(v)
+	if err == nil {
+		// Anything after the JSON value, even a lone '}', is an error.
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			err = errTrailing
 		}
-		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: fmt.Sprintf("bad request body: %s", strings.TrimPrefix(err.Error(), "json: "))})
+	}
+	if err == nil {
+		err = exactFields(body, v)
+	}
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: "bad request body: " + bodyError(err)})
 		return false
 	}
 	return true
+}
+
+// fieldError is a field name that is not one of the request's, or given
+// twice.
+type fieldError struct{ msg string }
+
+func (e fieldError) Error() string { return e.msg }
+
+// exactFields checks the keys of the JSON object body against the JSON
+// names of the struct v points to: each must be one of them, spelled
+// exactly, and appear once. body has been decoded into v without error.
+func exactFields(body []byte, v any) error {
+	t := reflect.TypeOf(v).Elem()
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	names := map[string]bool{}
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		names[cmp.Or(name, f.Name)] = true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil // null: nothing to check
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		if !names[key] {
+			for name := range names {
+				if strings.EqualFold(name, key) {
+					return fieldError{fmt.Sprintf("unknown field %q (field names are case-sensitive: %q)", key, name)}
+				}
+			}
+			return fieldError{fmt.Sprintf("unknown field %q", key)}
+		}
+		if seen[key] {
+			return fieldError{fmt.Sprintf("field %q given twice", key)}
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// errTrailing: the body has more than one JSON value.
+var errTrailing = errors.New("more than one JSON value, or data after the JSON object")
+
+// bodyError says what is wrong with a body in the API's terms: JSON field
+// names and JSON types, never Go's.
+func bodyError(err error) string {
+	var (
+		syntax *json.SyntaxError
+		typ    *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.Is(err, io.EOF):
+		return "empty body"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "the JSON ends too early"
+	case errors.As(err, &syntax):
+		return fmt.Sprintf("invalid JSON at byte %d: %s", syntax.Offset, strings.TrimPrefix(syntax.Error(), "json: "))
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return fmt.Sprintf("the body must be a JSON object, got %s", jsonValue(typ.Value))
+		}
+		want := jsonType(typ.Type)
+		if n, ok := strings.CutPrefix(typ.Value, "number "); ok && !strings.ContainsAny(n, ".eE") && strings.HasSuffix(want, "integer") {
+			return fmt.Sprintf("%s must be %s between %d and %d, got %s", typ.Field, want, minInt(typ.Type), maxInt(typ.Type), n)
+		}
+		return fmt.Sprintf("%s must be %s, got %s", typ.Field, want, jsonValue(typ.Value))
+	case errors.Is(err, errTrailing):
+		return err.Error()
+	case errors.As(err, new(fieldError)):
+		return err.Error()
+	}
+	// Unknown fields: `json: unknown field "x"`, with no Go type in it.
+	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return "unknown field " + msg
+	}
+	return "invalid JSON"
+}
+
+// jsonType names the JSON type a Go type decodes from.
+func jsonType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a non-negative integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	}
+	return "an object"
+}
+
+// minInt and maxInt bound an integer type.
+func minInt(t reflect.Type) int64 {
+	if t.Kind() >= reflect.Uint && t.Kind() <= reflect.Uint64 {
+		return 0
+	}
+	return -1 << (t.Bits() - 1)
+}
+
+func maxInt(t reflect.Type) uint64 {
+	if t.Kind() >= reflect.Uint && t.Kind() <= reflect.Uint64 {
+		return 1<<t.Bits() - 1
+	}
+	return 1<<(t.Bits()-1) - 1
+}
+
+// jsonValue describes the JSON value UnmarshalTypeError.Value names:
+// "string", "number 1.5", "bool", "array", "object".
+func jsonValue(v string) string {
+	if n, ok := strings.CutPrefix(v, "number "); ok {
+		return n
+	}
+	switch v {
+	case "array", "object":
+		return "an " + v
+	case "bool":
+		return "a boolean"
+	}
+	return "a " + v
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

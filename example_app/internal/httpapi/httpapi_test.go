@@ -145,11 +145,6 @@ func TestAPI(t *testing.T) {
 			require.Equal(t, "application/json", a.header.Get("Content-Type"))
 		}
 
-		// Routing: methods and paths the API does not have.
-		require.Equal(t, http.StatusMethodNotAllowed, call(t, "GET", base+"/orders", "").status)
-		require.Equal(t, http.StatusMethodNotAllowed, call(t, "DELETE", base+"/orders/o-1", "").status)
-		require.Equal(t, http.StatusNotFound, call(t, "POST", base+"/orders/o-1/ship", "").status)
-
 		// Health: the outbox has been drained.
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 			a = call(t, "GET", base+"/healthz", "")
@@ -162,6 +157,128 @@ func TestAPI(t *testing.T) {
 		require.EqualValues(t, 4, testdb.Count(t, db, "projected_events", ""))
 		require.EqualValues(t, 4, testdb.Count(t, db, "txoutbox_inbox", "consumer = ?", readmodel.Consumer))
 	})
+}
+
+// Bad input answers 400 (413 for a body too large) with the API's error
+// shape and a message in the API's terms, and changes nothing, on both
+// databases: PostgreSQL refuses a NUL byte in text, which used to surface
+// as a 500.
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		base := serve(t, db)
+		a := call(t, "POST", base+"/orders", `{"id":"o-1","customer":"ada","amount_cents":1250}`)
+		require.Equal(t, http.StatusCreated, a.status, a.body)
+		eventually(t, base+"/orders/o-1", "placed")
+
+		big := `{"customer":"` + strings.Repeat("x", 70<<10) + `","amount_cents":5}`
+		for _, tc := range []struct {
+			name, method, path, body string
+			status                   int
+			err                      string
+		}{
+			{"NUL in customer", "POST", "/orders", `{"customer":"a\u0000b","amount_cents":5}`, 400,
+				"invalid command: customer contains the control character U+0000 at byte 1"},
+			{"control character in customer", "POST", "/orders", `{"customer":"a\nb","amount_cents":5}`, 400,
+				"invalid command: customer contains the control character U+000A at byte 1"},
+			{"whitespace-only customer", "POST", "/orders", `{"customer":" \t ","amount_cents":5}`, 400,
+				"invalid command: missing customer"},
+			{"customer too long", "POST", "/orders", `{"customer":"` + strings.Repeat("é", 201) + `","amount_cents":5}`, 400,
+				"invalid command: customer longer than 200 characters"},
+			{"NUL in id", "POST", "/orders", `{"id":"a\u0000b","customer":"x","amount_cents":5}`, 400,
+				`invalid command: order ID "a\x00b": only letters, digits, '-', '_' and '.' are allowed`},
+			{"whitespace-only id", "POST", "/orders", `{"id":"  ","customer":"x","amount_cents":5}`, 400,
+				`invalid command: order ID "  ": only letters, digits, '-', '_' and '.' are allowed`},
+			{"negative amount", "POST", "/orders", `{"customer":"x","amount_cents":-5}`, 400,
+				"invalid command: amount_cents must be positive, got -5"},
+			{"amount as a string", "POST", "/orders", `{"customer":"x","amount_cents":"5"}`, 400,
+				"bad request body: amount_cents must be an integer, got a string"},
+			{"fractional amount", "POST", "/orders", `{"customer":"x","amount_cents":1.5}`, 400,
+				"bad request body: amount_cents must be an integer, got 1.5"},
+			{"amount out of range", "POST", "/orders", `{"customer":"x","amount_cents":9223372036854775808}`, 400,
+				"bad request body: amount_cents must be an integer between -9223372036854775808 and 9223372036854775807, got 9223372036854775808"},
+			{"customer as a number", "POST", "/orders", `{"customer":7,"amount_cents":5}`, 400,
+				"bad request body: customer must be a string, got a number"},
+			{"customer as an object", "POST", "/orders", `{"customer":{},"amount_cents":5}`, 400,
+				"bad request body: customer must be a string, got an object"},
+			{"body not an object", "POST", "/orders", `[1]`, 400,
+				"bad request body: the body must be a JSON object, got an array"},
+			{"unknown field", "POST", "/orders", `{"customer":"x","amount_cents":5,"extra":1}`, 400,
+				`bad request body: unknown field "extra"`},
+			{"field name in capitals", "POST", "/orders", `{"CUSTOMER":"x","amount_cents":5}`, 400,
+				`bad request body: unknown field "CUSTOMER" (field names are case-sensitive: "customer")`},
+			{"field given twice", "POST", "/orders", `{"customer":"x","amount_cents":5,"customer":"y"}`, 400,
+				`bad request body: field "customer" given twice`},
+			{"cancel field name in capitals", "POST", "/orders/o-1/cancel", `{"Reason":"x"}`, 400,
+				`bad request body: unknown field "Reason" (field names are case-sensitive: "reason")`},
+			{"second value", "POST", "/orders", `{"customer":"x","amount_cents":5}{}`, 400,
+				"bad request body: more than one JSON value, or data after the JSON object"},
+			{"trailing brace", "POST", "/orders", `{"customer":"x","amount_cents":5}}`, 400,
+				"bad request body: more than one JSON value, or data after the JSON object"},
+			{"trailing garbage", "POST", "/orders", `{"customer":"x","amount_cents":5} x`, 400,
+				"bad request body: more than one JSON value, or data after the JSON object"},
+			{"truncated", "POST", "/orders", `{"customer":`, 400, "bad request body: the JSON ends too early"},
+			{"not JSON", "POST", "/orders", `customer=x`, 400,
+				"bad request body: invalid JSON at byte 1: invalid character 'c' looking for beginning of value"},
+			{"empty body", "POST", "/orders", ``, 400, "bad request body: empty body"},
+			{"body too large", "POST", "/orders", big, 413, "request body larger than 65536 bytes"},
+			{"cancel body too large", "POST", "/orders/o-1/cancel", `{"reason":"` + strings.Repeat("x", 70<<10) + `"}`, 413,
+				"request body larger than 65536 bytes"},
+			{"NUL in reason", "POST", "/orders/o-1/cancel", `{"reason":"a\u0000"}`, 400,
+				"invalid command: reason contains the control character U+0000 at byte 1"},
+			{"reason too long", "POST", "/orders/o-1/cancel", `{"reason":"` + strings.Repeat("x", 1001) + `"}`, 400,
+				"invalid command: reason longer than 1000 characters"},
+			{"reason as a number", "POST", "/orders/o-1/cancel", `{"reason":1}`, 400,
+				"bad request body: reason must be a string, got a number"},
+			{"NUL in a path ID", "GET", "/orders/a%00b", "", 400,
+				`invalid command: order ID "a\x00b": only letters, digits, '-', '_' and '.' are allowed`},
+			{"space in a path ID", "POST", "/orders/%20/pay", "", 400,
+				`invalid command: order ID " ": only letters, digits, '-', '_' and '.' are allowed`},
+			{"NUL in a path ID to cancel", "POST", "/orders/a%00/cancel", "", 400,
+				`invalid command: order ID "a\x00": only letters, digits, '-', '_' and '.' are allowed`},
+		} {
+			a := call(t, tc.method, base+tc.path, tc.body)
+			require.Equal(t, tc.status, a.status, "%s: %v", tc.name, a.body)
+			require.Equal(t, "application/json", a.header.Get("Content-Type"), tc.name)
+			require.Equal(t, map[string]any{"error": tc.err}, a.body, tc.name)
+			require.NotContains(t, a.body["error"], "Go ", tc.name)
+			require.NotContains(t, a.body["error"], "int64", tc.name)
+		}
+		// A reason may span lines.
+		a = call(t, "POST", base+"/orders/o-1/cancel", `{"reason":"too slow,\nand too dear"}`)
+		require.Equal(t, http.StatusOK, a.status, a.body)
+		v := eventually(t, base+"/orders/o-1", "cancelled")
+		require.Equal(t, "too slow,\nand too dear", v["cancel_reason"])
+		require.EqualValues(t, 1, testdb.Count(t, db, "orders", ""), "no bad request placed an order")
+	})
+}
+
+// Unknown routes answer 404 and known paths with another method 405 with
+// an Allow header, both in the API's error shape.
+func TestRouting(t *testing.T) {
+	t.Parallel()
+	base := serve(t, testdb.OpenSQLite(t))
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow, err   string
+	}{
+		{"GET", "/orders", 405, "POST", "method GET not allowed on /orders (allowed: POST)"},
+		{"DELETE", "/orders/o-1", 405, "GET, HEAD", "method DELETE not allowed on /orders/o-1 (allowed: GET, HEAD)"},
+		{"GET", "/orders/o-1/pay", 405, "POST", "method GET not allowed on /orders/o-1/pay (allowed: POST)"},
+		{"PUT", "/healthz", 405, "GET, HEAD", "method PUT not allowed on /healthz (allowed: GET, HEAD)"},
+		{"POST", "/orders/o-1/ship", 404, "", "no route POST /orders/o-1/ship"},
+		{"GET", "/", 404, "", "no route GET /"},
+		{"GET", "/nope", 404, "", "no route GET /nope"},
+		{"GET", "/orders/", 404, "", "no route GET /orders/"},
+	} {
+		a := call(t, tc.method, base+tc.path, "")
+		require.Equal(t, tc.status, a.status, "%s %s: %v", tc.method, tc.path, a.body)
+		require.Equal(t, "application/json", a.header.Get("Content-Type"), "%s %s", tc.method, tc.path)
+		require.Equal(t, tc.allow, a.header.Get("Allow"), "%s %s", tc.method, tc.path)
+		require.Equal(t, map[string]any{"error": tc.err}, a.body, "%s %s", tc.method, tc.path)
+	}
 }
 
 func TestNewNeedsBusAndDB(t *testing.T) {

@@ -2,7 +2,18 @@ package orders
 
 import (
 	"fmt"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Bounds of the text fields of the commands.
+const (
+	// MaxCustomerLength bounds PlaceOrder.Customer, in characters.
+	MaxCustomerLength = 200
+	// MaxReasonLength bounds CancelOrder.Reason, in characters.
+	MaxReasonLength = 1000
 )
 
 // PlaceOrder places a new order.
@@ -22,8 +33,11 @@ func (c PlaceOrder) Validate() error {
 	if err := validID(c.OrderID); err != nil {
 		return err
 	}
-	if c.Customer == "" {
+	if strings.TrimSpace(c.Customer) == "" {
 		return fmt.Errorf("%w: missing customer", ErrInvalid)
+	}
+	if err := validText("customer", c.Customer, MaxCustomerLength, false); err != nil {
+		return err
 	}
 	if c.AmountCents <= 0 {
 		return fmt.Errorf("%w: amount_cents must be positive, got %d", ErrInvalid, c.AmountCents)
@@ -43,6 +57,34 @@ type CancelOrder struct {
 	OrderID string `json:"order_id"`
 	// Reason says why; optional.
 	Reason string `json:"reason,omitempty"`
+}
+
+// Validate checks the command before it touches the database.
+func (c CancelOrder) Validate() error {
+	if err := validID(c.OrderID); err != nil {
+		return err
+	}
+	return validText("reason", c.Reason, MaxReasonLength, true)
+}
+
+// validText checks a free-text field: valid UTF-8, at most max characters,
+// and no control characters (newlines and tabs allowed when multiline).
+// PostgreSQL rejects a NUL byte in text and in JSON payloads, so without
+// this check such a field failed in the database, as an internal error.
+func validText(field, s string, max int, multiline bool) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, field)
+	}
+	if n := utf8.RuneCountInString(s); n > max {
+		return fmt.Errorf("%w: %s longer than %d characters", ErrInvalid, field, max)
+	}
+	if i := strings.IndexFunc(s, func(r rune) bool {
+		return unicode.IsControl(r) && !(multiline && (r == '\n' || r == '\t' || r == '\r'))
+	}); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		return fmt.Errorf("%w: %s contains the control character %U at byte %d", ErrInvalid, field, r, i)
+	}
+	return nil
 }
 
 // The events. Their partition key is the order ID, so the events of one

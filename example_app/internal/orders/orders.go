@@ -139,7 +139,7 @@ func Pay(ctx context.Context, cmd PayOrder) error {
 // OrderCancelled is emitted. A paid order fails with ErrPaid, a cancelled
 // one with ErrCancelled, an unknown one with ErrNotFound.
 func Cancel(ctx context.Context, cmd CancelOrder) error {
-	if err := validID(cmd.OrderID); err != nil {
+	if err := cmd.Validate(); err != nil {
 		return err
 	}
 	now := time.Now().UTC()
@@ -193,6 +193,11 @@ func transition(ctx context.Context, id string, status Status, now time.Time, ch
 	}
 	return Order{}, fmt.Errorf("%w: order %s keeps changing; try again", ErrConflict, id)
 }
+
+// ValidateID checks an order ID as the commands do: 1 to MaxIDLength
+// characters of letters, digits, '-', '_' and '.'. The error wraps
+// ErrInvalid.
+func ValidateID(id string) error { return validID(id) }
 
 // validID checks an order ID: 1 to MaxIDLength characters of letters,
 // digits, '-', '_' and '.'.

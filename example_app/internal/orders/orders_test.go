@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -75,6 +76,11 @@ func TestPlaceOrderRejectsBadInput(t *testing.T) {
 		"no customer":     {OrderID: "o-1", AmountCents: 1},
 		"zero amount":     {OrderID: "o-1", Customer: "ada"},
 		"negative amount": {OrderID: "o-1", Customer: "ada", AmountCents: -5},
+		"blank customer":  {OrderID: "o-1", Customer: " \t\n", AmountCents: 1},
+		"NUL in customer": {OrderID: "o-1", Customer: "a\x00b", AmountCents: 1},
+		"bad UTF-8":       {OrderID: "o-1", Customer: "a\xffb", AmountCents: 1},
+		"long customer":   {OrderID: "o-1", Customer: strings.Repeat("x", orders.MaxCustomerLength+1), AmountCents: 1},
+		"NUL in id":       {OrderID: "o\x001", Customer: "ada", AmountCents: 1},
 	} {
 		rec := k.Dispatch(b, cmd)
 		require.ErrorIs(t, rec.Err(), orders.ErrInvalid, name)
@@ -117,6 +123,8 @@ func TestPayAndCancelRules(t *testing.T) {
 			{"cancel an unknown order", orders.CancelOrder{OrderID: "nope"}, orders.ErrNotFound},
 			{"pay without an ID", orders.PayOrder{}, orders.ErrInvalid},
 			{"cancel with a bad ID", orders.CancelOrder{OrderID: "a/b"}, orders.ErrInvalid},
+			{"cancel with a NUL in the reason", orders.CancelOrder{OrderID: "paid", Reason: "a\x00"}, orders.ErrInvalid},
+			{"cancel with a long reason", orders.CancelOrder{OrderID: "paid", Reason: strings.Repeat("x", orders.MaxReasonLength+1)}, orders.ErrInvalid},
 		} {
 			rec := k.Dispatch(b, tc.cmd)
 			require.ErrorIs(t, rec.Err(), tc.want, tc.name)
@@ -170,4 +178,28 @@ func TestConcurrentCommandsOnOneOrder(t *testing.T) {
 		require.NoError(t, db.Take(&o, "id = ?", "o-1").Error)
 		require.Equal(t, 2, o.Version)
 	})
+}
+
+// The validation errors name the field and what is wrong with it.
+func TestValidateMessages(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		cmd  interface{ Validate() error }
+		want string
+	}{
+		{orders.PlaceOrder{OrderID: "o-1", Customer: "  ", AmountCents: 1}, "invalid command: missing customer"},
+		{orders.PlaceOrder{OrderID: "o-1", Customer: "a\x00b", AmountCents: 1}, "invalid command: customer contains the control character U+0000 at byte 1"},
+		{orders.PlaceOrder{OrderID: "o-1", Customer: "a\xff", AmountCents: 1}, "invalid command: customer is not valid UTF-8"},
+		{orders.PlaceOrder{OrderID: "o-1", Customer: strings.Repeat("é", 201), AmountCents: 1}, "invalid command: customer longer than 200 characters"},
+		{orders.CancelOrder{OrderID: "o-1", Reason: "x\u0085"}, "invalid command: reason contains the control character U+0085 at byte 1"},
+		{orders.CancelOrder{OrderID: "", Reason: "x"}, "invalid command: missing order ID"},
+	} {
+		err := tc.cmd.Validate()
+		require.ErrorIs(t, err, orders.ErrInvalid, tc.want)
+		require.EqualError(t, err, tc.want)
+	}
+	require.NoError(t, orders.PlaceOrder{OrderID: "o-1", Customer: strings.Repeat("é", 200), AmountCents: 1}.Validate())
+	require.NoError(t, orders.CancelOrder{OrderID: "o-1", Reason: "line one\nline two\ttab\r\n"}.Validate())
+	require.NoError(t, orders.ValidateID("o-1.x_Y"))
+	require.ErrorIs(t, orders.ValidateID("o 1"), orders.ErrInvalid)
 }
