@@ -26,7 +26,7 @@ func (o *options) withInbox(ctx context.Context, f func(in *inbox.Inbox) error) 
 func inboxCmd(o *options, run runWrapper) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "inbox",
-		Short: "Consumer failures: list, retry or discard messages in the inbox's failed table",
+		Short: "Consumer failures: list, show, retry or discard messages in the inbox's failed table",
 		RunE: run(func(cmd *cobra.Command, args []string) error {
 			return usagef("missing command for %q (use failed)", cmd.CommandPath())
 		}),
