@@ -720,6 +720,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"failed", "discard", "--all", "--topic", "orders"}, "give row IDs, --all or --topic TOPIC: one of them"},
 		{[]string{"failed", "discard", "0"}, `invalid row ID "0"`},
 		{[]string{"failed", "discard", ","}, "no row IDs given"},
+		{[]string{"failed", "retry", ","}, "no row IDs given"},
 		{[]string{"failed", "show"}, "accepts 1 arg(s), received 0"},
 		{[]string{"failed", "show", "1", "2"}, "accepts 1 arg(s), received 2"},
 		{[]string{"failed", "show", "x"}, `invalid row ID "x"`},

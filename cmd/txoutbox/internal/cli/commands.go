@@ -514,6 +514,9 @@ requeueing the others. --all and --topic matching nothing is not an error.
 			if err != nil {
 				return err
 			}
+			if len(args) > 0 && len(ids) == 0 {
+				return usagef("no row IDs given")
+			}
 			out := failedChangeOutput{All: sel.all, Topic: sel.topic, Requested: len(ids), Requeued: new(int64), Unmatched: []int64{}}
 			err = o.withStore(cmd.Context(), func(s *gormstore.Store) error {
 				out.Table = s.Table()
