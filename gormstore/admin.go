@@ -3,6 +3,7 @@ package gormstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -112,6 +113,37 @@ FROM `+s.quoted+` WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND id > 
 	return rows, nil
 }
 
+// ErrNotFound is returned when no row matches, such as by GetFailed for an
+// ID that is not a parked row.
+var ErrNotFound = errors.New("gormstore: not found")
+
+// FailedEvent is a parked row whole, as GetFailed returns it: the columns
+// ListFailed lists, and the message the forwarder would publish.
+type FailedEvent struct {
+	FailedRow
+	// Metadata is the message metadata as stored: a JSON object of
+	// strings, unless its not being one is why the row was parked.
+	Metadata string
+	// Payload is the message payload.
+	Payload []byte
+}
+
+// GetFailed returns the parked row with the given ID. It returns an error
+// wrapping ErrNotFound when there is no such row, or when the row is
+// pending or delivered.
+func (s *Store) GetFailed(ctx context.Context, id int64) (FailedEvent, error) {
+	var rows []FailedEvent
+	err := s.db.WithContext(ctx).Raw(`SELECT id, uuid, topic, partition_key, attempts, coalesce(last_error, '') AS last_error, created_at, failed_at, metadata, payload
+FROM `+s.quoted+` WHERE `+parkedRow+` AND id = ?`, id).Scan(&rows).Error
+	if err != nil {
+		return FailedEvent{}, fmt.Errorf("gormstore: get failed row %d of %s: %w", id, s.table, err)
+	}
+	if len(rows) == 0 {
+		return FailedEvent{}, fmt.Errorf("%w: no parked row with ID %d in %s", ErrNotFound, id, s.table)
+	}
+	return rows[0], nil
+}
+
 // Requeue makes the parked rows with the given IDs pending again, with
 // their attempts reset; it returns how many rows it changed. Requeue a
 // key's parked row after fixing what made it fail: the key's later rows
@@ -123,15 +155,35 @@ func (s *Store) Requeue(ctx context.Context, ids ...int64) (int64, error) {
 	return s.requeue(ctx, "id IN ?", ids)
 }
 
+// RequeueIDs is Requeue that says which rows it changed: it returns the
+// IDs of the rows it requeued, ascending. A given ID missing from the
+// result was not a parked row (no such row, or one pending or delivered).
+func (s *Store) RequeueIDs(ctx context.Context, ids ...int64) ([]int64, error) {
+	if len(ids) == 0 {
+		return []int64{}, nil
+	}
+	nowSQL, nowArgs := s.nowSQL()
+	return s.changedIDs(ctx, "requeue", `UPDATE `+s.quoted+` SET failed_at = NULL, attempts = 0, next_attempt_at = `+nowSQL+`
+WHERE `+parkedRow+` AND id IN ? RETURNING id`, append(nowArgs, ids)...)
+}
+
 // RequeueAll makes every parked row pending again.
 func (s *Store) RequeueAll(ctx context.Context) (int64, error) {
 	return s.requeue(ctx, "1 = 1")
 }
 
+// RequeueTopic makes every parked row of topic pending again; see Requeue.
+func (s *Store) RequeueTopic(ctx context.Context, topic string) (int64, error) {
+	return s.requeue(ctx, "topic = ?", topic)
+}
+
+// parkedRow is the condition of a parked row.
+const parkedRow = "delivered_at IS NULL AND failed_at IS NOT NULL"
+
 func (s *Store) requeue(ctx context.Context, where string, args ...any) (int64, error) {
 	nowSQL, nowArgs := s.nowSQL()
 	res := s.db.WithContext(ctx).Exec(`UPDATE `+s.quoted+` SET failed_at = NULL, attempts = 0, next_attempt_at = `+nowSQL+`
-WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND `+where, append(nowArgs, args...)...)
+WHERE `+parkedRow+` AND `+where, append(nowArgs, args...)...)
 	if res.Error != nil {
 		return 0, fmt.Errorf("gormstore: requeue rows of %s: %w", s.table, res.Error)
 	}
@@ -145,11 +197,70 @@ func (s *Store) Discard(ctx context.Context, ids ...int64) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	res := s.db.WithContext(ctx).Exec(`DELETE FROM `+s.quoted+` WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND id IN ?`, ids)
+	return s.discard(ctx, "id IN ?", ids)
+}
+
+// DiscardIDs is Discard that says which rows it deleted: it returns the
+// IDs of the rows it discarded, ascending. A given ID missing from the
+// result was not a parked row (no such row, or one pending or delivered).
+func (s *Store) DiscardIDs(ctx context.Context, ids ...int64) ([]int64, error) {
+	if len(ids) == 0 {
+		return []int64{}, nil
+	}
+	return s.changedIDs(ctx, "discard", `DELETE FROM `+s.quoted+` WHERE `+parkedRow+` AND id IN ? RETURNING id`, ids)
+}
+
+// DiscardAll deletes every parked row; see Discard.
+func (s *Store) DiscardAll(ctx context.Context) (int64, error) {
+	return s.discard(ctx, "1 = 1")
+}
+
+// DiscardTopic deletes every parked row of topic; see Discard.
+func (s *Store) DiscardTopic(ctx context.Context, topic string) (int64, error) {
+	return s.discard(ctx, "topic = ?", topic)
+}
+
+func (s *Store) discard(ctx context.Context, where string, args ...any) (int64, error) {
+	res := s.db.WithContext(ctx).Exec(`DELETE FROM `+s.quoted+` WHERE `+parkedRow+` AND `+where, args...)
 	if res.Error != nil {
 		return 0, fmt.Errorf("gormstore: discard rows of %s: %w", s.table, res.Error)
 	}
 	return res.RowsAffected, nil
+}
+
+// changedIDs runs a statement ending in RETURNING id and returns the IDs,
+// ascending (RETURNING promises no order).
+func (s *Store) changedIDs(ctx context.Context, verb, query string, args ...any) ([]int64, error) {
+	ids := []int64{}
+	if err := s.db.WithContext(ctx).Raw(query, args...).Scan(&ids).Error; err != nil {
+		return nil, fmt.Errorf("gormstore: %s rows of %s: %w", verb, s.table, err)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// CountDelivered counts the delivered rows (kept with Config.KeepDelivered)
+// delivered more than olderThan ago (0: all delivered rows): the rows
+// PurgeDeliveredBatch would delete now, by the same clock. It deletes
+// nothing.
+func (s *Store) CountDelivered(ctx context.Context, olderThan time.Duration) (int64, error) {
+	if olderThan < 0 {
+		return 0, fmt.Errorf("%w: purge age %v is negative", ErrInvalidConfig, olderThan)
+	}
+	q := `SELECT count(*) FROM ` + s.quoted + ` WHERE delivered_at IS NOT NULL AND delivered_at < `
+	var args []any
+	if s.dialect == postgres {
+		q += `now() - ?::bigint * interval '1 microsecond'`
+		args = []any{olderThan.Microseconds()}
+	} else {
+		q += `?`
+		args = []any{time.Now().UTC().Add(-olderThan)}
+	}
+	var n int64
+	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&n).Error; err != nil {
+		return 0, fmt.Errorf("gormstore: count delivered rows of %s: %w", s.table, err)
+	}
+	return n, nil
 }
 
 // PurgeDelivered deletes delivered rows (kept with Config.KeepDelivered)

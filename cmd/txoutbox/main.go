@@ -1,6 +1,6 @@
 // Command txoutbox administers the outbox and inbox tables of txoutbox:
-// migrate, status, failed (list, retry, discard), inbox failed (the same for
-// the messages consumers parked) and purge. Run
+// migrate, status, failed (list, show, retry, discard), inbox failed (the
+// same for the messages consumers parked), purge and version. Run
 // "txoutbox --help", or see docs/operations.md ("Admin CLI").
 package main
 

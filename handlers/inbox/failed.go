@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -181,6 +182,21 @@ func (in *Inbox) Retry(ctx context.Context, consumer string, uuids ...string) (i
 	return in.setStatus(ctx, "consumer = ? AND message_uuid IN ? AND status = ?", consumer, uuids, StatusFailed)
 }
 
+// RetryUUIDs is Retry that says which messages it marked: it returns the
+// UUIDs it marked, sorted. A given UUID missing from the result was not a
+// failed message of consumer (no such row, another consumer's, or one held
+// or already marked).
+func (in *Inbox) RetryUUIDs(ctx context.Context, consumer string, uuids ...string) ([]string, error) {
+	if consumer == "" {
+		return nil, fmt.Errorf("%w: Retry needs a consumer name", ErrNoConsumer)
+	}
+	if len(uuids) == 0 {
+		return []string{}, nil
+	}
+	return in.changedUUIDs(ctx, "retry", "UPDATE "+in.quotedFailed+" SET status = ? WHERE consumer = ? AND message_uuid IN ? AND status = ? RETURNING message_uuid",
+		StatusRetry, consumer, uuids, StatusFailed)
+}
+
 // RetryAll marks every failed message of consumer (every consumer's when
 // consumer is empty) for processing again; see Retry.
 func (in *Inbox) RetryAll(ctx context.Context, consumer string) (int64, error) {
@@ -215,4 +231,43 @@ func (in *Inbox) Discard(ctx context.Context, consumer string, uuids ...string) 
 		return 0, fmt.Errorf("inbox: discard rows of %s: %w", in.failed, res.Error)
 	}
 	return res.RowsAffected, nil
+}
+
+// DiscardUUIDs is Discard that says which messages it deleted: it returns
+// the UUIDs it deleted, sorted. A given UUID missing from the result was
+// not in the failed table for consumer.
+func (in *Inbox) DiscardUUIDs(ctx context.Context, consumer string, uuids ...string) ([]string, error) {
+	if consumer == "" {
+		return nil, fmt.Errorf("%w: Discard needs a consumer name", ErrNoConsumer)
+	}
+	if len(uuids) == 0 {
+		return []string{}, nil
+	}
+	return in.changedUUIDs(ctx, "discard", "DELETE FROM "+in.quotedFailed+" WHERE consumer = ? AND message_uuid IN ? RETURNING message_uuid", consumer, uuids)
+}
+
+// changedUUIDs runs a statement ending in RETURNING message_uuid and
+// returns the UUIDs, sorted (RETURNING promises no order).
+func (in *Inbox) changedUUIDs(ctx context.Context, verb, query string, args ...any) ([]string, error) {
+	uuids := []string{}
+	if err := in.db.WithContext(ctx).Raw(query, args...).Scan(&uuids).Error; err != nil {
+		return nil, fmt.Errorf("inbox: %s rows of %s: %w", verb, in.failed, err)
+	}
+	slices.Sort(uuids)
+	return uuids, nil
+}
+
+// CountCleanup counts the inbox rows received more than olderThan ago: the
+// rows Cleanup(ctx, olderThan, ...) would delete now, by the same clock. It
+// deletes nothing.
+func (in *Inbox) CountCleanup(ctx context.Context, olderThan time.Duration) (int64, error) {
+	if olderThan <= 0 {
+		return 0, fmt.Errorf("%w: Cleanup olderThan %v must be positive", ErrInvalidConfig, olderThan)
+	}
+	var n int64
+	err := in.db.WithContext(ctx).Raw("SELECT count(*) FROM "+in.quoted+" WHERE received_at < ?", in.timeArg(in.cfg.Now().Add(-olderThan))).Scan(&n).Error
+	if err != nil {
+		return 0, fmt.Errorf("inbox: count %s: %w", in.table, err)
+	}
+	return n, nil
 }

@@ -23,6 +23,10 @@ const (
 	// ExitUsage: an unknown command, a bad flag or argument, an invalid
 	// database URL or table name; nothing was changed.
 	ExitUsage = 2
+	// ExitNotFound: a row ID or message UUID given matched nothing: "show"
+	// found no such failed row, or "retry" or "discard" changed the rows
+	// that matched and names the ones that did not.
+	ExitNotFound = 3
 )
 
 // EnvDatabaseURL is the environment variable read when --database-url is
@@ -42,6 +46,17 @@ func usagef(format string, args ...any) error {
 	return usageError{fmt.Errorf(format, args...)}
 }
 
+// notFoundError marks an error as an ID or UUID that matched nothing:
+// Main exits with ExitNotFound.
+type notFoundError struct{ err error }
+
+func (e notFoundError) Error() string { return e.err.Error() }
+func (e notFoundError) Unwrap() error { return e.err }
+
+func notFoundf(format string, args ...any) error {
+	return notFoundError{fmt.Errorf(format, args...)}
+}
+
 // options are the global flags.
 type options struct {
 	databaseURL    string
@@ -54,7 +69,7 @@ type options struct {
 
 // Main runs the command line args (without the program name), writing
 // results to stdout and errors to stderr, and returns the exit code:
-// ExitOK, ExitFailure or ExitUsage. getenv reads the environment
+// ExitOK, ExitFailure, ExitUsage or ExitNotFound. getenv reads the environment
 // (os.Getenv); ctx cancels a running command.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	if getenv == nil {
@@ -71,9 +86,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 		return ExitOK
 	}
 	code := ExitFailure
-	var ue usageError
-	if !started || errors.As(err, &ue) || errors.Is(err, gormstore.ErrInvalidConfig) || errors.Is(err, inbox.ErrInvalidConfig) {
+	var (
+		ue usageError
+		nf notFoundError
+	)
+	switch {
+	case !started || errors.As(err, &ue) || errors.Is(err, gormstore.ErrInvalidConfig) || errors.Is(err, inbox.ErrInvalidConfig):
 		code = ExitUsage
+	case errors.As(err, &nf):
+		code = ExitNotFound
 	}
 	fmt.Fprintf(stderr, "txoutbox: %v\n", err)
 	if code == ExitUsage {
@@ -91,16 +112,21 @@ func newRoot(o *options, started *bool) *cobra.Command {
 		Use:   "txoutbox",
 		Short: "Administer txoutbox outbox and inbox tables",
 		Long: `txoutbox administers the outbox table of a txoutbox application (and its inbox
-table): create the tables, see what is pending or failed, retry or discard
-failed events ("failed") and the messages consumers parked ("inbox failed"),
-and purge delivered rows.
+table): create the tables, see what is pending or failed, show, retry or
+discard failed events ("failed") and the messages consumers parked ("inbox
+failed"), and purge delivered rows.
 
 The database is PostgreSQL (postgres://user:pass@host:5432/db?sslmode=disable)
 or a SQLite file (a path, file:path.db, or sqlite:///path.db), from
 --database-url or the DATABASE_URL environment variable.
 
+With --json every command prints one JSON document, of the same shape whatever
+its flags; "txoutbox COMMAND --help" describes it.
+
 Exit codes: 0 ok, 1 runtime failure (database unreachable, statement failed),
-2 usage error (unknown command, bad flag or argument, invalid URL or table).`,
+2 usage error (unknown command, bad flag or argument, invalid URL or table;
+nothing was changed), 3 an ID or UUID given matched nothing (show found no
+such row; retry and discard changed the others and name the unmatched ones).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -109,6 +135,8 @@ Exit codes: 0 ok, 1 runtime failure (database unreachable, statement failed),
 			return usagef("missing command")
 		},
 	}
+	root.Version = readBuildVersion().String()
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	f := root.PersistentFlags()
@@ -130,6 +158,7 @@ Exit codes: 0 ok, 1 runtime failure (database unreachable, statement failed),
 		failedCmd(o, run),
 		inboxCmd(o, run),
 		purgeCmd(o, run),
+		versionCmd(o, run),
 	)
 	return root
 }

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"net"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +56,35 @@ func okJSON(t *testing.T, url string, v any, args ...string) {
 	t.Helper()
 	out := ok(t, url, append(args, "--json")...)
 	require.NoError(t, json.Unmarshal([]byte(out), v), "output: %s", out)
+}
+
+// runJSON runs args with --json against the database at url, requires
+// exit code want, decodes stdout into v and returns stderr.
+func runJSON(t *testing.T, url string, want int, v any, args ...string) string {
+	t.Helper()
+	r := run(t, nil, append(append([]string{"--database-url", url}, args...), "--json")...)
+	require.Equal(t, want, r.code, "txoutbox %s\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.stdout, r.stderr)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), v), "output: %s", r.stdout)
+	return r.stderr
+}
+
+// changeJSON is the output of failed retry and failed discard with --json.
+type changeJSON struct {
+	Table     string  `json:"table"`
+	All       bool    `json:"all"`
+	Topic     string  `json:"topic"`
+	Requested int64   `json:"requested"`
+	Requeued  *int64  `json:"requeued"`
+	Discarded *int64  `json:"discarded"`
+	Unmatched []int64 `json:"unmatched"`
+}
+
+// keys returns the keys of a JSON object, sorted.
+func keys(t *testing.T, doc string) []string {
+	t.Helper()
+	var m map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal([]byte(doc), &m), doc)
+	return slices.Sorted(maps.Keys(m))
 }
 
 // pgDB returns a fresh PostgreSQL schema and the URL the CLI reaches it by.
@@ -310,49 +342,242 @@ func TestFailedRetry(t *testing.T) {
 	t.Parallel()
 	db, url := pgDB(t)
 	ok(t, url, "migrate")
-	seed(t, db, row{"f", "orders", "parked", 4, time.Hour}, row{"p", "orders", "pending", 1, time.Hour})
+	seed(t, db, row{"f", "orders", "parked", 4, time.Hour}, row{"p", "orders", "pending", 1, time.Hour}, row{"m", "mail", "parked", 2, time.Hour})
 	id := ids(t, db, "f-1", "f-2", "f-3", "p-1")
 
-	var res struct {
-		Requeued  int64 `json:"requeued"`
-		Requested int64 `json:"requested"`
-	}
-	okJSON(t, url, &res, "failed", "retry", id[0], id[1])
-	require.EqualValues(t, 2, res.Requeued)
-	require.EqualValues(t, 2, res.Requested)
+	var res changeJSON
+	runJSON(t, url, cli.ExitOK, &res, "failed", "retry", id[1], id[0]+","+id[1])
+	require.Equal(t, changeJSON{Table: outboxTable, Requested: 2, Requeued: ptr(2), Unmatched: []int64{}}, res)
 	pendingAgain := `uuid IN ('f-1', 'f-2') AND failed_at IS NULL AND attempts = 0 AND delivered_at IS NULL AND next_attempt_at <= now()`
 	require.EqualValues(t, 2, testdb.Count(t, db, outboxTable, pendingAgain), "requeued rows are pending with attempts 0")
-	require.EqualValues(t, 2, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL AND attempts = 10"), "other failed rows untouched")
+	require.EqualValues(t, 4, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL AND attempts = 10"), "other failed rows untouched")
 
-	// A pending row's ID and a missing ID are skipped, and said so.
+	// A pending row's ID and a missing ID: the parked one is requeued, the
+	// others are named, and the exit code says so.
 	r := run(t, nil, "failed", "retry", "--database-url", url, id[2]+","+id[3], "999999")
-	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
 	require.Equal(t, "requeued 1 failed events in txoutbox_outbox\n", r.stdout)
-	require.Contains(t, r.stderr, "2 of 3 IDs were not failed events")
+	require.Equal(t, "txoutbox: 2 of 3 IDs matched no failed event (wrong ID, or already retried, discarded or delivered): "+
+		id[3]+", 999999; requeued the other 1\n", r.stderr)
+	require.EqualValues(t, 3, testdb.Count(t, db, outboxTable, "uuid LIKE 'f-%' AND failed_at IS NULL"))
+
+	// Nothing matches: nothing changes, exit code 3, JSON names them all.
+	res = changeJSON{}
+	stderr := runJSON(t, url, cli.ExitNotFound, &res, "failed", "retry", id[0], id[3])
+	require.Equal(t, changeJSON{Table: outboxTable, Requested: 2, Requeued: ptr(0), Unmatched: []int64{mustInt(t, id[0]), mustInt(t, id[3])}}, res)
+	require.Contains(t, stderr, "txoutbox: IDs "+id[0]+", "+id[3]+" matched no failed event")
+	require.Contains(t, stderr, "nothing was requeued")
+
+	// --topic: that topic's parked rows only.
+	res = changeJSON{}
+	runJSON(t, url, cli.ExitOK, &res, "failed", "retry", "--topic", "mail")
+	require.Equal(t, changeJSON{Table: outboxTable, Topic: "mail", Requeued: ptr(2), Unmatched: []int64{}}, res)
+	require.Zero(t, testdb.Count(t, db, outboxTable, "topic = 'mail' AND failed_at IS NOT NULL"))
+	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'f-4' AND failed_at IS NOT NULL"))
+	require.Equal(t, "requeued 0 failed events of topic nope in txoutbox_outbox\n", ok(t, url, "failed", "retry", "--topic", "nope"),
+		"a topic without failed events is not an error")
 
 	out := ok(t, url, "failed", "retry", "--all")
 	require.Equal(t, "requeued 1 failed events in txoutbox_outbox\n", out)
 	require.Zero(t, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL OR attempts <> 0"))
-	require.EqualValues(t, 5, testdb.Count(t, db, outboxTable, ""))
+	require.EqualValues(t, 7, testdb.Count(t, db, outboxTable, ""))
+	res = changeJSON{}
+	runJSON(t, url, cli.ExitOK, &res, "failed", "retry", "--all")
+	require.Equal(t, changeJSON{Table: outboxTable, All: true, Requeued: ptr(0), Unmatched: []int64{}}, res)
+}
+
+// The JSON of failed retry and failed discard has the same keys with IDs,
+// --all and --topic, also when IDs do not match.
+func TestFailedChangeJSONShape(t *testing.T) {
+	t.Parallel()
+	db, url := pgDB(t)
+	ok(t, url, "migrate")
+	seed(t, db, row{"f", "orders", "parked", 3, time.Hour})
+	id := ids(t, db, "f-1")
+	for _, verb := range []string{"retry", "discard"} {
+		key := map[string]string{"retry": "requeued", "discard": "discarded"}[verb]
+		want := []string{"all", key, "requested", "table", "topic", "unmatched"}
+		slices.Sort(want)
+		for _, args := range [][]string{{id[0]}, {"999999"}, {"--all"}, {"--topic", "orders"}} {
+			r := run(t, nil, append([]string{"--database-url", url, "--json", "failed", verb}, args...)...)
+			require.Contains(t, []int{cli.ExitOK, cli.ExitNotFound}, r.code, r.stderr)
+			require.Equal(t, want, keys(t, r.stdout), "failed %s %v", verb, args)
+		}
+	}
 }
 
 func TestFailedDiscard(t *testing.T) {
 	t.Parallel()
 	db, url := pgDB(t)
 	ok(t, url, "migrate")
-	seed(t, db, row{"f", "orders", "parked", 3, time.Hour}, row{"p", "orders", "pending", 1, time.Hour})
+	seed(t, db, row{"f", "orders", "parked", 3, time.Hour}, row{"p", "orders", "pending", 1, time.Hour},
+		row{"m", "mail", "parked", 2, time.Hour}, row{"i", "invoices", "parked", 2, time.Hour})
 	id := ids(t, db, "f-1", "f-2", "f-3", "p-1")
 
-	var res struct {
-		Discarded int64 `json:"discarded"`
-		Requested int64 `json:"requested"`
-	}
-	okJSON(t, url, &res, "failed", "discard", id[0], id[2], id[3])
-	require.EqualValues(t, 2, res.Discarded)
-	require.EqualValues(t, 3, res.Requested)
+	var res changeJSON
+	stderr := runJSON(t, url, cli.ExitNotFound, &res, "failed", "discard", id[0], id[2], id[3])
+	require.Equal(t, changeJSON{Table: outboxTable, Requested: 3, Discarded: ptr(2), Unmatched: []int64{mustInt(t, id[3])}}, res)
+	require.Equal(t, "txoutbox: 1 of 3 IDs matched no failed event (wrong ID, or already retried, discarded or delivered): "+id[3]+"; discarded the other 2\n", stderr)
 	require.Zero(t, testdb.Count(t, db, outboxTable, "uuid IN ('f-1', 'f-3')"), "discarded rows are gone")
 	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'f-2' AND failed_at IS NOT NULL"))
 	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'p-1'"), "a pending row is never discarded")
+
+	// An ID discarded already: exit code 3, nothing changed.
+	r := run(t, nil, "--database-url", url, "failed", "discard", id[0])
+	require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
+	require.Equal(t, "discarded 0 failed events from txoutbox_outbox\n", r.stdout)
+	require.Contains(t, r.stderr, "ID "+id[0]+" matched no failed event")
+	require.EqualValues(t, 6, testdb.Count(t, db, outboxTable, ""))
+
+	// --topic deletes that topic's parked rows only.
+	require.Equal(t, "discarded 2 failed events of topic mail from txoutbox_outbox\n", ok(t, url, "failed", "discard", "--topic", "mail"))
+	require.Zero(t, testdb.Count(t, db, outboxTable, "topic = 'mail'"))
+	require.EqualValues(t, 3, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL"))
+
+	// --all deletes every parked row and no pending one.
+	res = changeJSON{}
+	runJSON(t, url, cli.ExitOK, &res, "failed", "discard", "--all")
+	require.Equal(t, changeJSON{Table: outboxTable, All: true, Discarded: ptr(3), Unmatched: []int64{}}, res)
+	require.Zero(t, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL"))
+	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, ""))
+	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'p-1'"))
+}
+
+// failed show prints one parked row whole; an ID that is not one exits
+// with ExitNotFound.
+func TestFailedShow(t *testing.T) {
+	t.Parallel()
+	db, url := pgDB(t)
+	ok(t, url, "migrate")
+	seed(t, db, row{"f", "orders", "parked", 2, time.Hour}, row{"p", "orders", "pending", 1, time.Hour})
+	id := ids(t, db, "f-1", "f-2", "p-1")
+	long := "publish to orders: " + strings.Repeat("broker said no; ", 20) + "\nsecond line"
+	require.NoError(t, db.Exec(`UPDATE `+outboxTable+` SET last_error = ?, metadata = ?, payload = ? WHERE uuid = 'f-1'`,
+		long, `{"partition_key": "key-1", "trace": "t-1"}`, []byte(`{"order_id":"o-17"}`)).Error)
+	require.NoError(t, db.Exec(`UPDATE `+outboxTable+` SET metadata = '{"n": 1}', payload = '\xff00' WHERE uuid = 'f-2'`).Error)
+
+	var res struct {
+		Table           string            `json:"table"`
+		ID              int64             `json:"id"`
+		UUID            string            `json:"uuid"`
+		Topic           string            `json:"topic"`
+		PartitionKey    string            `json:"partition_key"`
+		Attempts        int               `json:"attempts"`
+		CreatedAt       time.Time         `json:"created_at"`
+		FailedAt        time.Time         `json:"failed_at"`
+		LastError       string            `json:"last_error"`
+		Metadata        map[string]string `json:"metadata"`
+		MetadataRaw     string            `json:"metadata_raw"`
+		PayloadSize     int               `json:"payload_size"`
+		PayloadEncoding string            `json:"payload_encoding"`
+		Payload         string            `json:"payload"`
+	}
+	okJSON(t, url, &res, "failed", "show", id[0])
+	require.Equal(t, outboxTable, res.Table)
+	require.Equal(t, mustInt(t, id[0]), res.ID)
+	require.Equal(t, "f-1", res.UUID)
+	require.Equal(t, "orders", res.Topic)
+	require.Equal(t, "key-1", res.PartitionKey)
+	require.Equal(t, 10, res.Attempts)
+	require.WithinDuration(t, time.Now().Add(-time.Hour), res.CreatedAt, time.Minute)
+	require.WithinDuration(t, time.Now().Add(-time.Hour), res.FailedAt, time.Minute)
+	require.Equal(t, long, res.LastError, "the whole error")
+	require.Equal(t, map[string]string{"partition_key": "key-1", "trace": "t-1"}, res.Metadata)
+	require.Empty(t, res.MetadataRaw)
+	require.Equal(t, 19, res.PayloadSize)
+	require.Equal(t, "utf-8", res.PayloadEncoding)
+	require.Equal(t, `{"order_id":"o-17"}`, res.Payload)
+
+	out := ok(t, url, "failed", "show", id[0])
+	require.Contains(t, out, "uuid:           f-1\n")
+	require.Contains(t, out, "partition key:  key-1\n")
+	require.Contains(t, out, "metadata:       partition_key=\"key-1\" trace=\"t-1\"\n")
+	require.Contains(t, out, "payload:        19 bytes (--payload prints it)\n")
+	require.Contains(t, out, "last error:\n  publish to orders: "+strings.Repeat("broker said no; ", 20)+"\n  second line\n", "the whole error, every line")
+	require.NotContains(t, out, "o-17", "the payload only with --payload")
+	out = ok(t, url, "failed", "show", id[0], "--payload")
+	require.True(t, strings.HasSuffix(out, "payload:\n  {\"order_id\":\"o-17\"}\n"), out)
+
+	// A payload that is not text comes in base64; metadata that is not
+	// an object of strings comes raw.
+	res.Metadata = nil
+	okJSON(t, url, &res, "failed", "show", id[1])
+	require.Equal(t, "base64", res.PayloadEncoding)
+	require.Equal(t, "/wA=", res.Payload)
+	require.Equal(t, 2, res.PayloadSize)
+	require.Nil(t, res.Metadata)
+	require.JSONEq(t, `{"n": 1}`, res.MetadataRaw)
+
+	for _, missing := range []string{id[2], "999999"} {
+		r := run(t, nil, "--database-url", url, "failed", "show", missing)
+		require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
+		require.Empty(t, r.stdout)
+		require.Equal(t, "txoutbox: no failed event with ID "+missing+" in txoutbox_outbox (wrong ID, or already retried, discarded or delivered)\n", r.stderr)
+	}
+}
+
+// TestPurgeDryRun counts what purge would delete and deletes nothing.
+func TestPurgeDryRun(t *testing.T) {
+	t.Parallel()
+	for _, d := range testdb.Dialects {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			var (
+				db  *gorm.DB
+				url string
+			)
+			if d == testdb.Postgres {
+				db, url = pgDB(t)
+				ok(t, url, "migrate")
+			} else {
+				db, url = sqliteDB(t)
+			}
+			seed(t, db,
+				row{"old", "orders", "delivered", 5, 48 * time.Hour},
+				row{"young", "orders", "delivered", 2, time.Hour},
+				row{"parked", "orders", "parked", 2, 72 * time.Hour},
+			)
+			seedInbox(t, db, "old", 3, 40*24*time.Hour)
+			seedInbox(t, db, "young", 1, time.Hour)
+
+			out := ok(t, url, "purge", "--delivered-before", "1d", "--inbox-older-than", "30d", "--dry-run")
+			require.Equal(t, "dry run: would delete 5 delivered rows from txoutbox_outbox (delivered more than 24h0m0s ago)\n"+
+				"dry run: would delete 3 inbox rows from txoutbox_inbox (received more than 720h0m0s ago)\n", out)
+			var res struct {
+				DryRun bool `json:"dry_run"`
+				Outbox struct {
+					Table   string `json:"table"`
+					Deleted int64  `json:"deleted"`
+				} `json:"outbox"`
+				Inbox struct {
+					Deleted int64 `json:"deleted"`
+				} `json:"inbox"`
+			}
+			okJSON(t, url, &res, "purge", "--delivered-before", "0", "--inbox-older-than", "1m", "--dry-run")
+			require.True(t, res.DryRun)
+			require.EqualValues(t, 7, res.Outbox.Deleted)
+			require.EqualValues(t, 4, res.Inbox.Deleted)
+			require.EqualValues(t, 9, testdb.Count(t, db, outboxTable, ""), "a dry run deletes nothing")
+			require.EqualValues(t, 4, testdb.Count(t, db, inboxTable, ""), "a dry run deletes nothing")
+
+			// The real run deletes what the dry run counted.
+			okJSON(t, url, &res, "purge", "--delivered-before", "1d", "--inbox-older-than", "30d")
+			require.False(t, res.DryRun)
+			require.EqualValues(t, 5, res.Outbox.Deleted)
+			require.EqualValues(t, 3, res.Inbox.Deleted)
+			require.EqualValues(t, 4, testdb.Count(t, db, outboxTable, ""))
+			require.EqualValues(t, 1, testdb.Count(t, db, inboxTable, ""))
+		})
+	}
+}
+
+func ptr(n int64) *int64 { return &n }
+
+func mustInt(t *testing.T, s string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(s, 10, 64)
+	require.NoError(t, err)
+	return n
 }
 
 func TestPurge(t *testing.T) {
@@ -425,6 +650,30 @@ func TestSQLite(t *testing.T) {
 	ok(t, path, "failed", "discard", jsonNumber(page.Failed[1].ID))
 	require.Zero(t, testdb.Count(t, db, outboxTable, "uuid = 'f-2'"))
 
+	// show, --topic and --all on SQLite.
+	require.NoError(t, db.Exec(`UPDATE `+outboxTable+` SET topic = 'mail' WHERE uuid = 'f-3'`).Error)
+	var shown struct {
+		UUID      string            `json:"uuid"`
+		LastError string            `json:"last_error"`
+		Metadata  map[string]string `json:"metadata"`
+		Payload   string            `json:"payload"`
+	}
+	okJSON(t, path, &shown, "failed", "show", jsonNumber(page.Failed[2].ID))
+	require.Equal(t, "f-3", shown.UUID)
+	require.Equal(t, "publish to orders: broker said no\n(after 10 attempts)", shown.LastError)
+	require.Equal(t, map[string]string{}, shown.Metadata)
+	require.Equal(t, "\x00", shown.Payload)
+	r := run(t, nil, "--database-url", path, "failed", "show", jsonNumber(page.Failed[1].ID))
+	require.Equal(t, cli.ExitNotFound, r.code, "a discarded row: %s", r.stderr)
+	seed(t, db, row{"g", "orders", "parked", 2, time.Hour})
+	require.Equal(t, "requeued 1 failed events of topic mail in txoutbox_outbox\n", ok(t, path, "failed", "retry", "--topic", "mail"))
+	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'f-3' AND failed_at IS NULL"))
+	require.Equal(t, "discarded 2 failed events from txoutbox_outbox\n", ok(t, path, "failed", "discard", "--all"))
+	require.Zero(t, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL"))
+	r = run(t, nil, "--database-url", path, "failed", "retry", jsonNumber(page.Failed[0].ID), "999999")
+	require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
+	require.Contains(t, r.stderr, "IDs "+jsonNumber(page.Failed[0].ID)+", 999999 matched no failed event")
+
 	out := ok(t, path, "purge", "--delivered-before", "24h", "--inbox-older-than", "7d")
 	require.Equal(t, "deleted 4 delivered rows from txoutbox_outbox (delivered more than 24h0m0s ago)\n"+
 		"deleted 3 inbox rows from txoutbox_inbox (received more than 168h0m0s ago)\n", out)
@@ -462,11 +711,22 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"failed", "list", "--limit", "0"}, "--limit 0 is out of range"},
 		{[]string{"failed", "list", "--limit", "x"}, `invalid argument "x" for "--limit"`},
 		{[]string{"failed", "list", "--after", "-1"}, "--after -1 must not be negative"},
-		{[]string{"failed", "retry"}, "give row IDs or --all"},
-		{[]string{"failed", "retry", "1", "--all"}, "give row IDs or --all"},
+		{[]string{"failed", "retry"}, "give row IDs, --all or --topic TOPIC: one of them"},
+		{[]string{"failed", "retry", "1", "--all"}, "give row IDs, --all or --topic TOPIC: one of them"},
+		{[]string{"failed", "retry", "1", "--topic", "orders"}, "give row IDs, --all or --topic TOPIC: one of them"},
+		{[]string{"failed", "retry", "--topic", ""}, "--topic needs a topic name"},
 		{[]string{"failed", "retry", "abc"}, `invalid row ID "abc"`},
-		{[]string{"failed", "discard"}, "requires at least 1 arg"},
+		{[]string{"failed", "discard"}, "give row IDs, --all or --topic TOPIC: one of them"},
+		{[]string{"failed", "discard", "--all", "--topic", "orders"}, "give row IDs, --all or --topic TOPIC: one of them"},
 		{[]string{"failed", "discard", "0"}, `invalid row ID "0"`},
+		{[]string{"failed", "discard", ","}, "no row IDs given"},
+		{[]string{"failed", "retry", ","}, "no row IDs given"},
+		{[]string{"failed", "show"}, "accepts 1 arg(s), received 0"},
+		{[]string{"failed", "show", "1", "2"}, "accepts 1 arg(s), received 2"},
+		{[]string{"failed", "show", "x"}, `invalid row ID "x"`},
+		{[]string{"inbox", "failed", "show", "-3"}, "unknown shorthand flag"},
+		{[]string{"inbox", "failed", "show", "0"}, `invalid row ID "0"`},
+		{[]string{"version", "x"}, `unknown command "x"`},
 		{[]string{"purge"}, "nothing to purge"},
 		{[]string{"purge", "--delivered-before", "soon"}, `invalid duration "soon"`},
 		{[]string{"purge", "--delivered-before", "-1h"}, `invalid duration "-1h"`},
@@ -504,6 +764,28 @@ func TestUsageErrors(t *testing.T) {
 	r := run(t, nil, "failed", "retry", "--help")
 	require.Equal(t, cli.ExitOK, r.code)
 	require.Contains(t, r.stdout, "txoutbox failed retry --all")
+}
+
+// --version and version print the build's version without a database.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	r := run(t, nil, "--version")
+	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	require.Regexp(t, `^txoutbox \S+( \(revision [0-9a-f]+(, modified)?\))? go1\.\d+\S*\n$`, r.stdout)
+	r2 := run(t, nil, "version")
+	require.Equal(t, cli.ExitOK, r2.code, r2.stderr)
+	require.Equal(t, r.stdout, r2.stdout, "the same line")
+
+	r = run(t, nil, "version", "--json")
+	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	var v struct {
+		Version string `json:"version"`
+		Go      string `json:"go"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &v), r.stdout)
+	require.NotEmpty(t, v.Version)
+	require.Regexp(t, `^go1\.`, v.Go)
+	require.Contains(t, r2.stdout, v.Version)
 }
 
 // TestRuntimeErrors: an unreachable database, a missing SQLite file and a

@@ -266,18 +266,18 @@ type topicStatus struct {
 func failedCmd(o *options, run runWrapper) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "failed",
-		Short: "List, retry or discard failed (parked) events",
+		Short: "List, show, retry or discard failed (parked) events",
 		Long: `A row is parked (failed) after MaxAttempts failed publishes, or at once when it
 cannot become a message. Its partition key stays blocked until the row is
 retried (after fixing the cause) or discarded (never published).`,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usagef("unknown command %q for %q (use list, retry or discard)", args[0], cmd.CommandPath())
+				return usagef("unknown command %q for %q (use list, show, retry or discard)", args[0], cmd.CommandPath())
 			}
-			return usagef("missing command for %q (use list, retry or discard)", cmd.CommandPath())
+			return usagef("missing command for %q (use list, show, retry or discard)", cmd.CommandPath())
 		}),
 	}
-	cmd.AddCommand(failedListCmd(o, run), failedRetryCmd(o, run), failedDiscardCmd(o, run))
+	cmd.AddCommand(failedListCmd(o, run), failedShowCmd(o, run), failedRetryCmd(o, run), failedDiscardCmd(o, run))
 	return cmd
 }
 
@@ -389,125 +389,255 @@ func parseIDs(args []string) ([]int64, error) {
 	return slices.Compact(ids), nil
 }
 
+// selector is what retry and discard act on: the IDs (or UUIDs) given as
+// arguments, --all, or --topic.
+type selector struct {
+	all   bool
+	topic string
+	// hasTopic is false when the command has no --topic.
+	hasTopic bool
+}
+
+// check requires exactly one of args, --all and --topic.
+func (sel selector) check(cmd *cobra.Command, args []string, what string) error {
+	n := 0
+	if len(args) > 0 {
+		n++
+	}
+	if sel.all {
+		n++
+	}
+	if sel.hasTopic && cmd.Flags().Changed("topic") {
+		if sel.topic == "" {
+			return usagef("--topic needs a topic name, as failed list shows it")
+		}
+		n++
+	}
+	if n == 1 {
+		return nil
+	}
+	if sel.hasTopic {
+		return usagef("give %s, --all or --topic TOPIC: one of them", what)
+	}
+	return usagef("give %s or --all, not both or neither", what)
+}
+
+// failedChangeOutput is the result of failed retry and failed discard, of
+// the same shape with IDs, --all and --topic.
+type failedChangeOutput struct {
+	Table string `json:"table"`
+	// All is set with --all.
+	All bool `json:"all"`
+	// Topic is --topic, empty without it.
+	Topic string `json:"topic"`
+	// Requested counts the distinct IDs given, 0 with --all or --topic.
+	Requested int `json:"requested"`
+	// Requeued (retry) or Discarded (discard) counts the rows changed;
+	// the other is absent.
+	Requeued  *int64 `json:"requeued,omitempty"`
+	Discarded *int64 `json:"discarded,omitempty"`
+	// Unmatched lists the IDs given that matched no failed row, never
+	// null.
+	Unmatched []int64 `json:"unmatched"`
+}
+
+// unmatched returns the ids not in changed; both are sorted.
+func unmatched[T cmp.Ordered](ids, changed []T) []T {
+	out := []T{}
+	for _, id := range ids {
+		if _, found := slices.BinarySearch(changed, id); !found {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// unmatchedError reports the IDs (or UUIDs: noun) that matched no row
+// (rows) after the others were changed (verb), nil when all matched.
+func unmatchedError[T any](unmatched []T, requested int, noun, rows, why, verb string) error {
+	if len(unmatched) == 0 {
+		return nil
+	}
+	list := make([]string, len(unmatched))
+	for i, u := range unmatched {
+		list[i] = fmt.Sprint(u)
+	}
+	if len(unmatched) == requested {
+		if requested > 1 {
+			noun += "s"
+		}
+		return notFoundf("%s %s matched no %s (%s); nothing was %s", noun, strings.Join(list, ", "), rows, why, verb)
+	}
+	return notFoundf("%d of %d %ss matched no %s (%s): %s; %s the other %d",
+		len(unmatched), requested, noun, rows, why, strings.Join(list, ", "), verb, requested-len(unmatched))
+}
+
+// ofTopic describes the selection for people: " of topic T" or "".
+func ofTopic(topic string) string {
+	if topic == "" {
+		return ""
+	}
+	return fmt.Sprintf(" of topic %s", topic)
+}
+
+const failedChangeJSON = `With --json it prints, whether given IDs, --all or --topic:
+
+  {"table": "txoutbox_outbox", "all": false, "topic": "", "requested": 3,
+   "%s": 2, "unmatched": [4711]}
+
+"requested" counts the distinct IDs given (0 with --all or --topic),
+"unmatched" lists those that matched no failed row ([] with --all or
+--topic).`
+
 func failedRetryCmd(o *options, run runWrapper) *cobra.Command {
-	var all bool
+	sel := selector{hasTopic: true}
 	cmd := &cobra.Command{
-		Use:   "retry ID... | --all",
+		Use:   "retry (ID... | --all | --topic TOPIC)",
 		Short: "Make failed events pending again, attempts reset (fix the cause first)",
-		Long: `Make the failed (parked) rows with the given IDs, or all of them with --all,
-pending again with attempts reset to 0. The forwarder retries them, and their
-partition keys flow again in order. IDs that are not parked rows are skipped.`,
+		Long: `Make the failed (parked) rows with the given IDs, all of them with --all, or
+those of one topic with --topic, pending again with attempts reset to 0. The
+forwarder retries them, and their partition keys flow again in order.
+
+An ID that is not a parked row (wrong ID, or already retried, discarded or
+delivered) is named on stderr, and the command exits with code 3 after
+requeueing the others. --all and --topic matching nothing is not an error.
+
+` + fmt.Sprintf(failedChangeJSON, "requeued"),
 		Example: `  txoutbox failed retry 17 18
+  txoutbox failed retry --topic orders
   txoutbox failed retry --all`,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			if all == (len(args) > 0) {
-				return usagef("give row IDs or --all, not both or neither")
+			if err := sel.check(cmd, args, "row IDs"); err != nil {
+				return err
 			}
 			ids, err := parseIDs(args)
 			if err != nil {
 				return err
 			}
-			out := changeOutput{All: all, Requested: int64(len(ids))}
+			if len(args) > 0 && len(ids) == 0 {
+				return usagef("no row IDs given")
+			}
+			out := failedChangeOutput{All: sel.all, Topic: sel.topic, Requested: len(ids), Requeued: new(int64), Unmatched: []int64{}}
 			err = o.withStore(cmd.Context(), func(s *gormstore.Store) error {
 				out.Table = s.Table()
-				var n int64
 				var err error
-				if all {
-					n, err = s.RequeueAll(cmd.Context())
-				} else {
-					n, err = s.Requeue(cmd.Context(), ids...)
+				switch {
+				case sel.all:
+					*out.Requeued, err = s.RequeueAll(cmd.Context())
+				case sel.topic != "":
+					*out.Requeued, err = s.RequeueTopic(cmd.Context(), sel.topic)
+				default:
+					var changed []int64
+					changed, err = s.RequeueIDs(cmd.Context(), ids...)
+					*out.Requeued = int64(len(changed))
+					out.Unmatched = unmatched(ids, changed)
 				}
-				out.Changed = n
 				return err
 			})
 			if err != nil {
 				return err
 			}
-			return o.print(cmd, out.as("requeued"), func(p *printer) {
-				p.linef("requeued %d failed events in %s", out.Changed, out.Table)
-				out.warnSkipped(cmd)
-			})
+			if err := o.print(cmd, out, func(p *printer) {
+				p.linef("requeued %d failed events%s in %s", *out.Requeued, ofTopic(out.Topic), out.Table)
+			}); err != nil {
+				return err
+			}
+			return unmatchedError(out.Unmatched, out.Requested, "ID", "failed event", "wrong ID, or already retried, discarded or delivered", "requeued")
 		}),
 	}
-	cmd.Flags().BoolVar(&all, "all", false, "retry every failed event")
+	cmd.Flags().BoolVar(&sel.all, "all", false, "retry every failed event")
+	cmd.Flags().StringVar(&sel.topic, "topic", "", "retry every failed event of this topic")
 	return cmd
 }
 
 func failedDiscardCmd(o *options, run runWrapper) *cobra.Command {
-	return &cobra.Command{
-		Use:   "discard ID...",
+	sel := selector{hasTopic: true}
+	cmd := &cobra.Command{
+		Use:   "discard (ID... | --all | --topic TOPIC)",
 		Short: "Delete failed events: they are never published, their keys flow on",
-		Long: `Delete the failed (parked) rows with the given IDs. Their events are never
-published; the later rows of their partition keys flow again. Only parked rows
-are deleted; other IDs are skipped.`,
-		Example: `  txoutbox failed discard 17 18`,
-		Args:    cobra.MinimumNArgs(1),
+		Long: `Delete the failed (parked) rows with the given IDs, all of them with --all, or
+those of one topic with --topic. Their events are never published; the later
+rows of their partition keys flow again. Only parked rows are deleted, never
+pending or delivered ones.
+
+An ID that is not a parked row (wrong ID, or already retried, discarded or
+delivered) is named on stderr, and the command exits with code 3 after
+discarding the others. --all and --topic matching nothing is not an error.
+
+` + fmt.Sprintf(failedChangeJSON, "discarded"),
+		Example: `  txoutbox failed discard 17 18
+  txoutbox failed discard --topic invoices
+  txoutbox failed discard --all`,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if err := sel.check(cmd, args, "row IDs"); err != nil {
+				return err
+			}
 			ids, err := parseIDs(args)
 			if err != nil {
 				return err
 			}
-			if len(ids) == 0 {
+			if len(args) > 0 && len(ids) == 0 {
 				return usagef("no row IDs given")
 			}
-			out := changeOutput{Requested: int64(len(ids))}
+			out := failedChangeOutput{All: sel.all, Topic: sel.topic, Requested: len(ids), Discarded: new(int64), Unmatched: []int64{}}
 			err = o.withStore(cmd.Context(), func(s *gormstore.Store) error {
 				out.Table = s.Table()
-				n, err := s.Discard(cmd.Context(), ids...)
-				out.Changed = n
+				var err error
+				switch {
+				case sel.all:
+					*out.Discarded, err = s.DiscardAll(cmd.Context())
+				case sel.topic != "":
+					*out.Discarded, err = s.DiscardTopic(cmd.Context(), sel.topic)
+				default:
+					var changed []int64
+					changed, err = s.DiscardIDs(cmd.Context(), ids...)
+					*out.Discarded = int64(len(changed))
+					out.Unmatched = unmatched(ids, changed)
+				}
 				return err
 			})
 			if err != nil {
 				return err
 			}
-			return o.print(cmd, out.as("discarded"), func(p *printer) {
-				p.linef("discarded %d failed events from %s", out.Changed, out.Table)
-				out.warnSkipped(cmd)
-			})
+			if err := o.print(cmd, out, func(p *printer) {
+				p.linef("discarded %d failed events%s from %s", *out.Discarded, ofTopic(out.Topic), out.Table)
+			}); err != nil {
+				return err
+			}
+			return unmatchedError(out.Unmatched, out.Requested, "ID", "failed event", "wrong ID, or already retried, discarded or delivered", "discarded")
 		}),
 	}
-}
-
-// changeOutput is the result of retry and discard.
-type changeOutput struct {
-	Table     string
-	All       bool
-	Requested int64
-	Changed   int64
-}
-
-// as returns the JSON form, the count under key.
-func (c changeOutput) as(key string) map[string]any {
-	m := map[string]any{"table": c.Table, key: c.Changed}
-	if c.All {
-		m["all"] = true
-	} else {
-		m["requested"] = c.Requested
-	}
-	return m
-}
-
-func (c changeOutput) warnSkipped(cmd *cobra.Command) {
-	if !c.All && c.Changed < c.Requested {
-		fmt.Fprintf(cmd.ErrOrStderr(), "%d of %d IDs were not failed events (wrong ID, already retried, discarded or delivered) and were skipped\n",
-			c.Requested-c.Changed, c.Requested)
-	}
+	cmd.Flags().BoolVar(&sel.all, "all", false, "discard every failed event")
+	cmd.Flags().StringVar(&sel.topic, "topic", "", "discard every failed event of this topic")
+	return cmd
 }
 
 func purgeCmd(o *options, run runWrapper) *cobra.Command {
 	var deliveredBefore, inboxOlderThan durationFlag
 	var batch int
+	var dryRun bool
 	cmd := &cobra.Command{
-		Use:   "purge --delivered-before DURATION [--inbox-older-than DURATION]",
+		Use:   "purge --delivered-before DURATION [--inbox-older-than DURATION] [--dry-run]",
 		Short: "Delete delivered outbox rows and old inbox rows, in small batches",
 		Long: `Delete outbox rows delivered more than --delivered-before ago (they exist only
 with gormstore.Config.KeepDelivered; 0 deletes every delivered row), and inbox
 rows received more than --inbox-older-than ago, --batch-size rows per
 statement. Pending and failed rows are never deleted. Safe while the
 application runs, also next to retention.Cleaner on other instances.
+--dry-run counts the rows that would be deleted now, and deletes nothing.
 
-Durations: Go syntax (90m, 36h) plus days (7d, 1d12h).`,
+Durations: Go syntax (90m, 36h) plus days (7d, 1d12h).
+
+With --json it prints, with and without --dry-run (a table is absent when its
+flag is not given):
+
+  {"dry_run": false,
+   "outbox": {"table": "txoutbox_outbox", "older_than": "72h0m0s", "deleted": 48210},
+   "inbox": {"table": "txoutbox_inbox", "older_than": "720h0m0s", "deleted": 9120}}
+
+With --dry-run "deleted" counts the rows that would be deleted.`,
 		Example: `  txoutbox purge --delivered-before 72h
+  txoutbox purge --delivered-before 7d --inbox-older-than 30d --dry-run
   txoutbox purge --delivered-before 7d --inbox-older-than 30d`,
 		Args: cobra.NoArgs,
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
@@ -520,7 +650,7 @@ Durations: Go syntax (90m, 36h) plus days (7d, 1d12h).`,
 			if batch <= 0 || batch > retention.MaxBatchSize {
 				return usagef("--batch-size %d is out of range (1 to %d)", batch, retention.MaxBatchSize)
 			}
-			var out purgeOutput
+			out := purgeOutput{DryRun: dryRun}
 			err := o.withDB(cmd.Context(), false, func(db *gorm.DB) error {
 				ctx := cmd.Context()
 				var (
@@ -539,14 +669,24 @@ Durations: Go syntax (90m, 36h) plus days (7d, 1d12h).`,
 					}
 				}
 				if s != nil {
-					n, err := purgeOutbox(ctx, s, deliveredBefore.d, batch)
+					var n int64
+					if dryRun {
+						n, err = s.CountDelivered(ctx, deliveredBefore.d)
+					} else {
+						n, err = purgeOutbox(ctx, s, deliveredBefore.d, batch)
+					}
 					out.Outbox = &purgeTable{Table: s.Table(), OlderThan: deliveredBefore.d.String(), Deleted: n}
 					if err != nil {
 						return hintMissingTable(err)
 					}
 				}
 				if in != nil {
-					n, err := in.Cleanup(ctx, inboxOlderThan.d, batch)
+					var n int64
+					if dryRun {
+						n, err = in.CountCleanup(ctx, inboxOlderThan.d)
+					} else {
+						n, err = in.Cleanup(ctx, inboxOlderThan.d, batch)
+					}
 					out.Inbox = &purgeTable{Table: in.Table(), OlderThan: inboxOlderThan.d.String(), Deleted: n}
 					if err != nil {
 						return hintMissingTable(err)
@@ -558,11 +698,15 @@ Durations: Go syntax (90m, 36h) plus days (7d, 1d12h).`,
 				return err
 			}
 			return o.print(cmd, out, func(p *printer) {
+				verb := "deleted"
+				if dryRun {
+					verb = "dry run: would delete"
+				}
 				if t := out.Outbox; t != nil {
-					p.linef("deleted %d delivered rows from %s (delivered more than %s ago)", t.Deleted, t.Table, t.OlderThan)
+					p.linef("%s %d delivered rows from %s (delivered more than %s ago)", verb, t.Deleted, t.Table, t.OlderThan)
 				}
 				if t := out.Inbox; t != nil {
-					p.linef("deleted %d inbox rows from %s (received more than %s ago)", t.Deleted, t.Table, t.OlderThan)
+					p.linef("%s %d inbox rows from %s (received more than %s ago)", verb, t.Deleted, t.Table, t.OlderThan)
 				}
 			})
 		}),
@@ -570,6 +714,7 @@ Durations: Go syntax (90m, 36h) plus days (7d, 1d12h).`,
 	cmd.Flags().Var(&deliveredBefore, "delivered-before", "delete outbox rows delivered more than this long ago (0: all delivered rows)")
 	cmd.Flags().Var(&inboxOlderThan, "inbox-older-than", "delete inbox rows received more than this long ago")
 	cmd.Flags().IntVar(&batch, "batch-size", retention.DefaultBatchSize, "rows deleted per statement")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count what would be deleted, delete nothing")
 	return cmd
 }
 
@@ -589,6 +734,8 @@ func purgeOutbox(ctx context.Context, s *gormstore.Store, olderThan time.Duratio
 }
 
 type purgeOutput struct {
+	// DryRun is set with --dry-run: Deleted counts what would be deleted.
+	DryRun bool        `json:"dry_run"`
 	Outbox *purgeTable `json:"outbox,omitempty"`
 	Inbox  *purgeTable `json:"inbox,omitempty"`
 }

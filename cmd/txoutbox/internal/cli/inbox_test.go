@@ -40,6 +40,18 @@ type inboxListJSON struct {
 	NextAfter int64 `json:"next_after"`
 }
 
+// inboxChangeJSON is the output of inbox failed retry and discard with
+// --json.
+type inboxChangeJSON struct {
+	Table     string   `json:"table"`
+	Consumer  string   `json:"consumer"`
+	All       bool     `json:"all"`
+	Requested int64    `json:"requested"`
+	Marked    *int64   `json:"marked"`
+	Discarded *int64   `json:"discarded"`
+	Unmatched []string `json:"unmatched"`
+}
+
 // consumer is an inbox.Consumer of topic "orders" on a GoChannel, running
 // until stop or the end of the test.
 type consumer struct {
@@ -194,18 +206,19 @@ func TestInboxFailed(t *testing.T) {
 	require.Eventually(t, func() bool { return applied.Load() == 1 }, 10*time.Second, 5*time.Millisecond)
 	require.Eventually(t, func() bool { return failedStatus(t, db, inboxFailedTable, poison.UUID) == "" }, 10*time.Second, 5*time.Millisecond)
 
-	// Retrying it again, or with the wrong consumer, marks nothing.
+	// Retrying it again, or with the wrong consumer, marks nothing and
+	// exits with ExitNotFound.
 	r := run(t, nil, "--database-url", url, "inbox", "failed", "retry", "--consumer", "shipping", other.UUID)
-	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
 	require.Contains(t, r.stdout, "marked 0 failed messages of shipping")
-	require.Contains(t, r.stderr, "1 of 1 UUIDs were not failed messages of the consumer")
+	require.Equal(t, "txoutbox: UUID "+other.UUID+" matched no failed message of shipping (wrong UUID or consumer, held, or already marked or discarded); nothing was marked\n", r.stderr)
 	require.Equal(t, "failed", failedStatus(t, db, inboxFailedTable, other.UUID))
 
-	// Discard the other: gone, never applied.
+	// Discard the other: gone, never applied; the unknown UUID is named.
 	r = run(t, nil, "--database-url", url, "inbox", "failed", "discard", "--consumer", "billing", other.UUID, "no-such-uuid")
-	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
 	require.Equal(t, "discarded 1 failed messages of billing from txoutbox_inbox_failed\n", r.stdout)
-	require.Contains(t, r.stderr, "1 of 2 UUIDs were not failed messages")
+	require.Contains(t, r.stderr, "1 of 2 UUIDs matched no failed message of billing (wrong UUID or consumer, or already processed or discarded): no-such-uuid; discarded the other 1")
 	require.Zero(t, testdb.Count(t, db, inboxFailedTable, ""))
 	require.EqualValues(t, 1, applied.Load())
 
@@ -251,6 +264,44 @@ func TestInboxFailedRetryMarks(t *testing.T) {
 	require.NotContains(t, out, long, "text output cuts the error")
 	require.Contains(t, out, "…")
 
+	// show prints one row whole: the whole error, metadata, payload.
+	var shown struct {
+		Table           string            `json:"table"`
+		ID              int64             `json:"id"`
+		Consumer        string            `json:"consumer"`
+		UUID            string            `json:"uuid"`
+		PartitionKey    string            `json:"partition_key"`
+		Status          string            `json:"status"`
+		Error           string            `json:"error"`
+		Metadata        map[string]string `json:"metadata"`
+		PayloadSize     int               `json:"payload_size"`
+		PayloadEncoding string            `json:"payload_encoding"`
+		Payload         string            `json:"payload"`
+	}
+	okJSON(t, url, &shown, "inbox", "failed", "show", "--inbox-table", table, jsonNumber(list.Failed[0].ID))
+	require.Equal(t, failedTable, shown.Table)
+	require.Equal(t, list.Failed[0].ID, shown.ID)
+	require.Equal(t, "billing", shown.Consumer)
+	require.Equal(t, poison.UUID, shown.UUID)
+	require.Equal(t, "k1", shown.PartitionKey)
+	require.Equal(t, "failed", shown.Status)
+	require.Equal(t, "inbox: permanent failure: "+long, shown.Error)
+	require.Equal(t, "k1", shown.Metadata["partition_key"])
+	require.Equal(t, 6, shown.PayloadSize)
+	require.Equal(t, "utf-8", shown.PayloadEncoding)
+	require.Equal(t, "poison", shown.Payload)
+	out = ok(t, url, "inbox", "failed", "show", "--inbox-table", table, "--consumer", "billing", jsonNumber(list.Failed[1].ID), "--payload")
+	require.Contains(t, out, "uuid:           "+held.UUID+"\n")
+	require.Contains(t, out, "status:         held\n")
+	require.Contains(t, out, "payload:        4 bytes\n")
+	require.True(t, strings.HasSuffix(out, "\npayload:\n  fine\n"), out)
+	for _, args := range [][]string{{jsonNumber(list.Failed[0].ID), "--consumer", "shipping"}, {"999999"}} {
+		r := run(t, nil, append([]string{"--database-url", url, "--inbox-table", table, "inbox", "failed", "show"}, args...)...)
+		require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
+		require.Empty(t, r.stdout)
+		require.Contains(t, r.stderr, "with ID "+args[0]+" in "+failedTable+" (wrong ID or consumer, or already processed or discarded)")
+	}
+
 	// The default table does not exist here: a runtime error with a hint.
 	r := run(t, nil, "--database-url", url, "inbox", "failed", "list")
 	require.Equal(t, cli.ExitFailure, r.code, r.stderr)
@@ -259,8 +310,15 @@ func TestInboxFailedRetryMarks(t *testing.T) {
 	out = ok(t, url, "status", "--inbox-table", table)
 	require.Regexp(t, `(?m)^billing\s+1\s+1\s+0$`, out)
 
-	out = ok(t, url, "inbox", "failed", "retry", "--inbox-table", table, "--consumer", "billing", "--all")
-	require.Contains(t, out, "marked 1 failed messages of billing for retry in "+failedTable)
+	// A held message is not marked: named, exit code 3, the other marked.
+	var marked inboxChangeJSON
+	stderr := runJSON(t, url, cli.ExitNotFound, &marked, "inbox", "failed", "retry", "--inbox-table", table, "--consumer", "billing", held.UUID+","+poison.UUID)
+	require.Equal(t, inboxChangeJSON{Table: failedTable, Consumer: "billing", Requested: 2, Marked: ptr(1), Unmatched: []string{held.UUID}}, marked)
+	require.Contains(t, stderr, "1 of 2 UUIDs matched no failed message of billing (wrong UUID or consumer, held, or already marked or discarded): "+held.UUID+"; marked the other 1\n")
+	marked = inboxChangeJSON{}
+	runJSON(t, url, cli.ExitOK, &marked, "inbox", "failed", "retry", "--inbox-table", table, "--consumer", "billing", "--all")
+	require.Equal(t, inboxChangeJSON{Table: failedTable, Consumer: "billing", All: true, Marked: ptr(0), Unmatched: []string{}}, marked,
+		"the shape of retry with UUIDs")
 	require.Equal(t, "retry", failedStatus(t, db, failedTable, poison.UUID))
 	require.Equal(t, "held", failedStatus(t, db, failedTable, held.UUID), "held messages are not marked; they follow the retried one")
 
@@ -283,7 +341,7 @@ func TestInboxFailedRetryMarks(t *testing.T) {
 
 	var res map[string]any
 	okJSON(t, url, &res, "inbox", "failed", "discard", "--inbox-table", table, "--consumer", "billing", poison.UUID, held.UUID)
-	require.Equal(t, map[string]any{"table": failedTable, "discarded": 2.0, "requested": 2.0}, res)
+	require.Equal(t, map[string]any{"table": failedTable, "consumer": "billing", "all": false, "requested": 2.0, "discarded": 2.0, "unmatched": []any{}}, res)
 	require.Zero(t, testdb.Count(t, db, failedTable, ""))
 }
 

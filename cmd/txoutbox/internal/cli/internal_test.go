@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -75,4 +76,32 @@ func TestParseDatabaseURL(t *testing.T) {
 	tg, err := parseDatabaseURL("file:app.db?_pragma=busy_timeout(1)", time.Second)
 	require.NoError(t, err)
 	require.Equal(t, "file:app.db?_pragma=busy_timeout(1)", tg.dsn)
+}
+
+func TestVersionOf(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, buildVersion{Version: "(devel)", Go: "unknown"}, versionOf(nil))
+	require.Equal(t, "txoutbox (devel) unknown", versionOf(nil).String())
+
+	// go install github.com/txoutbox/txoutbox/cmd/txoutbox@v1.2.3
+	installed := &debug.BuildInfo{GoVersion: "go1.24.1", Main: debug.Module{Path: modulePath, Version: "v1.2.3"}}
+	require.Equal(t, "txoutbox v1.2.3 go1.24.1", versionOf(installed).String())
+
+	// go build in a checkout with uncommitted changes.
+	checkout := &debug.BuildInfo{GoVersion: "go1.24.1", Main: debug.Module{Path: modulePath, Version: "(devel)"}, Settings: []debug.BuildSetting{
+		{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "true"},
+	}}
+	v := versionOf(checkout)
+	require.Equal(t, buildVersion{Version: "(devel)", Revision: "0123abcd", Modified: true, Go: "go1.24.1"}, v)
+	require.Equal(t, "txoutbox (devel) (revision 0123abcd, modified) go1.24.1", v.String())
+	checkout.Settings[2].Value = "false"
+	require.Equal(t, "txoutbox (devel) (revision 0123abcd) go1.24.1", versionOf(checkout).String())
+
+	// Built into another main module: the dependency's version.
+	dep := &debug.BuildInfo{GoVersion: "go1.24.1", Main: debug.Module{Path: "example.com/ops"}, Deps: []*debug.Module{
+		{Path: "github.com/spf13/cobra", Version: "v1.10.2"}, {Path: modulePath, Version: "v0.9.0"},
+	}}
+	require.Equal(t, "v0.9.0", versionOf(dep).Version)
+	// A test binary has no main module version.
+	require.Equal(t, "(devel)", versionOf(&debug.BuildInfo{GoVersion: "go1.24.1"}).Version)
 }
