@@ -256,18 +256,3 @@ func (in *Inbox) changedUUIDs(ctx context.Context, verb, query string, args ...a
 	slices.Sort(uuids)
 	return uuids, nil
 }
-
-// CountCleanup counts the inbox rows received more than olderThan ago: the
-// rows Cleanup(ctx, olderThan, ...) would delete now, by the same clock. It
-// deletes nothing.
-func (in *Inbox) CountCleanup(ctx context.Context, olderThan time.Duration) (int64, error) {
-	if olderThan <= 0 {
-		return 0, fmt.Errorf("%w: Cleanup olderThan %v must be positive", ErrInvalidConfig, olderThan)
-	}
-	var n int64
-	err := in.db.WithContext(ctx).Raw("SELECT count(*) FROM "+in.quoted+" WHERE received_at < ?", in.timeArg(in.cfg.Now().Add(-olderThan))).Scan(&n).Error
-	if err != nil {
-		return 0, fmt.Errorf("inbox: count %s: %w", in.table, err)
-	}
-	return n, nil
-}

@@ -265,6 +265,21 @@ func (in *Inbox) Cleanup(ctx context.Context, olderThan time.Duration, batch int
 // sqliteTimeFormat is fixed-width, so received_at sorts as it compares.
 const sqliteTimeFormat = "2006-01-02T15:04:05.000000000Z"
 
+// CountCleanup counts the inbox rows received more than olderThan ago: the
+// rows Cleanup(ctx, olderThan, ...) would delete now, by the same clock. It
+// deletes nothing.
+func (in *Inbox) CountCleanup(ctx context.Context, olderThan time.Duration) (int64, error) {
+	if olderThan <= 0 {
+		return 0, fmt.Errorf("%w: Cleanup olderThan %v must be positive", ErrInvalidConfig, olderThan)
+	}
+	var n int64
+	err := in.db.WithContext(ctx).Raw("SELECT count(*) FROM "+in.quoted+" WHERE received_at < ?", in.timeArg(in.cfg.Now().Add(-olderThan))).Scan(&n).Error
+	if err != nil {
+		return 0, fmt.Errorf("inbox: count %s: %w", in.table, err)
+	}
+	return n, nil
+}
+
 // timeArg returns t as the dialect stores received_at.
 func (in *Inbox) timeArg(t time.Time) any {
 	if in.dialect == sqlite {
