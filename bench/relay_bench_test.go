@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -52,29 +53,48 @@ func BenchmarkRelay(b *testing.B) {
 		{"backend=native-claims-and-sink", 50_000, func(b *testing.B, n int) drainResult { return drainClaims(b, n, true) }},
 	}
 	for _, bc := range cases {
-		b.Run(bc.name, func(b *testing.B) {
-			var total time.Duration
-			var cpu cpuSample
-			for range b.N {
-				b.StopTimer()
-				r := bc.drain(b, bc.events)
-				total += r.elapsed
-				cpu.goCPU += r.cpu.goCPU
-				cpu.pgCPU += r.cpu.pgCPU
-				cpu.mallocs += r.cpu.mallocs
-				cpu.others += r.cpu.others
-			}
-			events := float64(bc.events) * float64(b.N)
-			us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / events }
-			b.ReportMetric(events/total.Seconds(), "events/s")
-			b.ReportMetric(float64(total.Nanoseconds())/events, "ns/event")
-			b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
-			b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
-			b.ReportMetric(float64(cpu.mallocs)/events, "allocs/event")
-			b.ReportMetric(cpu.othersShare(total), "others-cpu-%")
-			b.ReportMetric(0, "ns/op")
+		b.Run(bc.name, func(b *testing.B) { reportDrains(b, bc.events, bc.drain) })
+	}
+}
+
+// BenchmarkRelayBacklog drains backlogs of 1,000 to 100,000 events with
+// the native forwarder and with Watermill's stock forwarder, as
+// BenchmarkRelay does: the drain rate against the backlog size. Run it
+// with -benchtime 1x.
+func BenchmarkRelayBacklog(b *testing.B) {
+	for _, n := range []int{1_000, 10_000, 50_000, 100_000} {
+		b.Run(fmt.Sprintf("backlog=%d/backend=native", n), func(b *testing.B) {
+			reportDrains(b, n, func(b *testing.B, n int) drainResult { return drainNative(b, n, 0) })
+		})
+		b.Run(fmt.Sprintf("backlog=%d/backend=watermill-sql-forwarder", n), func(b *testing.B) {
+			reportDrains(b, n, drainStock)
 		})
 	}
+}
+
+// reportDrains runs drain b.N times on backlogs of events and reports the
+// rate and the CPU per event.
+func reportDrains(b *testing.B, events int, drain func(b *testing.B, events int) drainResult) {
+	var total time.Duration
+	var cpu cpuSample
+	for range b.N {
+		b.StopTimer()
+		r := drain(b, events)
+		total += r.elapsed
+		cpu.goCPU += r.cpu.goCPU
+		cpu.pgCPU += r.cpu.pgCPU
+		cpu.mallocs += r.cpu.mallocs
+		cpu.others += r.cpu.others
+	}
+	n := float64(events) * float64(b.N)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / n }
+	b.ReportMetric(n/total.Seconds(), "events/s")
+	b.ReportMetric(float64(total.Nanoseconds())/n, "ns/event")
+	b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
+	b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
+	b.ReportMetric(float64(cpu.mallocs)/n, "allocs/event")
+	b.ReportMetric(cpu.othersShare(total), "others-cpu-%")
+	b.ReportMetric(0, "ns/op")
 }
 
 // drainNative relays the backlog with outbox.Forwarder on gormstore, with

@@ -24,6 +24,17 @@ const relayOut = "goos: linux\n" +
 	"PASS\n" +
 	"ok  \tgithub.com/txoutbox/txoutbox/bench\t180.123s\n"
 
+// backlogOut is BenchmarkRelayBacklog output, one run per backlog.
+const backlogOut = "cpu: AMD EPYC\n" +
+	"BenchmarkRelayBacklog/backlog=1000/backend=native-2 \t 1\t 35280 events/s\n" +
+	"BenchmarkRelayBacklog/backlog=1000/backend=watermill-sql-forwarder-2 \t 1\t 13531 events/s\n" +
+	"BenchmarkRelayBacklog/backlog=10000/backend=native-2 \t 1\t 63156 events/s\n" +
+	"BenchmarkRelayBacklog/backlog=10000/backend=watermill-sql-forwarder-2 \t 1\t 9275 events/s\n" +
+	"BenchmarkRelayBacklog/backlog=50000/backend=native-2 \t 1\t 75411 events/s\n" +
+	"BenchmarkRelayBacklog/backlog=50000/backend=watermill-sql-forwarder-2 \t 1\t 4012 events/s\n" +
+	"BenchmarkRelayBacklog/backlog=100000/backend=native-2 \t 1\t 89005 events/s\n" +
+	"BenchmarkRelayBacklog/backlog=100000/backend=watermill-sql-forwarder-2 \t 1\t 4000 events/s\n"
+
 func TestParse(t *testing.T) {
 	rs, err := parse(strings.NewReader(relayOut))
 	if err != nil {
@@ -83,8 +94,7 @@ func TestParseSkipsOtherLines(t *testing.T) {
 func TestRunWritesSVGs(t *testing.T) {
 	in, out := t.TempDir(), filepath.Join(t.TempDir(), "img")
 	files := map[string]string{
-		"relay.txt": relayOut +
-			"BenchmarkRelay/backend=floor-2 \t 1\t 8.1 allocs/event\t 231637 events/s\t 1.0 others-cpu-%\n",
+		"relay-backlog.txt": backlogOut,
 		"latency.txt": "cpu: AMD EPYC\n" +
 			"BenchmarkCommitToPublish/backend=native-2         \t       1\t      1000 cmds/s\t         0.5000 idle-queries/s\t         0.5000 idle-roundtrips/s\t         0 idle-xacts/s\t         5.900 max-ms\t         3.000 others-cpu-%\t         0.3100 p50-ms\t         1.400 p99-ms\t         7.800 queries/event\n" +
 			"BenchmarkCommitToPublish/backend=watermill-sql-forwarder-2         \t       1\t      1000 cmds/s\t       270.3 idle-queries/s\t       270.3 idle-roundtrips/s\t        90.10 idle-xacts/s\t        16.90 max-ms\t         3.000 others-cpu-%\t         3.880 p50-ms\t        11.67 p99-ms\t         1.390 queries/event\n",
@@ -118,7 +128,13 @@ func TestRunWritesSVGs(t *testing.T) {
 		}
 	}
 	// The figures of the input appear as labels.
-	b, _ := os.ReadFile(filepath.Join(out, "dispatch.svg"))
+	b, _ := os.ReadFile(filepath.Join(out, "relay-drain.svg"))
+	for _, want := range []string{"35,280/s", "13,531/s", "89,005/s", "2.6× as fast as the stock one at 1,000 events and 22.3× at 100,000"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("relay-drain.svg lacks %q", want)
+		}
+	}
+	b, _ = os.ReadFile(filepath.Join(out, "dispatch.svg"))
 	for _, want := range []string{"100 µs", "153 µs (1.53×)", "256 µs (2.55×)", "130 µs (1.30×)"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("dispatch.svg lacks the label %q", want)
@@ -140,7 +156,7 @@ func TestRunMissingBenchmark(t *testing.T) {
 		}
 	}
 	err := run(in, t.TempDir())
-	if err == nil || !strings.Contains(err.Error(), "relay.txt: no events/s in BenchmarkRelay/backend=native") {
+	if err == nil || !strings.Contains(err.Error(), "relay-backlog.txt: no events/s in BenchmarkRelayBacklog/backlog=1000/backend=native") {
 		t.Fatalf("run = %v, want an error naming the missing benchmark", err)
 	}
 }
