@@ -11,7 +11,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -123,7 +122,7 @@ func newInboxFixture(b *testing.B) *inboxFixture {
 // project is the projection's handler: one row per event, in the inbox's
 // transaction.
 func (f *inboxFixture) project(msg *message.Message) error {
-	tx, err := gormstore.Tx(msg.Context())
+	tx, err := outbox.Tx(msg.Context())
 	if err != nil {
 		return err
 	}

@@ -5,10 +5,10 @@
 // # The command's transaction
 //
 // The transactional middleware puts the command's transaction into the
-// context; a handler reaches it with [Tx]:
+// context; a handler reaches it with outbox.Tx:
 //
 //	func (h *Handler) PlaceOrder(ctx context.Context, cmd PlaceOrder) error {
-//		tx, err := gormstore.Tx(ctx)
+//		tx, err := outbox.Tx(ctx)
 //		if err != nil {
 //			return err
 //		}

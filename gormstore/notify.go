@@ -22,7 +22,7 @@ const notifyInterval = time.Millisecond
 // committed: on PostgreSQL it sends a NOTIFY on the table's channel, after
 // the commit and outside the command's transaction. The transactional
 // middleware calls it after each commit that saved events; call it
-// yourself after committing a transaction of your own (gormstore.WithTx)
+// yourself after committing a transaction of your own (outbox.WithTx)
 // that saved events, or let forwarders find them by polling.
 //
 // It never blocks: the NOTIFY is sent from a goroutine, and calls made

@@ -80,7 +80,7 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 		}
 		recs[i] = outbox.Record{Topic: topic, PartitionKey: m.Metadata.Get(outbox.MetadataPartitionKey), Message: m}
 	}
-	if tx, err := Tx(ctx); err == nil {
+	if tx, err := outbox.Tx(ctx); err == nil {
 		return p.store.Save(ctx, tx, recs)
 	}
 	err := p.store.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {

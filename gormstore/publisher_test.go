@@ -35,7 +35,7 @@ func TestPublisher(t *testing.T) {
 		// An application transaction from WithTx: rolled back with it.
 		tx := db.Begin()
 		m = message.NewMessage("u-3", []byte("c"))
-		m.SetContext(gormstore.WithTx(ctx, tx))
+		m.SetContext(outbox.WithTx(ctx, tx))
 		require.NoError(t, pub.Publish("t2", m))
 		require.NoError(t, tx.Rollback().Error)
 		require.Equal(t, int64(0), count("topic = 't2'"))

@@ -26,10 +26,11 @@ var (
 	// ErrUnsupportedDialect is returned for a GORM dialect other than
 	// postgres or sqlite.
 	ErrUnsupportedDialect = errors.New("gormstore: unsupported database (use gorm.io/driver/postgres or github.com/glebarez/sqlite)")
-	// ErrNotInTransaction is returned by Save when the *gorm.DB it is given
-	// is not a transaction.
-	ErrNotInTransaction = errors.New("gormstore: Save needs the command's transaction, got a plain *gorm.DB")
 )
+
+// errSaveOutsideTx is returned by Save for a *gorm.DB that is not a
+// transaction.
+var errSaveOutsideTx = fmt.Errorf("%w: Save needs the command's transaction, got a plain *gorm.DB", outbox.ErrNoTransaction)
 
 // Config configures a [Store]. The zero value is valid.
 type Config struct {
@@ -150,10 +151,10 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 		return nil
 	}
 	if tx == nil || tx.Statement == nil {
-		return ErrNotInTransaction
+		return errSaveOutsideTx
 	}
 	if _, ok := tx.Statement.ConnPool.(gorm.TxCommitter); !ok {
-		return ErrNotInTransaction
+		return errSaveOutsideTx
 	}
 	for start := 0; start < len(records); start += saveChunk {
 		end := min(start+saveChunk, len(records))
@@ -169,6 +170,22 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 		}
 	}
 	return nil
+}
+
+// Retryable reports whether err, from a transaction on the store's
+// database, allows running the whole transaction again: a PostgreSQL
+// serialization failure (SQLSTATE 40001) or deadlock (40P01), also wrapped.
+// SQLite waits for its lock (busy_timeout) instead and has no such error.
+// The transactional middleware asks its Store (outbox.RetryClassifier) by
+// default.
+func (s *Store) Retryable(err error) bool { return retryablePostgres(err) }
+
+func retryablePostgres(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	return false
 }
 
 // missingTable tells an error of a statement on a table that does not

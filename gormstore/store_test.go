@@ -49,11 +49,11 @@ func TestSaveNeedsTransaction(t *testing.T) {
 		require.NoError(t, s.Migrate(ctx))
 		recs := []outbox.Record{record("t", "", "x")}
 
-		require.ErrorIs(t, s.Save(ctx, db, recs), gormstore.ErrNotInTransaction, "plain *gorm.DB")
-		require.ErrorIs(t, s.Save(ctx, db.Session(&gorm.Session{}), recs), gormstore.ErrNotInTransaction, "session")
-		require.ErrorIs(t, s.Save(ctx, nil, recs), gormstore.ErrNotInTransaction, "nil")
+		require.ErrorIs(t, s.Save(ctx, db, recs), outbox.ErrNoTransaction, "plain *gorm.DB")
+		require.ErrorIs(t, s.Save(ctx, db.Session(&gorm.Session{}), recs), outbox.ErrNoTransaction, "session")
+		require.ErrorIs(t, s.Save(ctx, nil, recs), outbox.ErrNoTransaction, "nil")
 		prepared := db.Session(&gorm.Session{PrepareStmt: true})
-		require.ErrorIs(t, s.Save(ctx, prepared, recs), gormstore.ErrNotInTransaction, "PrepareStmt *gorm.DB")
+		require.ErrorIs(t, s.Save(ctx, prepared, recs), outbox.ErrNoTransaction, "PrepareStmt *gorm.DB")
 		require.Zero(t, testdb.Count(t, db, gormstore.DefaultTable, ""))
 
 		// No records: nothing to do, so no transaction is needed.

@@ -87,6 +87,10 @@ type WatermillSQLStore struct {
 	logger  watermill.LoggerAdapter
 }
 
+// Retryable reports whether err allows running the transaction again: a
+// PostgreSQL serialization failure or deadlock, as Store.Retryable.
+func (s *WatermillSQLStore) Retryable(err error) bool { return retryablePostgres(err) }
+
 var _ outbox.Store = (*WatermillSQLStore)(nil)
 
 // NewWatermillSQL returns a watermill-sql/v3 store on db, which must be a

@@ -258,9 +258,9 @@ func TestSQLTx(t *testing.T) {
 	t.Parallel()
 	db := testdb.Open(t, testdb.Postgres)
 	_, err := gormstore.SQLTx(db)
-	require.ErrorIs(t, err, gormstore.ErrNotInTransaction)
+	require.ErrorIs(t, err, outbox.ErrNoTransaction)
 	_, err = gormstore.SQLTx(nil)
-	require.ErrorIs(t, err, gormstore.ErrNotInTransaction)
+	require.ErrorIs(t, err, outbox.ErrNoTransaction)
 	for _, prepare := range []bool{false, true} {
 		sess := db.Session(&gorm.Session{PrepareStmt: prepare})
 		errRollback := errors.New("roll back")

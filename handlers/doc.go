@@ -4,7 +4,7 @@
 //
 // # Command handlers
 //
-// A command handler changes state through gormstore.Tx(ctx) and emits
+// A command handler changes state through outbox.Tx(ctx) and emits
 // events with outbox.Emit. That is the one way to emit events; [Returning]
 // only adapts handlers written as functions that return their events (a
 // decision function such as "given this command and state, these events")

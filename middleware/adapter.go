@@ -5,7 +5,7 @@ import "context"
 // Wrap returns the transactional form of h, for users of another command
 // bus or mediator, or of plain functions: each call runs h as a command
 // under t (Transactional.Run), in a new transaction or joining the one ctx
-// carries, with the transaction (gormstore.Tx) and the event collector
+// carries, with the transaction (outbox.Tx) and the event collector
 // (outbox.Emit) in the context h gets. The command is named for event
 // metadata by TransactionalConfig.CommandName (default cqrs.StructName of
 // cmd). h's error is returned unchanged; serialization failures are

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -51,7 +50,7 @@ func TestWrap(t *testing.T) {
 		errOuter := errors.New("outer fails")
 		err := f.tm.Run(ctx, "Outer", func(ctx context.Context) error {
 			require.NoError(t, handle(ctx, PlaceOrder{OrderID: "o-3", Amount: 3}))
-			tx, err := gormstore.Tx(ctx)
+			tx, err := outbox.Tx(ctx)
 			require.NoError(t, err)
 			var n int64
 			require.NoError(t, tx.Raw("SELECT count(*) FROM orders WHERE id = 'o-3'").Scan(&n).Error)

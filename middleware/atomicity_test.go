@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/bus"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -256,8 +255,8 @@ func TestEmitAndTxOutsideAHandler(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	require.ErrorIs(t, outbox.Emit(ctx, OrderPlaced{}), outbox.ErrNoTransaction)
-	tx, err := gormstore.Tx(ctx)
-	require.ErrorIs(t, err, gormstore.ErrNoTransaction)
+	tx, err := outbox.Tx(ctx)
+	require.ErrorIs(t, err, outbox.ErrNoTransaction)
 	require.Nil(t, tx)
 
 	// A context kept past the end of its command can no longer emit.
@@ -276,7 +275,7 @@ func TestHandlerSeesItsTransaction(t *testing.T) {
 	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
 		f := newFixture(t, d)
 		require.NoError(t, f.run(context.Background(), func(ctx context.Context) error {
-			tx, err := gormstore.Tx(ctx)
+			tx, err := outbox.Tx(ctx)
 			require.NoError(t, err)
 			require.NoError(t, tx.Exec("INSERT INTO orders (id, amount) VALUES (?, ?)", "o-1", 5).Error)
 			// The write is visible inside the transaction, not outside.

@@ -88,11 +88,11 @@ func BenchmarkDispatch(b *testing.B) {
 	}
 
 	// plainTx is the baseline: a GORM transaction per command, reachable
-	// with gormstore.Tx like under Transactional, and nothing else.
+	// with outbox.Tx like under Transactional, and nothing else.
 	plainTx := func(next bus.Handler) bus.Handler {
 		return func(ctx context.Context, cmd any) error {
 			return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-				return next(gormstore.WithTx(ctx, tx), cmd)
+				return next(outbox.WithTx(ctx, tx), cmd)
 			})
 		}
 	}
@@ -111,7 +111,7 @@ func BenchmarkDispatch(b *testing.B) {
 					return err
 				}
 				fwd := forwarder.NewPublisher(pub, forwarder.PublisherConfig{ForwarderTopic: stockForwarderTopic})
-				ctx = context.WithValue(gormstore.WithTx(ctx, tx), publisherKey{}, fwd)
+				ctx = context.WithValue(outbox.WithTx(ctx, tx), publisherKey{}, fwd)
 				return next(ctx, cmd)
 			})
 		}
@@ -137,7 +137,7 @@ func BenchmarkDispatch(b *testing.B) {
 	// handler is the same for every variant; only emit differs.
 	handler := func(emit func(ctx context.Context, events ...any) error) bus.HandlerFunc[benchPlaceOrder] {
 		return func(ctx context.Context, cmd benchPlaceOrder) error {
-			tx, err := gormstore.Tx(ctx)
+			tx, err := outbox.Tx(ctx)
 			if err != nil {
 				return err
 			}

@@ -95,7 +95,7 @@ func BenchmarkCompression(b *testing.B) {
 			}
 			cb := bus.New(tm.Middleware())
 			if err := bus.Register(cb, func(ctx context.Context, cmd benchPlaceOrder) error {
-				tx, err := gormstore.Tx(ctx)
+				tx, err := outbox.Tx(ctx)
 				if err != nil {
 					return err
 				}

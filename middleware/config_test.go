@@ -91,7 +91,7 @@ func TestIsolationLevelIsApplied(t *testing.T) {
 			require.NoError(t, err)
 			var level, ro string
 			require.NoError(t, tm.Run(context.Background(), "Probe", func(ctx context.Context) error {
-				tx, err := gormstore.Tx(ctx)
+				tx, err := outbox.Tx(ctx)
 				require.NoError(t, err)
 				require.NoError(t, tx.Raw("SHOW transaction_isolation").Scan(&level).Error)
 				return tx.Raw("SHOW transaction_read_only").Scan(&ro).Error
@@ -111,7 +111,7 @@ func TestReadOnly(t *testing.T) {
 		// Reading works.
 		var n int64
 		require.NoError(t, f.run(context.Background(), func(ctx context.Context) error {
-			tx, err := gormstore.Tx(ctx)
+			tx, err := outbox.Tx(ctx)
 			require.NoError(t, err)
 			return tx.Raw("SELECT count(*) FROM orders").Scan(&n).Error
 		}))

@@ -13,7 +13,7 @@ import (
 // cqrs.CommandProcessorConfig.OnHandle that runs every command handler of a
 // Watermill cqrs.CommandProcessor as a command under t: in a transaction
 // (or joining the one the message's context carries), with the
-// transaction (gormstore.Tx) and the event collector (outbox.Emit) in the
+// transaction (outbox.Tx) and the event collector (outbox.Emit) in the
 // context the handler gets. The command's events are saved to the outbox
 // just before commit; a handler error or panic rolls the business writes
 // and the events back, and the processor nacks the message (or acks it,

@@ -70,7 +70,7 @@ func TestCommandProcessorOnHandle(t *testing.T) {
 		AckCommandHandlingErrors: true, // a failed command is not redelivered
 		OnHandle: f.tm.CommandProcessorOnHandle(func(p cqrs.CommandProcessorOnHandleParams) error {
 			nextCalls.Add(1)
-			if _, err := gormstore.Tx(p.Message.Context()); err != nil {
+			if _, err := outbox.Tx(p.Message.Context()); err != nil {
 				return err // next must run inside the transaction
 			}
 			return p.Handler.Handle(p.Message.Context(), p.Command)

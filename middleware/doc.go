@@ -5,7 +5,7 @@
 // # The transactional rule
 //
 // For a top-level command [Transactional] begins a transaction on the
-// configured *gorm.DB, puts it (reachable with gormstore.Tx) and an event
+// configured *gorm.DB, puts it (reachable with outbox.Tx) and an event
 // collector (filled by outbox.Emit) into the context, and calls the handler.
 // Only if the handler returns nil are the collected events encoded and saved
 // through the outbox Store in that transaction, which then commits. A handler
@@ -20,7 +20,7 @@
 // collector and are saved once, at the caller's commit. If it fails, the
 // savepoint is rolled back: its writes and its events are discarded, and the
 // caller may handle the error and still commit. A context that carries a
-// transaction started by the application (gormstore.WithTx) is joined the
+// transaction started by the application (outbox.WithTx) is joined the
 // same way; the events are then saved into that transaction, and committing
 // it is the application's job.
 //

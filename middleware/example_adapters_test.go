@@ -64,7 +64,7 @@ func exampleDB() (*gorm.DB, *middleware.Transactional, func()) {
 }
 
 func bookTicket(ctx context.Context, cmd BookTicket) error {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}

@@ -143,7 +143,7 @@ func eachDialect(t *testing.T, fn func(t *testing.T, d testdb.Dialect)) {
 
 // insertOrder writes a business row through the command's transaction.
 func insertOrder(ctx context.Context, id string, amount int) error {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}

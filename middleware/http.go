@@ -40,7 +40,7 @@ type HTTPConfig struct {
 
 // HTTP returns net/http middleware that runs each request as one command
 // under t: the handler gets a request whose context carries a transaction
-// (gormstore.Tx) and an event collector (outbox.Emit), and the events are
+// (outbox.Tx) and an event collector (outbox.Emit), and the events are
 // saved to the outbox only if the handler's status commits (2xx by
 // default, see HTTPConfig.Commit) and the transaction then commits.
 //

@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -102,7 +101,7 @@ func TestHTTPCommitFails(t *testing.T) {
 		gotErr = err
 		http.Error(w, "try again", http.StatusInternalServerError)
 	}})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tx, err := gormstore.Tx(r.Context())
+		tx, err := outbox.Tx(r.Context())
 		require.NoError(t, err)
 		// Both inserts succeed; the unique check runs at COMMIT.
 		require.NoError(t, tx.Exec(`INSERT INTO reservations VALUES ('sku-1'), ('sku-1')`).Error)

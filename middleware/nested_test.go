@@ -62,7 +62,7 @@ func newNestedFixture(t *testing.T, d testdb.Dialect, onInner func(error) error)
 		nf.innerCmd = append(nf.innerCmd, commandOf(t, ctx))
 		// The nested command runs in the caller's transaction: it sees the
 		// caller's uncommitted order.
-		tx, err := gormstore.Tx(ctx)
+		tx, err := outbox.Tx(ctx)
 		require.NoError(t, err)
 		var n int64
 		require.NoError(t, tx.Raw("SELECT count(*) FROM orders WHERE id = ?", c.OrderID).Scan(&n).Error)
@@ -214,7 +214,7 @@ func TestJoinApplicationTransaction(t *testing.T) {
 				defer tx.Rollback()
 				require.NoError(t, tx.Exec("INSERT INTO orders (id, amount) VALUES ('app', 0)").Error)
 
-				appCtx := gormstore.WithTx(ctx, tx)
+				appCtx := outbox.WithTx(ctx, tx)
 				require.NoError(t, nf.bus.Dispatch(appCtx, PlaceOrder{OrderID: "o-1", Amount: 3}))
 				// A failing command inside the application's transaction
 				// rolls back to its savepoint; the transaction stays usable.

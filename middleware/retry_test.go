@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/bus"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -79,7 +78,7 @@ func newSerializableFixture(t *testing.T, maxRetries int, setup string,
 		c.MaxRetries = maxRetries
 		c.Retryable = func(err error) bool {
 			sf.seen <- err
-			return middleware.IsRetryable(err)
+			return sf.fixture.store.Retryable(err)
 		}
 	}))
 	require.NoError(t, sf.db.Exec(setup).Error)
@@ -154,7 +153,7 @@ const counterSetup = `CREATE TABLE counters (id TEXT PRIMARY KEY, value INTEGER 
 INSERT INTO counters VALUES ('c', 0);`
 
 func counterHandler(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error) {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return Attempted{}, err
 	}
@@ -178,7 +177,7 @@ const doctorsSetup = `CREATE TABLE doctors (name TEXT PRIMARY KEY, on_call BOOLE
 INSERT INTO doctors VALUES ('a', true), ('b', true);`
 
 func doctorsHandler(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error) {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return Attempted{}, err
 	}
@@ -374,7 +373,7 @@ func TestRetryStopsWhenContextIsDone(t *testing.T) {
 		cancel()
 		return serializationError()
 	})
-	require.True(t, middleware.IsRetryable(err), "got %v", err)
+	require.True(t, f.store.Retryable(err), "got %v", err)
 	require.Equal(t, 1, runs)
 }
 
@@ -401,32 +400,4 @@ func TestCustomRetryable(t *testing.T) {
 		return serializationError()
 	}))
 	require.Equal(t, 1, runs)
-}
-
-func TestIsRetryable(t *testing.T) {
-	t.Parallel()
-	pg := func(code string) error { return &pgconn.PgError{Code: code} }
-	cases := []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"nil", nil, false},
-		{"plain", errors.New("40001"), false},
-		{"serialization failure", pg("40001"), true},
-		{"deadlock", pg("40P01"), true},
-		{"wrapped serialization failure", fmt.Errorf("a: %w", fmt.Errorf("b: %w", pg("40001"))), true},
-		{"joined deadlock", errors.Join(errors.New("x"), pg("40P01")), true},
-		{"unique violation", pg("23505"), false},
-		{"read only", pg("25006"), false},
-		{"lock not available", pg("55P03"), false},
-		{"context canceled", context.Canceled, false},
-		{"sentinel", outbox.ErrMarshal, false},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			require.Equal(t, tc.want, middleware.IsRetryable(tc.err))
-		})
-	}
 }

@@ -33,7 +33,7 @@ func TestNestedRollbackWithGORMNestedTransactionsDisabled(t *testing.T) {
 		type outer struct{}
 		type inner struct{}
 		write := func(ctx context.Context, id string) error {
-			tx, err := gormstore.Tx(ctx)
+			tx, err := outbox.Tx(ctx)
 			if err != nil {
 				return err
 			}

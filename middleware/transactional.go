@@ -12,9 +12,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/txoutbox/txoutbox/bus"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -64,7 +62,9 @@ type TransactionalConfig struct {
 	// DefaultRetryBackoff (5ms).
 	RetryBackoff time.Duration
 	// Retryable reports whether a failed command may be run again.
-	// Optional; default IsRetryable (PostgreSQL 40001 and 40P01).
+	// Optional; default the Store's Retryable when it is an
+	// outbox.RetryClassifier (gormstore.Store: PostgreSQL 40001 and
+	// 40P01), else no retries.
 	Retryable func(error) bool
 	// CommandName names a command for event metadata (outbox.MetadataCommand).
 	// Optional; default cqrs.StructName ("PlaceOrder").
@@ -143,7 +143,11 @@ func NewTransactional(cfg TransactionalConfig) (*Transactional, error) {
 	}
 	cfg.RetryBackoff = cmp.Or(cfg.RetryBackoff, DefaultRetryBackoff)
 	if cfg.Retryable == nil {
-		cfg.Retryable = IsRetryable
+		if rc, ok := cfg.Store.(outbox.RetryClassifier); ok {
+			cfg.Retryable = rc.Retryable
+		} else {
+			cfg.Retryable = func(error) bool { return false }
+		}
 	}
 	if cfg.CommandName == nil {
 		cfg.CommandName = cqrs.StructName
@@ -177,7 +181,7 @@ func (t *Transactional) Run(ctx context.Context, name string, fn func(ctx contex
 	if cmd.CorrelationID == "" {
 		cmd.CorrelationID = cmd.ID
 	}
-	if parent, err := gormstore.Tx(ctx); err == nil {
+	if parent, err := outbox.Tx(ctx); err == nil {
 		return t.join(ctx, parent, cmd, fn)
 	}
 	return t.runTop(ctx, cmd, fn)
@@ -259,7 +263,7 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 // call runs fn with tx and col in its context and checks the collector.
 func (t *Transactional) call(ctx context.Context, tx *gorm.DB, col *outbox.Collector, cmd outbox.Command, fn func(ctx context.Context) error) error {
 	defer col.Close()
-	cctx := gormstore.WithTx(outbox.WithCollector(ctx, col, cmd), tx)
+	cctx := outbox.WithTx(outbox.WithCollector(ctx, col, cmd), tx)
 	if err := fn(cctx); err != nil {
 		return err
 	}
@@ -293,15 +297,4 @@ func (t *Transactional) txOptsSlice() []*sql.TxOptions {
 func (t *Transactional) backoff(attempt int) time.Duration {
 	d := t.cfg.RetryBackoff << min(attempt, 16)
 	return d/2 + rand.N(d+1)
-}
-
-// IsRetryable reports whether err is a PostgreSQL serialization failure
-// (SQLSTATE 40001) or deadlock (40P01): errors after which running the whole
-// transaction again can succeed.
-func IsRetryable(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code == "40001" || pgErr.Code == "40P01"
-	}
-	return false
 }

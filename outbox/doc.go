@@ -4,9 +4,11 @@
 //
 // It is the backend-neutral core of txoutbox:
 //
-//   - [Emit] records events from inside a handler that runs under the
-//     transactional middleware (package middleware). Outside such a handler it
-//     fails with [ErrNoTransaction]; nothing is ever dropped silently.
+//   - [Tx] returns the command's GORM transaction, the one the handler writes
+//     through, and [Emit] records events, from inside a handler that runs
+//     under the transactional middleware (package middleware). Outside such
+//     a handler both fail with [ErrNoTransaction]; nothing is ever dropped
+//     silently. [WithTx] puts a transaction of your own into a context.
 //   - A [Collector] holds the events of one command until the middleware saves
 //     them, just before commit. Events of a handler that fails are discarded
 //     with its transaction.

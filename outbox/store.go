@@ -23,3 +23,14 @@ type Store interface {
 type CommitNotifier interface {
 	NotifyCommitted()
 }
+
+// RetryClassifier is implemented by stores that know which errors of
+// their database allow running a failed transaction again (serialization
+// failures, deadlocks). The transactional middleware retries a command
+// after such an error (middleware.TransactionalConfig.Retryable defaults
+// to the Store's Retryable).
+type RetryClassifier interface {
+	// Retryable reports whether the transaction that failed with err may
+	// be run again from its start.
+	Retryable(err error) bool
+}

@@ -20,7 +20,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/glebarez/sqlite"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -79,7 +78,7 @@ func run(ctx context.Context, out io.Writer) error {
 		Topics:     []string{"OrderPlaced"},
 		Subscriber: pubsub,
 		Handler: reg.HandlerFunc(func(msg *message.Message, event any) error {
-			tx, err := gormstore.Tx(msg.Context()) // the consumer's transaction
+			tx, err := outbox.Tx(msg.Context()) // the consumer's transaction
 			if err != nil {
 				return err
 			}

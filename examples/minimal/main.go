@@ -45,7 +45,7 @@ type Order struct {
 // placeOrder writes the order and emits OrderPlaced in the command's
 // transaction: both commit, or neither does.
 func placeOrder(ctx context.Context, cmd PlaceOrder) error {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}

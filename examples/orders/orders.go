@@ -8,7 +8,6 @@ import (
 	"errors"
 	"strings"
 
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -37,7 +36,7 @@ func Place(ctx context.Context, cmd PlaceOrder) error {
 	if strings.TrimSpace(cmd.Customer) == "" {
 		return ErrNoCustomer
 	}
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ type Invoice struct {
 }
 
 func placeOrder(ctx context.Context, cmd PlaceOrder) error {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}
@@ -121,7 +121,7 @@ func run(ctx context.Context, out io.Writer, databaseURL, amqpURL string) error 
 		Topics:     []string{"OrderPlaced"},
 		Subscriber: broker.Subscriber,
 		Handler: reg.HandlerFunc(func(msg *message.Message, event any) error {
-			tx, err := gormstore.Tx(msg.Context())
+			tx, err := outbox.Tx(msg.Context())
 			if err != nil {
 				return err
 			}

@@ -9,7 +9,7 @@
 // one database and leave nothing behind. Each command runs through
 // middleware.Transactional inside a savepoint of that transaction, the way
 // a command joins an application's transaction: the handler's writes
-// (through gormstore.Tx) are visible to the test through [Kit.Tx], a failing
+// (through outbox.Tx) are visible to the test through [Kit.Tx], a failing
 // handler's writes are rolled back to its savepoint, and the events are
 // encoded and written to the outbox table through the Store, whose input the
 // kit records. PostgreSQL and SQLite are supported; on SQLite the test's

@@ -69,7 +69,7 @@ func openDB(t *testing.T, d testdb.Dialect) *gorm.DB {
 
 // placeOrder writes the order and emits OrderPlaced and AuditLogged.
 func placeOrder(ctx context.Context, cmd PlaceOrder) error {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}

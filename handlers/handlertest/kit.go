@@ -92,12 +92,12 @@ func New(tb testing.TB, cfg Config) *Kit {
 		}
 	})
 	k.tx = tx
-	k.ctx = gormstore.WithTx(k.ctx, tx)
+	k.ctx = outbox.WithTx(k.ctx, tx)
 	return k
 }
 
 // Context returns the context commands run with. In database mode it
-// carries the test's transaction: gormstore.Tx(ctx) returns it, and code
+// carries the test's transaction: outbox.Tx(ctx) returns it, and code
 // given this context joins it.
 func (k *Kit) Context() context.Context { return k.ctx }
 

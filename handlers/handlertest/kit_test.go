@@ -100,7 +100,7 @@ func TestHandlerErrorRollsBackToItsSavepoint(t *testing.T) {
 		}
 		if db != nil {
 			handlertest.NoEvents(t, k.Run("Setup", func(ctx context.Context) error {
-				tx, err := gormstore.Tx(ctx)
+				tx, err := outbox.Tx(ctx)
 				require.NoError(t, err)
 				return tx.Exec("INSERT INTO orders (id, amount) VALUES ('before', 1)").Error
 			}))
@@ -200,9 +200,9 @@ func TestNoDatabaseMode(t *testing.T) {
 
 	// A handler that needs the database fails with a hint.
 	rec = handlertest.Call(k, placeOrder, PlaceOrder{OrderID: "o-2"})
-	require.ErrorIs(t, rec.Err(), gormstore.ErrNoTransaction)
+	require.ErrorIs(t, rec.Err(), outbox.ErrNoTransaction)
 	requireFailed(t, runInner(t, func(tb testing.TB) { handlertest.NoEvents(tb, rec) }),
-		"gormstore: no transaction in context", "set handlertest.Config.DB")
+		"outbox: no transactional handler in context", "set handlertest.Config.DB")
 	requireFailed(t, runInner(t, func(tb testing.TB) { handlertest.New(tb, handlertest.Config{}).Tx() }),
 		"handlertest: Tx needs a database (set handlertest.Config.DB)")
 
@@ -264,6 +264,6 @@ func TestKitBadInput(t *testing.T) {
 		handlertest.New(tb, handlertest.Config{DB: &gorm.DB{}})
 	}), "handlertest: gormstore: invalid config")
 	require.Nil(t, k.Context().Value(struct{}{}))
-	_, err := gormstore.Tx(k.Context())
-	require.ErrorIs(t, err, gormstore.ErrNoTransaction, "no transaction without a database")
+	_, err := outbox.Tx(k.Context())
+	require.ErrorIs(t, err, outbox.ErrNoTransaction, "no transaction without a database")
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -120,7 +119,7 @@ func succeeded(tb testing.TB, rec *Recording) bool {
 		return true
 	}
 	hint := ""
-	if rec.noDB && errors.Is(rec.err, gormstore.ErrNoTransaction) {
+	if rec.noDB && errors.Is(rec.err, outbox.ErrNoTransaction) {
 		hint = "\n\t(the handler uses the database: set handlertest.Config.DB)"
 	}
 	tb.Fatalf("handlertest: the command failed, so it emitted nothing:\n\t%v%s", rec.err, hint)

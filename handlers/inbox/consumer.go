@@ -16,7 +16,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers"
 	"github.com/txoutbox/txoutbox/outbox"
 	"go.opentelemetry.io/otel"
@@ -118,7 +117,7 @@ type ConsumerConfig struct {
 	// Required.
 	Subscriber message.Subscriber
 	// Handler processes one message. It runs in the batch's transaction:
-	// reach it with gormstore.Tx(msg.Context()). An error rolls back the
+	// reach it with outbox.Tx(msg.Context()). An error rolls back the
 	// handler's writes only (the batch runs again with a savepoint per
 	// message, so the handlers before it in the batch run a second time:
 	// only the committed run counts, as with any retry); the message is
@@ -967,7 +966,7 @@ type txMessage struct {
 // withTx puts tx into msg's context until call restores it.
 func withTx(msg *message.Message, tx *gorm.DB) txMessage {
 	orig := msg.Context()
-	msg.SetContext(gormstore.WithTx(orig, tx))
+	msg.SetContext(outbox.WithTx(orig, tx))
 	return txMessage{msg: msg, orig: orig}
 }
 

@@ -16,7 +16,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/brokers/amqp"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -76,7 +75,7 @@ func TestConsumerKeyOrderOnRabbitMQ(t *testing.T) {
 		}
 		// The order of application is the order of the committed rows
 		// (a handler may run again when another one of its batch fails).
-		tx, err := gormstore.Tx(msg.Context())
+		tx, err := outbox.Tx(msg.Context())
 		if err != nil {
 			return err
 		}

@@ -14,7 +14,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/stretchr/testify/require"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
@@ -374,7 +373,7 @@ func TestConsumerBrokenTransactionParksNothing(t *testing.T) {
 	pubsub := newGoChannel(t)
 	var killed atomic.Int64
 	handler := func(msg *message.Message) error {
-		tx, err := gormstore.Tx(msg.Context())
+		tx, err := outbox.Tx(msg.Context())
 		if err != nil {
 			return err
 		}

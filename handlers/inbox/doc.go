@@ -11,7 +11,7 @@
 //	...
 //	router.AddConsumerHandler("billing.charge", "OrderPlaced", sub,
 //		func(msg *message.Message) error {
-//			tx, err := gormstore.Tx(msg.Context()) // the inbox's transaction
+//			tx, err := outbox.Tx(msg.Context()) // the inbox's transaction
 //			if err != nil {
 //				return err
 //			}

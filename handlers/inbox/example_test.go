@@ -13,8 +13,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/glebarez/sqlite"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
+	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 )
@@ -41,7 +41,7 @@ func ExampleInbox_Middleware() {
 		panic(err)
 	}
 	charge := func(msg *message.Message) ([]*message.Message, error) {
-		tx, err := gormstore.Tx(msg.Context()) // the inbox's transaction
+		tx, err := outbox.Tx(msg.Context()) // the inbox's transaction
 		if err != nil {
 			return nil, err
 		}
@@ -96,7 +96,7 @@ func ExampleInbox_NewConsumer() {
 			if string(msg.Payload) == "garbage" {
 				return inbox.Permanent(errors.New("cannot decode"))
 			}
-			tx, err := gormstore.Tx(msg.Context()) // the batch's transaction
+			tx, err := outbox.Tx(msg.Context()) // the batch's transaction
 			if err != nil {
 				return err
 			}

@@ -9,8 +9,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
+	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
 
@@ -119,7 +119,7 @@ func (in *Inbox) Table() string { return in.table.String() }
 // row already exists the message was processed before: fn is not called and
 // Process returns duplicate == true and a nil error, so the caller acks the
 // message. Otherwise fn runs with the transaction in its context (reach it
-// with gormstore.Tx; commands dispatched with the context join it, their
+// with outbox.Tx; commands dispatched with the context join it, their
 // events included), and the row and fn's writes commit together. If fn
 // fails, everything is rolled back, nothing is recorded, and fn's error is
 // returned unchanged, so the message can be redelivered and processed again.
@@ -127,7 +127,7 @@ func (in *Inbox) Table() string { return in.table.String() }
 // The primary key decides races: when two deliveries of the same message
 // are processed at once, the second insert waits for the first transaction
 // and finds the row once it commits (or inserts it if it rolls back), so fn
-// commits once. When ctx already carries a transaction (gormstore.WithTx),
+// commits once. When ctx already carries a transaction (outbox.WithTx),
 // Process joins it in a savepoint and the row commits with it.
 func (in *Inbox) Process(ctx context.Context, consumer, messageUUID string, fn func(ctx context.Context) error) (duplicate bool, err error) {
 	if consumer == "" {
@@ -149,9 +149,9 @@ func (in *Inbox) Process(ctx context.Context, consumer, messageUUID string, fn f
 			duplicate = true
 			return nil
 		}
-		return fn(gormstore.WithTx(ctx, tx))
+		return fn(outbox.WithTx(ctx, tx))
 	}
-	if parent, txErr := gormstore.Tx(ctx); txErr == nil {
+	if parent, txErr := outbox.Tx(ctx); txErr == nil {
 		err = parent.Transaction(run)
 	} else {
 		err = in.db.WithContext(ctx).Transaction(run)
@@ -165,7 +165,7 @@ func (in *Inbox) Process(ctx context.Context, consumer, messageUUID string, fn f
 // Middleware returns a Watermill handler middleware that processes each
 // message through [Inbox.Process] as consumer, keyed by the message UUID.
 // The handler runs with the transaction in the message's context
-// (gormstore.Tx(msg.Context())) and its database writes commit with the
+// (outbox.Tx(msg.Context())) and its database writes commit with the
 // inbox row; a message processed before is acked without running the
 // handler (the middleware returns nil, nil). A handler error rolls back,
 // records nothing and is returned, so the router nacks the message. After

@@ -11,7 +11,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -54,7 +53,7 @@ func eachDialect(t *testing.T, f func(t *testing.T, d testdb.Dialect)) {
 
 // writeEffect is the handlers' business write, in the inbox transaction.
 func writeEffect(ctx context.Context, consumer, uuid string) error {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}
@@ -282,15 +281,15 @@ func TestMiddlewareContext(t *testing.T) {
 		msg := message.NewMessage(outbox.NewUUID(), nil)
 		msg.SetContext(orig)
 		_, err := f.in.Middleware("billing")(func(msg *message.Message) ([]*message.Message, error) {
-			_, err := gormstore.Tx(msg.Context())
+			_, err := outbox.Tx(msg.Context())
 			require.NoError(t, err, "the handler reaches the inbox transaction")
 			require.Equal(t, "router", msg.Context().Value(key{}), "and keeps the router's context values")
 			return nil, nil
 		})(msg)
 		require.NoError(t, err)
 		require.Equal(t, orig, msg.Context(), "the original context is restored")
-		_, err = gormstore.Tx(msg.Context())
-		require.ErrorIs(t, err, gormstore.ErrNoTransaction, "no finished transaction leaks out (a retry middleware calls again)")
+		_, err = outbox.Tx(msg.Context())
+		require.ErrorIs(t, err, outbox.ErrNoTransaction, "no finished transaction leaks out (a retry middleware calls again)")
 	})
 }
 
@@ -328,9 +327,9 @@ func TestProcessJoinsCallerTransaction(t *testing.T) {
 			id := outbox.NewUUID()
 			errRollback := errors.New("caller rolls back")
 			err := f.db.Transaction(func(tx *gorm.DB) error {
-				ctx := gormstore.WithTx(context.Background(), tx)
+				ctx := outbox.WithTx(context.Background(), tx)
 				dup, err := f.in.Process(ctx, "billing", id, func(ctx context.Context) error {
-					inner, err := gormstore.Tx(ctx)
+					inner, err := outbox.Tx(ctx)
 					require.NoError(t, err)
 					require.Equal(t, tx.Statement.ConnPool, inner.Statement.ConnPool, "same transaction")
 					return writeEffect(ctx, "billing", id)

@@ -250,7 +250,7 @@ func runConsumerChild() int {
 			if err := json.Unmarshal(msg.Payload, &e); err != nil {
 				return inbox.Permanent(err)
 			}
-			tx, err := gormstore.Tx(msg.Context())
+			tx, err := outbox.Tx(msg.Context())
 			if err != nil {
 				return err
 			}

@@ -27,7 +27,7 @@ type placeOrder struct{ placed }
 func registerPlaceOrder(t *testing.T, b *bus.Bus) {
 	t.Helper()
 	require.NoError(t, bus.Register(b, func(ctx context.Context, cmd placeOrder) error {
-		tx, err := gormstore.Tx(ctx)
+		tx, err := outbox.Tx(ctx)
 		if err != nil {
 			return err
 		}
@@ -98,7 +98,7 @@ func TestPostgresRestart(t *testing.T) {
 	for c := range restartBacklog / perCommand {
 		lo := c * perCommand
 		err := tr.Run(ctx, "Backlog", func(ctx context.Context) error {
-			tx, err := gormstore.Tx(ctx)
+			tx, err := outbox.Tx(ctx)
 			if err != nil {
 				return err
 			}

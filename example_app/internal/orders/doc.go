@@ -7,6 +7,6 @@
 // be paid or cancelled, once; a paid order cannot be cancelled; a cancelled
 // order cannot be paid; a command on an unknown order fails with
 // ErrNotFound. Each handler changes the order through the command's
-// transaction (gormstore.Tx) and emits one event with outbox.Emit, so the
+// transaction (outbox.Tx) and emits one event with outbox.Emit, so the
 // change and the event commit together or not at all.
 package orders

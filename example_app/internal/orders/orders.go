@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/txoutbox/txoutbox/bus"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -75,7 +74,7 @@ func Migrate(ctx context.Context, db *gorm.DB) error {
 
 // Register registers the handlers of PlaceOrder, PayOrder and CancelOrder on
 // b. The bus must run them through middleware.Transactional: they write
-// through gormstore.Tx and emit with outbox.Emit.
+// through outbox.Tx and emit with outbox.Emit.
 func Register(b *bus.Bus) error {
 	return errors.Join(
 		bus.Register(b, Place),
@@ -89,7 +88,7 @@ func Place(ctx context.Context, cmd PlaceOrder) error {
 	if err := cmd.Validate(); err != nil {
 		return err
 	}
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return err
 	}
@@ -165,7 +164,7 @@ func Cancel(ctx context.Context, cmd CancelOrder) error {
 // PayOrder commands pay once and the second gets ErrAlreadyPaid. It returns
 // the order as updated.
 func transition(ctx context.Context, id string, status Status, now time.Time, check func(Order) error) (Order, error) {
-	tx, err := gormstore.Tx(ctx)
+	tx, err := outbox.Tx(ctx)
 	if err != nil {
 		return Order{}, err
 	}

@@ -9,9 +9,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
+	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
 
@@ -140,7 +140,7 @@ func (p *Projector) Stats() Stats {
 
 // Handler returns the projection as a handler for an inbox.Consumer: it
 // decodes the event and applies it in the transaction of the message's
-// context (gormstore.Tx). An event the registry does not know fails with
+// context (outbox.Tx). An event the registry does not know fails with
 // handlers.ErrUnknownEvent, one that does not follow the order's last
 // event with ErrOutOfSequence.
 func (p *Projector) Handler() message.NoPublishHandlerFunc {
@@ -168,7 +168,7 @@ func NewConsumer(in *inbox.Inbox, p *Projector, sub message.Subscriber, topic st
 
 // apply applies one decoded event in the inbox's transaction.
 func (p *Projector) apply(msg *message.Message, event any) error {
-	tx, err := gormstore.Tx(msg.Context())
+	tx, err := outbox.Tx(msg.Context())
 	if err != nil {
 		return err
 	}

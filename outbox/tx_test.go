@@ -1,23 +1,24 @@
-package gormstore_test
+package outbox_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
 
 func TestTxOutsideHandler(t *testing.T) {
 	t.Parallel()
-	tx, err := gormstore.Tx(context.Background())
-	require.ErrorIs(t, err, gormstore.ErrNoTransaction)
+	tx, err := outbox.Tx(context.Background())
+	require.ErrorIs(t, err, outbox.ErrNoTransaction)
 	require.Nil(t, tx)
 
-	tx, err = gormstore.Tx(gormstore.WithTx(context.Background(), nil))
-	require.ErrorIs(t, err, gormstore.ErrNoTransaction)
+	tx, err = outbox.Tx(outbox.WithTx(context.Background(), nil))
+	require.ErrorIs(t, err, outbox.ErrNoTransaction)
 	require.Nil(t, tx)
 }
 
@@ -31,8 +32,8 @@ func TestWithTxRoundTrip(t *testing.T) {
 		require.NoError(t, db.Exec(`CREATE TABLE orders (id INTEGER PRIMARY KEY)`).Error)
 
 		err := db.Transaction(func(tx *gorm.DB) error {
-			ctx := gormstore.WithTx(context.Background(), tx)
-			got, err := gormstore.Tx(ctx)
+			ctx := outbox.WithTx(context.Background(), tx)
+			got, err := outbox.Tx(ctx)
 			require.NoError(t, err)
 			require.Same(t, tx.Statement.ConnPool, got.Statement.ConnPool, "Tx must return the stored transaction")
 			require.Equal(t, ctx, got.Statement.Context, "Tx must bind the transaction to ctx")
@@ -41,12 +42,14 @@ func TestWithTxRoundTrip(t *testing.T) {
 
 			canceled, cancel := context.WithCancel(ctx)
 			cancel()
-			bound, err := gormstore.Tx(canceled)
+			bound, err := outbox.Tx(canceled)
 			require.NoError(t, err)
 			require.ErrorIs(t, bound.Exec(`INSERT INTO orders (id) VALUES (2)`).Error, context.Canceled)
-			return errRollback
+			return errTxRollback
 		})
-		require.ErrorIs(t, err, errRollback)
+		require.ErrorIs(t, err, errTxRollback)
 		require.Zero(t, testdb.Count(t, db, "orders", ""), "the write rolled back with the transaction")
 	})
 }
+
+var errTxRollback = errors.New("roll back")
