@@ -263,27 +263,6 @@ func (s *Store) CountDelivered(ctx context.Context, olderThan time.Duration) (in
 	return n, nil
 }
 
-// PurgeDelivered deletes delivered rows (kept with Config.KeepDelivered)
-// delivered before the given time, at most batch rows per statement so no
-// lock is held long. It returns how many rows it deleted.
-func (s *Store) PurgeDelivered(ctx context.Context, before time.Time, batch int) (int64, error) {
-	if batch <= 0 {
-		return 0, fmt.Errorf("%w: batch %d must be positive", ErrInvalidConfig, batch)
-	}
-	var total int64
-	for {
-		res := s.db.WithContext(ctx).Exec(`DELETE FROM `+s.quoted+` WHERE id IN (
-	SELECT id FROM `+s.quoted+` WHERE delivered_at IS NOT NULL AND delivered_at < ? ORDER BY id LIMIT ?)`, before.UTC(), batch)
-		if res.Error != nil {
-			return total, fmt.Errorf("gormstore: purge delivered rows of %s: %w", s.table, res.Error)
-		}
-		total += res.RowsAffected
-		if res.RowsAffected < int64(batch) {
-			return total, nil
-		}
-	}
-}
-
 // nowSQL returns the SQL for the current time and its arguments: the
 // database clock on PostgreSQL, the local clock on SQLite.
 func (s *Store) nowSQL() (string, []any) {

@@ -40,8 +40,9 @@ type Config struct {
 	Table string
 	// KeepDelivered keeps delivered rows, with their delivered_at time, for
 	// audit or replay, instead of deleting them at delivery. Remove them
-	// with Store.PurgeDelivered. Claims stay fast with millions of kept
-	// rows: they read only a partial index of undelivered rows.
+	// with Store.PurgeDeliveredBatch (package retention runs it). Claims
+	// stay fast with millions of kept rows: they read only a partial index
+	// of undelivered rows.
 	// Optional; default false (delete at delivery).
 	KeepDelivered bool
 	// NoNotify stops the PostgreSQL store from sending a NOTIFY on the

@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"github.com/txoutbox/txoutbox/internal/ctxtime"
+	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -59,8 +59,8 @@ type SubscriberConfig struct {
 	// DefaultSubscriberRetryInterval (1s).
 	RetryInterval time.Duration
 	// Logger receives the subscriber's logs. Optional; default
-	// watermill.NopLogger.
-	Logger watermill.LoggerAdapter
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // Validate reports every problem with the config.
@@ -89,7 +89,7 @@ func (c *SubscriberConfig) setDefaults() {
 		c.RetryInterval = DefaultSubscriberRetryInterval
 	}
 	if c.Logger == nil {
-		c.Logger = watermill.NopLogger{}
+		c.Logger = slog.Default()
 	}
 }
 
@@ -135,7 +135,7 @@ func (c *SubscriberConfig) setDefaults() {
 type Subscriber struct {
 	store   *Store
 	cfg     SubscriberConfig
-	logger  watermill.LoggerAdapter
+	logger  *slog.Logger
 	closing chan struct{}
 
 	mu        sync.Mutex
@@ -159,7 +159,7 @@ func NewSubscriber(store *Store, cfg SubscriberConfig) (*Subscriber, error) {
 	return &Subscriber{
 		store:   store,
 		cfg:     cfg,
-		logger:  cfg.Logger.With(watermill.LogFields{"component": "txoutbox.subscriber", "table": store.Table()}),
+		logger:  cfg.Logger.With("component", "txoutbox.subscriber", "table", store.Table()),
 		closing: make(chan struct{}),
 		subs:    make(map[*subscription]struct{}),
 	}, nil
@@ -170,7 +170,7 @@ type subscription struct {
 	topic  string
 	out    chan *message.Message
 	wake   chan struct{}
-	logger watermill.LoggerAdapter
+	logger *slog.Logger
 }
 
 // Subscribe returns a channel of the topic's messages. The channel is
@@ -185,7 +185,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		topic:  topic,
 		out:    make(chan *message.Message),
 		wake:   make(chan struct{}, 1),
-		logger: s.logger.With(watermill.LogFields{"topic": topic}),
+		logger: s.logger.With("topic", topic),
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -266,7 +266,7 @@ func (s *Subscriber) listen() {
 			return
 		}
 		if attempt == 1 || attempt%10 == 0 {
-			s.logger.Error("Notification listener stopped; polling until it reconnects", err, watermill.LogFields{"attempt": attempt})
+			s.logger.Warn("outbox subscriber: notification listener stopped; polling until it reconnects", "error", err, "attempt", attempt)
 		}
 		if !ctxtime.Sleep(ctx, s.cfg.RetryInterval) {
 			return
@@ -285,7 +285,7 @@ func (s *Subscriber) run(ctx context.Context, sub *subscription) {
 		case res.err != nil:
 			failures++
 			if failures == 1 || failures%10 == 0 {
-				sub.logger.Error("Batch failed; retrying", res.err, watermill.LogFields{"consecutive": failures})
+				sub.logger.Warn("outbox subscriber: batch failed; retrying", "error", res.err, "consecutive", failures)
 			}
 			wait = s.cfg.RetryInterval
 		case res.nacked:
@@ -348,7 +348,7 @@ deliver:
 		}
 		msg, err := decodeSubscriberRow(r)
 		if err != nil {
-			sub.logger.Error("Undecodable row parked", err, watermill.LogFields{"id": r.ID, "uuid": r.UUID})
+			sub.logger.Error("outbox subscriber: undecodable row parked", "error", err, "id", r.ID, "message_uuid", r.UUID)
 			failures = append(failures, outbox.Failure{ID: r.ID, Error: err.Error(), Park: true})
 			if key != "" {
 				stopped[key] = true

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strings"
 	"sync"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -50,9 +50,9 @@ type RegistryConfig struct {
 	// carrying events they do not care about. Decode always returns the
 	// error. Optional; default false.
 	AckUnknown bool
-	// Logger receives the acked unknown events. Optional; default
-	// watermill.NopLogger.
-	Logger watermill.LoggerAdapter
+	// Logger receives the acked unknown events, at info level. Optional;
+	// default slog.Default().
+	Logger *slog.Logger
 	// AllowUnknownFields accepts JSON payloads with fields the registered
 	// type does not have, for a consumer that must keep working while
 	// producers add fields. By default a JSON payload (the default
@@ -87,7 +87,7 @@ func NewRegistry(cfg RegistryConfig) *Registry {
 		cfg.Marshaler = outbox.NewEncoder(outbox.EncoderConfig{}).Marshaler()
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = watermill.NopLogger{}
+		cfg.Logger = slog.Default()
 	}
 	return &Registry{cfg: cfg, byName: make(map[string]reflect.Type)}
 }
@@ -190,11 +190,10 @@ func (r *Registry) HandlerFunc(fn func(msg *message.Message, event any) error) m
 	return func(msg *message.Message) error {
 		ev, err := r.Decode(msg)
 		if errors.Is(err, ErrUnknownEvent) && r.cfg.AckUnknown {
-			r.cfg.Logger.Info("Acked message with an unknown event", watermill.LogFields{
-				"message_uuid": msg.UUID,
-				"event_name":   r.cfg.Marshaler.NameFromMessage(msg),
-				"handler":      message.HandlerNameFromCtx(msg.Context()),
-			})
+			r.cfg.Logger.Info("handlers: acked a message with an unknown event",
+				"message_uuid", msg.UUID,
+				"event_name", r.cfg.Marshaler.NameFromMessage(msg),
+				"handler", message.HandlerNameFromCtx(msg.Context()))
 			return nil
 		}
 		if err != nil {

@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -49,8 +49,8 @@ type Config struct {
 	// Optional; default DefaultTable ("txoutbox_inbox").
 	Table string
 	// Logger receives a debug entry for each duplicate the middleware acks.
-	// Optional; default watermill.NopLogger.
-	Logger watermill.LoggerAdapter
+	// Optional; default slog.Default().
+	Logger *slog.Logger
 	// Now returns the time recorded as received_at and the clock Cleanup
 	// measures age with. Optional; default time.Now.
 	Now func() time.Time
@@ -100,7 +100,7 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 		return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = watermill.NopLogger{}
+		cfg.Logger = slog.Default()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -203,10 +203,7 @@ func (in *Inbox) Middleware(consumer string) message.HandlerMiddleware {
 				return nil, err
 			}
 			if dup {
-				in.cfg.Logger.Debug("Acked duplicate message", watermill.LogFields{
-					"message_uuid": msg.UUID,
-					"consumer":     name,
-				})
+				in.cfg.Logger.Debug("inbox: acked a duplicate message", "message_uuid", msg.UUID, "consumer", name)
 				return nil, nil
 			}
 			return out, nil
