@@ -2,7 +2,6 @@ package kafka_test
 
 import (
 	"context"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -13,13 +12,15 @@ import (
 	"github.com/rcrowley/go-metrics"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/brokers/kafka"
+	"github.com/txoutbox/txoutbox/internal/leak"
 )
 
-// TestMain turns off Sarama's go-metrics before any client exists: its
-// meters start a goroutine that never ends.
+// TestMain turns off Sarama's go-metrics before any client exists (its
+// meters start a goroutine that never ends) and fails the tests when a
+// goroutine they started is still running after them.
 func TestMain(m *testing.M) {
 	metrics.UseNilMetrics = true
-	os.Exit(m.Run())
+	leak.VerifyTestMain(m)
 }
 
 // clusterAdmin connects a Sarama cluster admin to brokers; the caller
