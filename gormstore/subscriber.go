@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 

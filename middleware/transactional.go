@@ -6,13 +6,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/txoutbox/txoutbox/bus"
+	"github.com/txoutbox/txoutbox/internal/ctxtime"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )

@@ -3,9 +3,10 @@ package outbox
 import (
 	"context"
 	"fmt"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"reflect"
 	"sync"
+
+	"github.com/ThreeDotsLabs/watermill/message"
 )
 
 // Command identifies the command whose handler emitted an event. It becomes

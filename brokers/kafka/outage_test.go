@@ -1,13 +1,13 @@
 package kafka_test
 
 import (
+	"errors"
 	"net"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
-	"errors"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/txoutbox/txoutbox/brokers/internal/brokertest"
