@@ -113,3 +113,26 @@ func uniqueSchema(t *testing.T, db *gorm.DB) string {
 	})
 	return schema
 }
+
+// TestRelayConformance runs the relay contract suite on the native table:
+// PostgreSQL and SQLite, deleting delivered rows and keeping them.
+func TestRelayConformance(t *testing.T) {
+	t.Parallel()
+	for _, d := range testdb.Dialects {
+		for _, keep := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/keep_delivered=%v", d, keep), func(t *testing.T) {
+				t.Parallel()
+				outboxtest.ExerciseRelay(t, func(t *testing.T) outboxtest.RelayHarness {
+					h := newHarness(t, testdb.Open(t, d), gormstore.Config{KeepDelivered: keep})
+					store := h.Store.(*gormstore.Store)
+					return outboxtest.RelayHarness{
+						Harness:      h,
+						Requeue:      store.Requeue,
+						Discard:      store.Discard,
+						SerialClaims: d == testdb.SQLite,
+					}
+				})
+			})
+		}
+	}
+}

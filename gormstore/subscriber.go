@@ -340,12 +340,6 @@ deliver:
 		if key != "" && stopped[key] {
 			continue
 		}
-		if r.Blocked {
-			if key != "" {
-				stopped[key] = true
-			}
-			continue
-		}
 		msg, err := decodeSubscriberRow(r)
 		if err != nil {
 			sub.logger.Error("outbox subscriber: undecodable row parked", "error", err, "id", r.ID, "message_uuid", r.UUID)

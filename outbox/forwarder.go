@@ -748,7 +748,7 @@ type parkedRow struct {
 // Rows of one key keep their order: a key's rows go into one group per run
 // of the same topic, and the runs are published in rounds, so a key whose
 // topic changes has its later rows published after its earlier ones. A key
-// stops at its first blocked or undecodable row.
+// stops at its first undecodable row.
 func (f *Forwarder) planBatch(rows []Row) batchPlan {
 	type keyState struct {
 		topic   string
@@ -776,17 +776,11 @@ func (f *Forwarder) planBatch(rows []Row) batchPlan {
 			if ks.stopped {
 				continue
 			}
-			if r.Blocked {
-				ks.stopped = true
-				continue
-			}
 			if r.Topic != ks.topic {
 				ks.round++
 				ks.topic = r.Topic
 			}
 			round = ks.round
-		} else if r.Blocked {
-			continue
 		}
 		msg, err := f.decodeRow(r, in)
 		if err != nil {

@@ -22,10 +22,6 @@ type Row struct {
 	Metadata []byte
 	// Attempts is the number of failed publish attempts so far.
 	Attempts int
-	// Blocked marks a row that must not be published now (parked, or
-	// waiting for its retry time). Relays stop at a key's first blocked row:
-	// the key's later rows wait behind it.
-	Blocked bool
 }
 
 // Failure records a failed publish attempt of one row.
@@ -72,11 +68,13 @@ type ClaimParams struct {
 
 // RelayStore is the side of a [Store] that a [Forwarder] reads from.
 // Package gormstore implements it for PostgreSQL (several forwarders at
-// once) and SQLite (one forwarder per database file).
+// once) and SQLite (one forwarder per database file); package outboxtest's
+// ExerciseRelay checks the whole contract against a backend.
 type RelayStore interface {
 	// Claim claims up to p.Limit committed, due rows: the oldest first,
 	// and for each partition key only a prefix of its undelivered rows in
-	// ID order, stopping at the key's first blocked row. It holds only
+	// ID order, stopping before the key's first blocked row (parked, or
+	// waiting for its retry time), which is never returned. It holds only
 	// the keys of the rows it returns, so a concurrent claim (another
 	// forwarder, or this forwarder's next batch) can take the others. It
 	// returns a claim with no rows when nothing is due.

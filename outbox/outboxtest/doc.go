@@ -1,7 +1,11 @@
 // Package outboxtest is the conformance suite every [outbox.Store] backend
 // must pass, in the style of River's riverdrivertest and Watermill's
-// pubsub/tests: a backend's own test calls [Exercise] with a function that
-// builds a fresh, isolated backend for each sub-test.
+// pubsub/tests: a backend's own test calls [Exercise] (the write contract:
+// Save) and, for a backend the forwarder relays from, [ExerciseRelay] (the
+// relay contract of [outbox.RelayStore]: claims, per-key prefixes, blocked
+// rows, topics, release, finish, HasDue, Stats, requeue and discard,
+// exclusivity between claims) with a function that builds a fresh,
+// isolated backend for each sub-test.
 //
 // # Usage
 //
@@ -30,9 +34,11 @@
 //
 // A backend that differs from the native table in a known way declares it
 // with a flag of [Harness] (PartitionKeyInMetadata for the watermill-sql
-// backend, which has no partition key column), so the difference is
-// stated in its test rather than hidden in its row reader. Each flag
-// changes only the checks its comment names.
+// backend, which has no partition key column) or [RelayHarness]
+// (SerialClaims for SQLite, which holds one claim at a time), so the
+// difference is stated in its test rather than hidden in its row reader.
+// Each flag changes only the checks its comment names; no check is
+// skipped.
 //
 // # Isolation
 //
