@@ -104,7 +104,7 @@ func ExerciseRelay(t *testing.T, newHarness func(t *testing.T) RelayHarness) {
 		h, rs := setup(t)
 		ids := save(t, h.Harness, "a/t", "b/t", "a/t", "b/t", "/t", "c/t")
 		finish(t, rs, nil, []outbox.Failure{{ID: ids[0], Error: "retry later", RetryAfter: time.Hour}}) // a's first row
-		finish(t, rs, nil, []outbox.Failure{{ID: ids[1], Error: "poison", Park: true}})                // b's first row
+		finish(t, rs, nil, []outbox.Failure{{ID: ids[1], Error: "poison", Park: true}})                 // b's first row
 		c := claim(t, rs, outbox.ClaimParams{Limit: 100})
 		require.Equal(t, []int64{ids[4], ids[5]}, rowIDs(c.Rows()), "a waits for its retry, b behind its parked row; the others go on")
 		require.NoError(t, c.Release(ctx))
