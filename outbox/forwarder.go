@@ -1,20 +1,16 @@
 package outbox
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/txoutbox/txoutbox/internal/ctxtime"
-	"github.com/txoutbox/txoutbox/internal/intern"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -198,7 +194,6 @@ func (c *ForwarderConfig) setDefaults() {
 // later rows wait behind it, other keys go on.
 type Forwarder struct {
 	store RelayStore
-	pub   message.Publisher
 	cfg   ForwarderConfig
 	log   *slog.Logger
 	tel   *telemetry
@@ -213,9 +208,8 @@ type Forwarder struct {
 	// alone found nothing. Used by Run's goroutine only.
 	notifiedInVain bool
 	running        atomic.Bool
-	// publisherDown is set by a batch in which rows of several keys failed
-	// and nothing was published, and cleared by any successful publish.
-	publisherDown atomic.Bool
+	// eng publishes the batches and decides retries and parking.
+	eng *engine
 }
 
 // NewForwarder returns a forwarder from store to pub.
@@ -236,15 +230,16 @@ func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) 
 	if err != nil {
 		return nil, fmt.Errorf("outbox: forwarder metrics: %w", err)
 	}
-	return &Forwarder{
+	f := &Forwarder{
 		store: store,
-		pub:   pub,
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "txoutbox.forwarder"),
 		tel:   tel,
 		wake:  make(chan struct{}, 1),
 		epoch: time.Now(),
-	}, nil
+	}
+	f.eng = &engine{pub: pub, cfg: &f.cfg, tel: tel}
+	return f, nil
 }
 
 // Wake makes a waiting forwarder look for rows at once. It never blocks.
@@ -355,7 +350,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			next = nil
 			failures++
 			f.logFailure(failures, info)
-			if !ctxtime.Sleep(ctx, min(f.backoff(failures), maxOutageBackoff)) {
+			if !ctxtime.Sleep(ctx, min(backoff(&f.cfg, failures), maxOutageBackoff)) {
 				return nil
 			}
 			continue
@@ -425,7 +420,7 @@ func (f *Forwarder) logFailure(n int, info BatchInfo) {
 	}
 	// Log the first failure, then every 10th, so an outage cannot flood the log.
 	if n == 1 || n%10 == 0 {
-		f.log.Warn(msg, "error", err, "consecutive", n, "next_try_in", min(f.backoff(n), maxOutageBackoff))
+		f.log.Warn(msg, "error", err, "consecutive", n, "next_try_in", min(backoff(&f.cfg, n), maxOutageBackoff))
 	}
 }
 
@@ -446,7 +441,7 @@ func (f *Forwarder) listen(ctx context.Context, l Listener) {
 		if attempt == 1 || attempt%10 == 0 {
 			f.log.Warn("outbox relay: notification listener stopped; polling until it reconnects", "error", err, "attempt", attempt)
 		}
-		if !ctxtime.Sleep(ctx, f.backoff(attempt)) {
+		if !ctxtime.Sleep(ctx, backoff(&f.cfg, attempt)) {
 			return
 		}
 		f.signal(wokeToClaim) // catch up on what was committed while not listening
@@ -558,91 +553,15 @@ func (f *Forwarder) prefetch(ctx context.Context, rows []Row) Claim {
 func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, unlock func()) BatchInfo {
 	start := time.Now()
 	rows := claim.Rows()
-	info := BatchInfo{Claimed: len(rows)}
-	plan := f.planBatch(rows)
-
-	type failedRow struct {
-		row Row
-		err error
-	}
-	var (
-		delivered = make([]int64, 0, len(rows))
-		failed    []failedRow
-		blocked   = map[string]bool{}
-	)
-	for _, g := range plan.groups {
-		msgs := make([]*message.Message, 0, len(g.items))
-		items := make([]planItem, 0, len(g.items))
-		for _, it := range g.items {
-			if it.row.PartitionKey != "" && blocked[it.row.PartitionKey] {
-				continue // released: waits behind its key's failed row
-			}
-			items = append(items, it)
-			msgs = append(msgs, it.msg)
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		endSpans := f.tel.startPublish(g.topic, msgs)
-		err := f.pub.Publish(g.topic, msgs...)
-		endSpans(err)
-		if err == nil {
-			for _, it := range items {
-				delivered = append(delivered, it.row.ID)
-			}
-			continue
-		}
-		// Find the failing messages: publish one by one, in order. A key
-		// stops at its first failure.
-		for _, it := range items {
-			key := it.row.PartitionKey
-			if key != "" && blocked[key] {
-				continue
-			}
-			err := f.pub.Publish(g.topic, it.msg)
-			if err == nil {
-				delivered = append(delivered, it.row.ID)
-				continue
-			}
-			if key != "" {
-				blocked[key] = true
-			}
-			failed = append(failed, failedRow{row: *it.row, err: err})
-		}
-	}
-
-	// Is the publisher down, or are these messages poison? A batch that
-	// published something proves the publisher works; a batch in which
-	// rows of two or more keys failed, or a publish failed with
-	// ErrPublisherUnavailable, and nothing was published is taken for an
-	// outage. Rows are parked only while the publisher is not
-	// considered down, so an outage never parks rows and the relay resumes
-	// by itself when the broker returns.
-	if len(delivered) > 0 {
-		f.publisherDown.Store(false)
-	} else if len(failed) >= 2 || slices.ContainsFunc(failed, func(fl failedRow) bool {
-		return errors.Is(fl.err, ErrPublisherUnavailable)
-	}) {
-		f.publisherDown.Store(true)
-	}
-	down := f.publisherDown.Load()
-	failures := make([]Failure, 0, len(plan.parked)+len(failed))
-	for _, p := range plan.parked {
-		failures = append(failures, Failure{ID: p.row.ID, Error: p.reason, Park: true})
-	}
-	for _, fl := range failed {
-		failures = append(failures, f.failure(fl.row, fl.err, down))
-	}
-	for _, fl := range failures {
-		if fl.Park {
-			info.Parked++
-		}
-	}
-	info.Failed = len(failed)
-	info.Published = len(delivered)
-	if down && len(delivered) == 0 && len(failed) > 0 {
-		info.Outage = true
-		info.PublishErr = failed[len(failed)-1].err
+	out := f.eng.publish(rows)
+	delivered, failures := out.delivered, out.failures
+	info := BatchInfo{
+		Claimed:    len(rows),
+		Published:  len(delivered),
+		Failed:     out.failed,
+		Parked:     out.parked,
+		Outage:     out.outage,
+		PublishErr: out.publishErr,
 	}
 
 	if !lock() {
@@ -690,143 +609,4 @@ func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, 
 		f.cfg.OnBatch(info)
 	}
 	return info
-}
-
-// failure charges row a failed attempt: it is retried after a backoff, or
-// parked when it has used MaxAttempts and the publisher is not down.
-func (f *Forwarder) failure(row Row, err error, publisherDown bool) Failure {
-	attempts := row.Attempts + 1
-	fl := Failure{ID: row.ID, Error: err.Error()}
-	if attempts >= f.cfg.MaxAttempts && !publisherDown {
-		fl.Park = true
-		fl.Error = fmt.Sprintf("parked after %d attempts: %v", attempts, err)
-		return fl
-	}
-	fl.RetryAfter = jitter(f.backoff(attempts))
-	return fl
-}
-
-// backoff returns MinBackoff doubled n-1 times, capped at MaxBackoff.
-func (f *Forwarder) backoff(n int) time.Duration {
-	d := f.cfg.MinBackoff
-	for i := 1; i < n && d < f.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, f.cfg.MaxBackoff)
-}
-
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return d
-	}
-	return d*8/10 + rand.N(d*4/10+1)
-}
-
-// batchPlan is a claimed batch turned into publish groups.
-type batchPlan struct {
-	groups []*publishGroup
-	parked []parkedRow
-}
-
-type publishGroup struct {
-	round int
-	topic string
-	items []planItem
-}
-
-type planItem struct {
-	row *Row // in the claim's rows
-	msg *message.Message
-}
-
-type parkedRow struct {
-	row    Row
-	reason string
-}
-
-// planBatch decodes rows into messages and groups them for publishing.
-// Rows of one key keep their order: a key's rows go into one group per run
-// of the same topic, and the runs are published in rounds, so a key whose
-// topic changes has its later rows published after its earlier ones. A key
-// stops at its first undecodable row.
-func (f *Forwarder) planBatch(rows []Row) batchPlan {
-	type keyState struct {
-		topic   string
-		round   int
-		stopped bool
-	}
-	var plan batchPlan
-	keys := map[string]*keyState{}
-	type groupKey struct {
-		round int
-		topic string
-	}
-	index := map[groupKey]*publishGroup{}
-	in := intern.Table{} // metadata keys and values that repeat from row to row
-	for i := range rows {
-		r := &rows[i]
-		round := 0
-		var ks *keyState
-		if r.PartitionKey != "" {
-			ks = keys[r.PartitionKey]
-			if ks == nil {
-				ks = &keyState{topic: r.Topic}
-				keys[r.PartitionKey] = ks
-			}
-			if ks.stopped {
-				continue
-			}
-			if r.Topic != ks.topic {
-				ks.round++
-				ks.topic = r.Topic
-			}
-			round = ks.round
-		}
-		msg, err := f.decodeRow(r, in)
-		if err != nil {
-			plan.parked = append(plan.parked, parkedRow{row: *r, reason: err.Error()})
-			if ks != nil {
-				ks.stopped = true
-			}
-			continue
-		}
-		gk := groupKey{round, r.Topic}
-		g := index[gk]
-		if g == nil {
-			g = &publishGroup{round: round, topic: r.Topic}
-			if len(plan.groups) == 0 {
-				g.items = make([]planItem, 0, len(rows)-i) // most batches are one group
-			}
-			index[gk] = g
-			plan.groups = append(plan.groups, g)
-		}
-		g.items = append(g.items, planItem{row: r, msg: msg})
-	}
-	// Rounds in order; within a round, topics in order of first appearance.
-	slices.SortStableFunc(plan.groups, func(a, b *publishGroup) int { return cmp.Compare(a.round, b.round) })
-	return plan
-}
-
-// decodeRow turns a stored row back into a message, decompressed unless
-// PublishCompressed is set. A row that cannot become a message is parked
-// at once with the reason.
-func (f *Forwarder) decodeRow(r *Row, in intern.Table) (*message.Message, error) {
-	if r.UUID == "" {
-		return nil, errors.New("undecodable row: empty message UUID")
-	}
-	if r.Topic == "" {
-		return nil, errors.New("undecodable row: empty topic")
-	}
-	msg := message.NewMessage(r.UUID, r.Payload)
-	if len(r.Metadata) > 0 {
-		if err := decodeMetadata(r.Metadata, msg.Metadata, in); err != nil {
-			return nil, fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
-		}
-		if !f.cfg.PublishCompressed {
-			if err := Decompress(msg, f.cfg.Compressors...); err != nil {
-				return nil, fmt.Errorf("undecodable row: %w", err)
-			}
-		}
-	}
-	return msg, nil
 }
