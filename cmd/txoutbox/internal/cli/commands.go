@@ -489,6 +489,62 @@ const failedChangeJSON = `With --json it prints, whether given IDs, --all or --t
 "unmatched" lists those that matched no failed row ([] with --all or
 --topic).`
 
+// failedChange is what failed retry or failed discard does to the store.
+type failedChange struct {
+	verb, to string // "requeued", "in"; "discarded", "from"
+	all      func(s *gormstore.Store, ctx context.Context) (int64, error)
+	topic    func(s *gormstore.Store, ctx context.Context, topic string) (int64, error)
+	ids      func(s *gormstore.Store, ctx context.Context, ids ...int64) ([]int64, error)
+}
+
+// changeFailed runs retry or discard on the rows sel and args select: the
+// IDs given, --all, or --topic.
+func (o *options) changeFailed(cmd *cobra.Command, args []string, sel selector, op failedChange) error {
+	if err := sel.check(cmd, args, "row IDs"); err != nil {
+		return err
+	}
+	ids, err := parseIDs(args)
+	if err != nil {
+		return err
+	}
+	if len(args) > 0 && len(ids) == 0 {
+		return usagef("no row IDs given")
+	}
+	n := new(int64)
+	out := failedChangeOutput{All: sel.all, Topic: sel.topic, Requested: len(ids), Unmatched: []int64{}}
+	if op.verb == "requeued" {
+		out.Requeued = n
+	} else {
+		out.Discarded = n
+	}
+	ctx := cmd.Context()
+	err = o.withStore(ctx, func(s *gormstore.Store) error {
+		out.Table = s.Table()
+		var err error
+		switch {
+		case sel.all:
+			*n, err = op.all(s, ctx)
+		case sel.topic != "":
+			*n, err = op.topic(s, ctx, sel.topic)
+		default:
+			var changed []int64
+			changed, err = op.ids(s, ctx, ids...)
+			*n = int64(len(changed))
+			out.Unmatched = unmatched(ids, changed)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if err := o.print(cmd, out, func(p *printer) {
+		p.linef("%s %d failed events%s %s %s", op.verb, *n, ofTopic(out.Topic), op.to, out.Table)
+	}); err != nil {
+		return err
+	}
+	return unmatchedError(out.Unmatched, out.Requested, "ID", "failed event", "wrong ID, or already retried, discarded or delivered", op.verb)
+}
+
 func failedRetryCmd(o *options, run runWrapper) *cobra.Command {
 	sel := selector{hasTopic: true}
 	cmd := &cobra.Command{
@@ -507,42 +563,12 @@ requeueing the others. --all and --topic matching nothing is not an error.
   txoutbox failed retry --topic orders
   txoutbox failed retry --all`,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			if err := sel.check(cmd, args, "row IDs"); err != nil {
-				return err
-			}
-			ids, err := parseIDs(args)
-			if err != nil {
-				return err
-			}
-			if len(args) > 0 && len(ids) == 0 {
-				return usagef("no row IDs given")
-			}
-			out := failedChangeOutput{All: sel.all, Topic: sel.topic, Requested: len(ids), Requeued: new(int64), Unmatched: []int64{}}
-			err = o.withStore(cmd.Context(), func(s *gormstore.Store) error {
-				out.Table = s.Table()
-				var err error
-				switch {
-				case sel.all:
-					*out.Requeued, err = s.RequeueAll(cmd.Context())
-				case sel.topic != "":
-					*out.Requeued, err = s.RequeueTopic(cmd.Context(), sel.topic)
-				default:
-					var changed []int64
-					changed, err = s.RequeueIDs(cmd.Context(), ids...)
-					*out.Requeued = int64(len(changed))
-					out.Unmatched = unmatched(ids, changed)
-				}
-				return err
+			return o.changeFailed(cmd, args, sel, failedChange{
+				verb: "requeued", to: "in",
+				all:   (*gormstore.Store).RequeueAll,
+				topic: (*gormstore.Store).RequeueTopic,
+				ids:   (*gormstore.Store).RequeueIDs,
 			})
-			if err != nil {
-				return err
-			}
-			if err := o.print(cmd, out, func(p *printer) {
-				p.linef("requeued %d failed events%s in %s", *out.Requeued, ofTopic(out.Topic), out.Table)
-			}); err != nil {
-				return err
-			}
-			return unmatchedError(out.Unmatched, out.Requested, "ID", "failed event", "wrong ID, or already retried, discarded or delivered", "requeued")
 		}),
 	}
 	cmd.Flags().BoolVar(&sel.all, "all", false, "retry every failed event")
@@ -569,42 +595,12 @@ discarding the others. --all and --topic matching nothing is not an error.
   txoutbox failed discard --topic invoices
   txoutbox failed discard --all`,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			if err := sel.check(cmd, args, "row IDs"); err != nil {
-				return err
-			}
-			ids, err := parseIDs(args)
-			if err != nil {
-				return err
-			}
-			if len(args) > 0 && len(ids) == 0 {
-				return usagef("no row IDs given")
-			}
-			out := failedChangeOutput{All: sel.all, Topic: sel.topic, Requested: len(ids), Discarded: new(int64), Unmatched: []int64{}}
-			err = o.withStore(cmd.Context(), func(s *gormstore.Store) error {
-				out.Table = s.Table()
-				var err error
-				switch {
-				case sel.all:
-					*out.Discarded, err = s.DiscardAll(cmd.Context())
-				case sel.topic != "":
-					*out.Discarded, err = s.DiscardTopic(cmd.Context(), sel.topic)
-				default:
-					var changed []int64
-					changed, err = s.DiscardIDs(cmd.Context(), ids...)
-					*out.Discarded = int64(len(changed))
-					out.Unmatched = unmatched(ids, changed)
-				}
-				return err
+			return o.changeFailed(cmd, args, sel, failedChange{
+				verb: "discarded", to: "from",
+				all:   (*gormstore.Store).DiscardAll,
+				topic: (*gormstore.Store).DiscardTopic,
+				ids:   (*gormstore.Store).DiscardIDs,
 			})
-			if err != nil {
-				return err
-			}
-			if err := o.print(cmd, out, func(p *printer) {
-				p.linef("discarded %d failed events%s from %s", *out.Discarded, ofTopic(out.Topic), out.Table)
-			}); err != nil {
-				return err
-			}
-			return unmatchedError(out.Unmatched, out.Requested, "ID", "failed event", "wrong ID, or already retried, discarded or delivered", "discarded")
 		}),
 	}
 	cmd.Flags().BoolVar(&sel.all, "all", false, "discard every failed event")
