@@ -68,7 +68,9 @@ type EncoderConfig struct {
 	// original bytes (ForwarderConfig.PublishCompressed publishes the
 	// compressed ones), and rows stored before compression was turned on,
 	// or after it is turned off, relay as they are. MaxPayloadBytes applies
-	// to the payload before compression. Optional; default nil: no
+	// to the payload before compression. Messages given to EmitMessage are
+	// compressed too (their payload is replaced), unless they carry
+	// MetadataContentEncoding already. Optional; default nil: no
 	// compression.
 	Compressor Compressor
 	// CompressMinBytes is the smallest payload the Compressor compresses.
