@@ -6,9 +6,11 @@
 //   - middleware: the transactional rule — each command in a GORM
 //     transaction, its events written into the outbox just before
 //     commit (NewTransactional), panics turned into errors (Recover).
-//   - outbox: Emit for handlers, the Encoder that turns events into
-//     Watermill messages, and the Forwarder that relays committed rows
-//     to a publisher in per-key order, parking poison rows.
+//   - outbox: Tx and Emit for handlers (the command's transaction, its
+//     events), the Encoder that turns events into Watermill messages
+//     (optionally compressed), and the Forwarder that relays committed
+//     rows to a publisher in per-key order, parking poison rows;
+//     outbox/outboxtest: the conformance suites every backend runs.
 //   - gormstore: the outbox table on PostgreSQL and SQLite (Store,
 //     Migrate), its admin (ListFailed, Requeue, Discard, Stats), and the
 //     table as a Watermill Pub/Sub.
@@ -22,9 +24,11 @@
 //   - retention: periodic cleanup of delivered outbox rows and old inbox
 //     rows.
 //   - cmd/txoutbox: the operators' CLI (migrate, status, failed, inbox
-//     failed, purge).
+//     failed, purge, version).
+//   - examples: the runnable programs of docs/getting-started.md.
 //
-// The data path: a command handler emits events (outbox.Emit) → the
+// The data path: a command handler writes through outbox.Tx(ctx) and
+// emits events (outbox.Emit) → the
 // middleware saves them in the command's transaction (gormstore.Store)
 // → after commit the Forwarder claims the rows and publishes them
 // (brokers) → an inbox.Consumer processes each message once in the
