@@ -36,7 +36,7 @@ func (s *Store) NotifyCommitted() {
 	if s.dialect != postgres || s.cfg.NoNotify {
 		return
 	}
-	s.notify.kick()
+	s.pg.notify.kick()
 }
 
 // sendNotify sends one NOTIFY in a transaction that does not wait for its
@@ -115,17 +115,17 @@ func (s *Store) channelName(ctx context.Context) (string, error) {
 	if s.table.Schema != "" {
 		return s.table.String(), nil
 	}
-	s.chanOnce.Lock()
-	defer s.chanOnce.Unlock()
-	if s.channel != "" {
-		return s.channel, nil
+	s.pg.chanOnce.Lock()
+	defer s.pg.chanOnce.Unlock()
+	if s.pg.channel != "" {
+		return s.pg.channel, nil
 	}
 	var schema string
 	if err := s.db.WithContext(ctx).Raw("SELECT current_schema()").Scan(&schema).Error; err != nil {
 		return "", err
 	}
-	s.channel = schema + "." + s.table.Name
-	return s.channel, nil
+	s.pg.channel = schema + "." + s.table.Name
+	return s.pg.channel, nil
 }
 
 // lockspace is the first key of the advisory locks the claims take on

@@ -133,13 +133,13 @@ const contendedFor = time.Minute
 
 // heldElsewhere records that a claim met keys another forwarder held.
 func (s *Store) heldElsewhere() {
-	s.contendedUntil.Store(time.Now().Add(contendedFor).UnixNano())
+	s.pg.contendedUntil.Store(time.Now().Add(contendedFor).UnixNano())
 }
 
 // contended reports whether a claim met keys held elsewhere within the
 // last contendedFor.
 func (s *Store) contended() bool {
-	return time.Now().UnixNano() < s.contendedUntil.Load()
+	return time.Now().UnixNano() < s.pg.contendedUntil.Load()
 }
 
 func b2i(b bool) int {
@@ -176,12 +176,12 @@ type pickKey struct {
 // relayed event, for no more events/s).
 func (s *Store) pickSQL(limit int, topics, free bool) string {
 	k := pickKey{limit, topics, free}
-	if v, ok := s.picks.Load(k); ok {
+	if v, ok := s.pg.picks.Load(k); ok {
 		return v.(string)
 	}
 	pick := s.relay.pick[b2i(topics)][b2i(free)]
 	q := strings.NewReplacer("{window}", strconv.Itoa(limit+limit/2), "{limit}", strconv.Itoa(limit)).Replace(pick)
-	s.picks.Store(k, q)
+	s.pg.picks.Store(k, q)
 	return q
 }
 

@@ -24,7 +24,7 @@ type sqliteClaim struct {
 
 func (s *Store) claimSQLite(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error) {
 	select {
-	case s.sqliteClaim <- struct{}{}:
+	case s.lite.claims <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -58,7 +58,7 @@ func (s *Store) claimSQLite(ctx context.Context, p outbox.ClaimParams) (outbox.C
 	return c, nil
 }
 
-func (c *sqliteClaim) release() { c.once.Do(func() { <-c.s.sqliteClaim }) }
+func (c *sqliteClaim) release() { c.once.Do(func() { <-c.s.lite.claims }) }
 
 func (c *sqliteClaim) Rows() []outbox.Row { return c.rows }
 
@@ -68,7 +68,7 @@ func (c *sqliteClaim) Finish(ctx context.Context, delivered []int64, failures []
 	if !done {
 		return errors.New("gormstore: claim already finished or released")
 	}
-	defer func() { <-c.s.sqliteClaim }()
+	defer func() { <-c.s.lite.claims }()
 	now := time.Now().UTC()
 	err := c.s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		for start := 0; start < len(delivered); start += 500 {

@@ -74,7 +74,13 @@ type Store struct {
 	table   sqlschema.Table
 	quoted  string
 	relay   relaySQL
-	// picks caches the PostgreSQL pick statement per limit (pickSQL).
+	pg      postgresState // used on PostgreSQL only
+	lite    sqliteState   // used on SQLite only
+}
+
+// postgresState is what a store keeps between calls on PostgreSQL.
+type postgresState struct {
+	// picks caches the pick statement per limit (pickSQL).
 	picks sync.Map
 	// contendedUntil is when claims stop skipping keys held elsewhere
 	// (unix nanoseconds; see heldElsewhere).
@@ -83,8 +89,12 @@ type Store struct {
 	// channel caches channelName for an unqualified table.
 	chanOnce sync.Mutex
 	channel  string
-	// sqliteClaim serialises SQLite claims: one claim at a time per store.
-	sqliteClaim chan struct{}
+}
+
+// sqliteState is what a store keeps between calls on SQLite.
+type sqliteState struct {
+	// claims serialises claims: one claim at a time per store.
+	claims chan struct{}
 }
 
 var _ outbox.Store = (*Store)(nil)
@@ -106,9 +116,9 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 	if d == sqlite && t.Schema != "" {
 		return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
 	}
-	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), sqliteClaim: make(chan struct{}, 1)}
+	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), lite: sqliteState{claims: make(chan struct{}, 1)}}
 	s.relay = newRelaySQL(s)
-	s.notify.send = s.sendNotify
+	s.pg.notify.send = s.sendNotify
 	return s, nil
 }
 
