@@ -2,8 +2,12 @@ package gormstore
 
 import (
 	"context"
+	"embed"
+	"errors"
 	"fmt"
+	"path"
 	"strings"
+	"text/template"
 	"unicode/utf8"
 
 	"github.com/txoutbox/txoutbox/outbox"
@@ -41,144 +45,116 @@ func blockedRow(now string) string {
 // rowColumns are the columns of an outbox.Row, in scan order.
 const rowColumns = "id, uuid, topic, partition_key, payload, metadata, attempts"
 
-func newRelaySQL(s *Store) relaySQL {
-	t := s.quoted
-	r := relaySQL{}
-	if s.cfg.KeepDelivered {
-		r.delivered = "UPDATE " + t + " SET delivered_at = %s WHERE id %s"
-	} else {
-		r.delivered = "DELETE FROM " + t + " WHERE id %s"
-	}
-	if s.dialect == postgres {
-		if s.cfg.KeepDelivered {
-			r.delivered = fmt.Sprintf(r.delivered, "now()", "= ANY($1)")
-		} else {
-			r.delivered = fmt.Sprintf(r.delivered, "= ANY($1)")
-		}
-		// A claim is two statements in a READ COMMITTED transaction.
-		//
-		// pick chooses the claim's rows from the window w of the oldest due
-		// rows: it walks the window's keys (each unordered row counts as a key
-		// of its own) in the order of their oldest row while their rows fit
-		// in the limit, takes an advisory lock on each key it can, locks the
-		// unordered rows it can with FOR UPDATE SKIP LOCKED, and keeps the
-		// ids of the picked rows, oldest first, in a transaction-local
-		// setting. A key's picked rows are a prefix of its due rows. It holds
-		// no key it picks no row of, so a concurrent claim takes the others;
-		// keys already held by the caller are skipped ($2). A key another
-		// forwarder holds fails its lock, but its rows still fill the window
-		// and count against the limit, so the claim may find nothing while
-		// other keys are free; the pick's second column counts those keys.
-		// A store whose claims met them lately uses the free variant, which
-		// leaves the keys held elsewhere out of the window (heldKeys). Taking
-		// the rows from the window, not from a scan per key, keeps the
-		// claim's cost flat on a long backlog full of not yet vacuumed index
-		// entries.
-		//
-		// take, after a SAVEPOINT, deletes the picked rows (or marks them
-		// delivered) and returns them: if every row is published, Finish only
-		// commits; otherwise it rolls back to the savepoint and records what
-		// happened. take runs in a snapshot taken after pick's key locks were
-		// granted, so after the commit of the forwarder that held a key
-		// before: a row it delivered is gone, and a key whose row it failed
-		// stops before that row (stop). No other writer touches a held key's
-		// rows.
-		//
-		// Limits are written into the text ({window}, {limit}) and the claim
-		// runs with generic plans: one plan per statement and connection, not
-		// one per claim. Plans must stay sound on a table not analyzed yet,
-		// whose statistics guess that few rows are undelivered: ids are
-		// matched through arrays (the primary key), and take tests
-		// delivered_at inside a CASE so that no index on undelivered rows
-		// looks cheaper than the primary key.
-		due := `delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
-	  AND partition_key NOT IN (SELECT partition_key FROM blocked)
-	  AND partition_key NOT IN (SELECT unnest($2::text[]))`
-		pick := func(window func(cond string) string, free bool) string {
-			q := `WITH blocked AS MATERIALIZED (
-	SELECT DISTINCT partition_key FROM ` + t + ` WHERE ` + blockedRow("now()") + `
-), `
-			cond := due
-			if free {
-				q += heldKeys("$1") + `, `
-				cond += skipHeld
-			}
-			return q + `w AS MATERIALIZED (
-	` + window(cond) + `
-), g AS MATERIALIZED (
-	SELECT partition_key, first, sum(n) OVER (ORDER BY first) - n AS before FROM (
-		SELECT partition_key, min(id) AS first, count(*) AS n FROM w WHERE partition_key <> '' GROUP BY partition_key
-		UNION ALL
-		SELECT '', id, 1 FROM w WHERE partition_key = ''
-	) x
-), k AS MATERIALIZED (
-	SELECT partition_key FROM (SELECT partition_key, before FROM g WHERE partition_key <> '' ORDER BY first OFFSET 0) d
-	WHERE CASE WHEN before < {limit} THEN pg_try_advisory_xact_lock($1, hashtext(partition_key)) ELSE false END
-), u AS MATERIALIZED (
-	SELECT id FROM ` + t + `
-	WHERE id = ANY(ARRAY(SELECT first FROM g WHERE partition_key = '' AND before < {limit}))
-	  AND delivered_at IS NULL AND failed_at IS NULL
-	FOR UPDATE SKIP LOCKED
-)
-SELECT set_config('` + claimSetting + `', coalesce(array_agg(id ORDER BY id)::text, '{}'), true) IS NOT NULL,
-	(SELECT count(*) FROM g WHERE partition_key <> '' AND before < {limit}) - (SELECT count(*) FROM k)
-FROM (
-	SELECT id FROM (SELECT w.id FROM w JOIN k USING (partition_key) UNION ALL SELECT id FROM u) p
-	ORDER BY id LIMIT {limit}
-) c`
-		}
-		all := func(cond string) string {
-			return `SELECT id, partition_key FROM ` + t + `
-	WHERE ` + cond + `
-	ORDER BY id LIMIT {window}`
-		}
-		some := func(cond string) string {
-			return topicWindow(t, "(SELECT DISTINCT unnest($3::text[]) AS topic)", cond, "{window}")
-		}
-		for i, free := range []bool{false, true} {
-			r.pick[0][i], r.pick[1][i] = pick(all, free), pick(some, free)
-		}
-		take := "DELETE FROM " + t + " AS o"
-		if s.cfg.KeepDelivered {
-			take = "UPDATE " + t + " AS o SET delivered_at = now()"
-		}
-		r.take = `WITH stop AS MATERIALIZED (
-	SELECT partition_key, min(id) AS at FROM ` + t + ` WHERE ` + blockedRow("now()") + `
-	GROUP BY partition_key
-)
-` + take + `
-WHERE o.id = ANY(current_setting('` + claimSetting + `')::bigint[])
-  AND CASE WHEN o.delivered_at IS NULL THEN true ELSE false END
-  AND NOT EXISTS (SELECT 1 FROM stop WHERE stop.partition_key = o.partition_key AND stop.at <= o.id)
-RETURNING ` + rowColumns
-		r.fail = `UPDATE ` + t + ` AS o SET
-	attempts = o.attempts + 1,
-	last_error = f.err,
-	next_attempt_at = CASE WHEN f.park THEN o.next_attempt_at ELSE now() + f.delay_us * interval '1 microsecond' END,
-	failed_at = CASE WHEN f.park THEN now() END
-FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS f(id, err, delay_us, park)
-WHERE o.id = f.id`
-		return r
-	}
+// relayFiles holds the relay statements of each database, as templates.
+//
+//go:embed sql/postgres_relay.sql sql/sqlite_relay.sql
+var relayFiles embed.FS
 
-	if s.cfg.KeepDelivered {
-		r.delivered = fmt.Sprintf(r.delivered, "?", "IN ?")
+// relayTemplates are the parsed relay statements per database.
+var relayTemplates = map[dialect]*template.Template{
+	postgres: parseRelay("sql/postgres_relay.sql"),
+	sqlite:   parseRelay("sql/sqlite_relay.sql"),
+}
+
+// parseRelay parses one file of relay statements. The templates share the
+// snippets HasDue uses too (blockedRow, heldKeys, skipHeld, topicWindow);
+// include renders a named template into a string, for a snippet's
+// argument.
+func parseRelay(name string) *template.Template {
+	var t *template.Template
+	t = template.Must(template.New(path.Base(name)).Funcs(template.FuncMap{
+		"blockedRow":  blockedRow,
+		"heldKeys":    heldKeys,
+		"topicWindow": topicWindow,
+		"skipHeld":    func() string { return skipHeld },
+		"include": func(name string, data any) (string, error) {
+			var b strings.Builder
+			err := t.ExecuteTemplate(&b, name, data)
+			return b.String(), err
+		},
+	}).ParseFS(relayFiles, name))
+	return t
+}
+
+// relayVars are the data of the relay templates.
+type relayVars struct {
+	T       string // the quoted table
+	Setting string // claimSetting
+	Cols    string // rowColumns
+	Keep    bool   // Config.KeepDelivered
+	Free    bool   // pick: leave out the keys other sessions hold
+	Topics  bool   // pick, window: a claim of some topics
+}
+
+// newRelaySQL renders the store's relay statements from its database's
+// templates (sql/*_relay.sql; the final texts are in testdata/sql).
+//
+// On PostgreSQL a claim is two statements in a READ COMMITTED transaction.
+//
+// pick chooses the claim's rows from the window w of the oldest due
+// rows: it walks the window's keys (each unordered row counts as a key
+// of its own) in the order of their oldest row while their rows fit
+// in the limit, takes an advisory lock on each key it can, locks the
+// unordered rows it can with FOR UPDATE SKIP LOCKED, and keeps the
+// ids of the picked rows, oldest first, in a transaction-local
+// setting. A key's picked rows are a prefix of its due rows. It holds
+// no key it picks no row of, so a concurrent claim takes the others;
+// keys already held by the caller are skipped ($2). A key another
+// forwarder holds fails its lock, but its rows still fill the window
+// and count against the limit, so the claim may find nothing while
+// other keys are free; the pick's second column counts those keys.
+// A store whose claims met them lately uses the free variant, which
+// leaves the keys held elsewhere out of the window (heldKeys). Taking
+// the rows from the window, not from a scan per key, keeps the
+// claim's cost flat on a long backlog full of not yet vacuumed index
+// entries.
+//
+// take, after a SAVEPOINT, deletes the picked rows (or marks them
+// delivered) and returns them: if every row is published, Finish only
+// commits; otherwise it rolls back to the savepoint and records what
+// happened. take runs in a snapshot taken after pick's key locks were
+// granted, so after the commit of the forwarder that held a key
+// before: a row it delivered is gone, and a key whose row it failed
+// stops before that row (stop). No other writer touches a held key's
+// rows.
+//
+// Limits are written into the text ({window}, {limit}) and the claim
+// runs with generic plans: one plan per statement and connection, not
+// one per claim. Plans must stay sound on a table not analyzed yet,
+// whose statistics guess that few rows are undelivered: ids are
+// matched through arrays (the primary key), and take tests
+// delivered_at inside a CASE so that no index on undelivered rows
+// looks cheaper than the primary key.
+func newRelaySQL(s *Store) (relaySQL, error) {
+	t := relayTemplates[s.dialect]
+	v := relayVars{T: s.quoted, Setting: claimSetting, Cols: rowColumns, Keep: s.cfg.KeepDelivered}
+	var r relaySQL
+	var errs []error
+	render := func(name string, v relayVars) string {
+		var b strings.Builder
+		errs = append(errs, t.ExecuteTemplate(&b, name, v))
+		return b.String()
+	}
+	r.delivered, r.fail = render("delivered", v), render("fail", v)
+	if s.dialect == postgres {
+		for i, topics := range []bool{false, true} {
+			for j, free := range []bool{false, true} {
+				pv := v
+				pv.Topics, pv.Free = topics, free
+				r.pick[i][j] = render("pick", pv)
+			}
+		}
+		r.take = render("take", v)
 	} else {
-		r.delivered = fmt.Sprintf(r.delivered, "IN ?")
+		r.window = render("window", v)
+		tv := v
+		tv.Topics = true
+		r.windowTopics = render("window", tv)
 	}
-	window := func(topics string) string {
-		return `SELECT ` + rowColumns + ` FROM ` + t + `
-WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= @now` + topics + `
-  AND partition_key NOT IN (
-	SELECT partition_key FROM ` + t + ` WHERE ` + blockedRow("@now") + `)
-ORDER BY id LIMIT @limit`
+	if err := errors.Join(errs...); err != nil {
+		return relaySQL{}, fmt.Errorf("gormstore: relay statements: %w", err)
 	}
-	r.window, r.windowTopics = window(""), window(" AND topic IN @topics")
-	r.fail = `UPDATE ` + t + ` SET attempts = attempts + 1, last_error = @err,
-	next_attempt_at = CASE WHEN @park THEN next_attempt_at ELSE @retry_at END,
-	failed_at = CASE WHEN @park THEN @now END
-WHERE id = @id`
-	return r
+	return r, nil
 }
 
 // heldKeys returns a PostgreSQL CTE, held, of the key locks that other

@@ -117,7 +117,11 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
 	}
 	s := &Store{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), lite: sqliteState{claims: make(chan struct{}, 1)}}
-	s.relay = newRelaySQL(s)
+	relay, err := newRelaySQL(s)
+	if err != nil {
+		return nil, err
+	}
+	s.relay = relay
 	s.pg.notify.send = s.sendNotify
 	return s, nil
 }

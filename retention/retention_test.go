@@ -248,9 +248,18 @@ func TestRun(t *testing.T) {
 		return len(runs) >= 1
 	}, 10*time.Second, 5*time.Millisecond)
 	seedOutbox(t, db, "later", "delivered", 4, 2*24*time.Hour)
+	// Wait for the run that deleted the later rows to report them: a run
+	// canceled after its DELETE and before its report would not count.
 	require.Eventually(t, func() bool {
-		return testdb.Count(t, db, outboxTable, "uuid LIKE 'later-%'") == 0
+		mu.Lock()
+		defer mu.Unlock()
+		var n int64
+		for _, r := range runs {
+			n += r.Result.OutboxDeleted
+		}
+		return n >= 15+4
 	}, 10*time.Second, 5*time.Millisecond)
+	require.Zero(t, testdb.Count(t, db, outboxTable, "uuid LIKE 'later-%'"))
 	cancel()
 	require.NoError(t, <-done)
 
