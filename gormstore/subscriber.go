@@ -2,7 +2,6 @@ package gormstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -340,7 +339,7 @@ deliver:
 		if key != "" && stopped[key] {
 			continue
 		}
-		msg, err := decodeSubscriberRow(r)
+		msg, err := r.Message()
 		if err != nil {
 			sub.logger.Error("outbox subscriber: undecodable row parked", "error", err, "id", r.ID, "message_uuid", r.UUID)
 			failures = append(failures, outbox.Failure{ID: r.ID, Error: err.Error(), Park: true})
@@ -388,21 +387,4 @@ deliver:
 		res.err = fmt.Errorf("finish batch (%d acked messages will be redelivered): %w", len(delivered), err)
 	}
 	return res
-}
-
-// decodeSubscriberRow turns a claimed row into a message.
-func decodeSubscriberRow(r outbox.Row) (*message.Message, error) {
-	if r.UUID == "" {
-		return nil, errors.New("undecodable row: empty message UUID")
-	}
-	msg := message.NewMessage(r.UUID, r.Payload)
-	if len(r.Metadata) > 0 {
-		if err := json.Unmarshal(r.Metadata, &msg.Metadata); err != nil {
-			return nil, fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
-		}
-		if msg.Metadata == nil {
-			msg.Metadata = make(message.Metadata)
-		}
-	}
-	return msg, nil
 }

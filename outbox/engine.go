@@ -258,6 +258,28 @@ func (e *engine) plan(rows []Row) batchPlan {
 // PublishCompressed is set. A row that cannot become a message is parked
 // at once with the reason.
 func (e *engine) decodeRow(r *Row, in intern.Table) (*message.Message, error) {
+	msg, err := r.message(in)
+	if err != nil {
+		return nil, err
+	}
+	if !e.cfg.PublishCompressed {
+		if err := Decompress(msg, e.cfg.Compressors...); err != nil {
+			return nil, fmt.Errorf("undecodable row: %w", err)
+		}
+	}
+	return msg, nil
+}
+
+// Message turns a stored row back into the message that was saved: its
+// UUID, payload and metadata; a compressed payload stays compressed
+// (MetadataContentEncoding; see Decompress). It fails for a row that
+// cannot be a message (no UUID, no topic, metadata that is not a JSON
+// object of strings): relays park such a row at once, with the error as
+// its reason, and hold its key's later rows behind it.
+func (r *Row) Message() (*message.Message, error) { return r.message(nil) }
+
+// message is Message sharing repeated metadata strings through in.
+func (r *Row) message(in intern.Table) (*message.Message, error) {
 	if r.UUID == "" {
 		return nil, errors.New("undecodable row: empty message UUID")
 	}
@@ -268,11 +290,6 @@ func (e *engine) decodeRow(r *Row, in intern.Table) (*message.Message, error) {
 	if len(r.Metadata) > 0 {
 		if err := decodeMetadata(r.Metadata, msg.Metadata, in); err != nil {
 			return nil, fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
-		}
-		if !e.cfg.PublishCompressed {
-			if err := Decompress(msg, e.cfg.Compressors...); err != nil {
-				return nil, fmt.Errorf("undecodable row: %w", err)
-			}
 		}
 	}
 	return msg, nil
