@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/glebarez/sqlite"
+	"github.com/txoutbox/txoutbox/internal/dburl"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -34,7 +35,7 @@ const DefaultFile = "orders.db"
 // Errors of this package; compare with errors.Is.
 var (
 	// ErrInvalidURL wraps every problem ParseURL finds.
-	ErrInvalidURL = errors.New("invalid database URL")
+	ErrInvalidURL = dburl.ErrInvalid
 	// ErrUnreachable is returned by Open when the database does not answer.
 	ErrUnreachable = errors.New("database unreachable")
 )
@@ -79,65 +80,20 @@ func (c Config) String() string {
 // ErrInvalidURL and does not name where raw came from; the caller adds
 // the flag or the variable.
 func ParseURL(raw, dataDir string) (Config, error) {
-	raw = strings.TrimSpace(raw)
-	if raw == "" {
+	if strings.TrimSpace(raw) == "" {
 		if dataDir == "" {
 			return Config{}, fmt.Errorf("%w: no database URL and no data directory", ErrInvalidURL)
 		}
 		return Config{Dialect: SQLite, Path: filepath.Join(dataDir, DefaultFile)}, nil
 	}
-	scheme, rest, hasScheme := strings.Cut(raw, "://")
-	if hasScheme {
-		switch strings.ToLower(scheme) {
-		case "postgres", "postgresql":
-			u, err := url.Parse(raw)
-			if err != nil {
-				var uerr *url.Error
-				if errors.As(err, &uerr) {
-					err = uerr.Err
-				}
-				return Config{}, fmt.Errorf("%w %q: %v", ErrInvalidURL, redact(raw), err)
-			}
-			if u.Host == "" && u.Query().Get("host") == "" {
-				return Config{}, fmt.Errorf("%w %q: no host (use postgres://user@host:5432/db)", ErrInvalidURL, redact(raw))
-			}
-			return Config{Dialect: Postgres, URL: raw}, nil
-		case "sqlite", "sqlite3":
-			if rest == "" {
-				return Config{}, fmt.Errorf("%w %q: no file (use sqlite:///path/file.db, or the path alone)", ErrInvalidURL, raw)
-			}
-			if strings.ContainsAny(rest, "?#") {
-				return Config{}, fmt.Errorf("%w %q: %s:// takes a file path only (use file:path.db?... for parameters)", ErrInvalidURL, raw, scheme)
-			}
-			return sqliteFile(raw, rest, "")
-		}
-		return Config{}, fmt.Errorf("%w %q: unsupported scheme %q (use postgres://, a SQLite file path, or file:path.db)", ErrInvalidURL, redact(raw), scheme)
+	t, err := dburl.Parse(raw)
+	if err != nil {
+		return Config{}, err
 	}
-	if path, ok := strings.CutPrefix(raw, "file:"); ok {
-		path, params, _ := strings.Cut(path, "?")
-		if path == "" {
-			return Config{}, fmt.Errorf("%w %q: file: needs a path", ErrInvalidURL, raw)
-		}
-		if _, err := url.ParseQuery(params); err != nil {
-			return Config{}, fmt.Errorf("%w %q: parameters: %v", ErrInvalidURL, raw, err)
-		}
-		return sqliteFile(raw, path, params)
+	if t.Postgres {
+		return Config{Dialect: Postgres, URL: t.URL}, nil
 	}
-	if host, port, ok := strings.Cut(strings.SplitN(raw, "/", 2)[0], ":"); ok && host != "" && port != "" && strings.Trim(port, "0123456789") == "" {
-		// localhost:5432/db would otherwise become a SQLite file in a
-		// directory named localhost:5432.
-		return Config{}, fmt.Errorf("%w %q: looks like a host and port; use postgres://user@%s:%s/db for PostgreSQL, or ./%s for a SQLite file of that name", ErrInvalidURL, redact(raw), host, port, raw)
-	}
-	return sqliteFile(raw, raw, "")
-}
-
-// sqliteFile returns the Config of a SQLite file at path with URI
-// parameters params.
-func sqliteFile(raw, path, params string) (Config, error) {
-	if path == ":memory:" || strings.Contains(params, "mode=memory") {
-		return Config{}, fmt.Errorf("%w %q: an in-memory SQLite database is not shared by the service's connections; use a file", ErrInvalidURL, raw)
-	}
-	return Config{Dialect: SQLite, Path: filepath.Clean(path), Params: params}, nil
+	return Config{Dialect: SQLite, Path: t.Path, Params: t.Params}, nil
 }
 
 // Open opens the database and checks that it answers within timeout. A
@@ -231,20 +187,4 @@ func withConnectTimeout(raw string, timeout time.Duration) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.String()
-}
-
-func redact(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		if _, ok := u.User.Password(); ok {
-			return u.Redacted()
-		}
-		return raw
-	}
-	// Unparsable: hide everything between the scheme and the last '@'.
-	if i := strings.LastIndex(raw, "@"); i >= 0 {
-		if j := strings.Index(raw, "://"); j >= 0 && j < i {
-			return raw[:j+3] + "xxxxx" + raw[i:]
-		}
-	}
-	return raw
 }

@@ -749,8 +749,10 @@ func TestUsageErrors(t *testing.T) {
 		{"", "no database: set --database-url or DATABASE_URL"},
 		{"mysql://root@db/app", `unsupported scheme "mysql"`},
 		{"postgres:///nohost", "no host"},
-		{"postgres://user:secret@db:5432/%zz", "invalid database URL postgres://xxxxx@db:5432/%zz"},
-		{"sqlite://", "use sqlite:///path/to/file.db"},
+		{"postgres://user:secret@db:5432/%zz", `invalid database URL "postgres://xxxxx@db:5432/%zz"`},
+		{"sqlite://", "no file (use sqlite:///path/file.db, or the path alone)"},
+		{":memory:", "in-memory SQLite database"},
+		{"db:5432/app", "looks like a host and port"},
 		{"file:", "file: needs a path"},
 	}
 	for _, u := range urls {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/glebarez/sqlite"
+	"github.com/txoutbox/txoutbox/internal/dburl"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -27,52 +27,32 @@ type dbTarget struct {
 	display string
 }
 
-// parseDatabaseURL accepts postgres:// and postgresql:// URLs, and SQLite
-// as a file path, file:path[?params] or sqlite://path (sqlite:///abs/path).
+// parseDatabaseURL accepts what dburl.Parse accepts: postgres:// and
+// postgresql:// URLs, and SQLite as a file path, file:path[?params] or
+// sqlite://path (sqlite:///abs/path).
 func parseDatabaseURL(raw string, timeout time.Duration) (dbTarget, error) {
-	raw = strings.TrimSpace(raw)
-	if raw == "" {
+	if strings.TrimSpace(raw) == "" {
 		return dbTarget{}, usagef("no database: set --database-url or %s (postgres://user@host:5432/db, or a SQLite file path)", EnvDatabaseURL)
 	}
-	scheme, rest, hasScheme := strings.Cut(raw, "://")
-	if hasScheme {
-		switch strings.ToLower(scheme) {
-		case "postgres", "postgresql":
-			u, err := url.Parse(raw)
-			if err != nil {
-				var uerr *url.Error
-				if errors.As(err, &uerr) {
-					err = uerr.Err
-				}
-				return dbTarget{}, usagef("invalid database URL %s: %v", redactURL(raw), err)
-			}
-			if u.Host == "" && u.Query().Get("host") == "" {
-				return dbTarget{}, usagef("invalid database URL %s: no host (use postgres://user@host:5432/db)", redactURL(raw))
-			}
-			q := u.Query()
-			if q.Get("connect_timeout") == "" {
-				q.Set("connect_timeout", fmt.Sprint(max(1, int(timeout.Round(time.Second).Seconds()))))
-				u.RawQuery = q.Encode()
-			}
-			display := *u
-			display.RawQuery = ""
-			return dbTarget{postgres: true, dsn: u.String(), display: display.Redacted()}, nil
-		case "sqlite", "sqlite3":
-			if rest == "" || strings.ContainsAny(rest, "?#") {
-				return dbTarget{}, usagef("invalid database URL %q: use sqlite:///path/to/file.db (no parameters; use file:path.db?... for those)", raw)
-			}
-			return sqliteTarget(rest, ""), nil
-		}
-		return dbTarget{}, usagef("invalid database URL %s: unsupported scheme %q (use postgres://, a SQLite file path, or file:path.db)", redactURL(raw), scheme)
+	t, err := dburl.Parse(raw)
+	if err != nil {
+		return dbTarget{}, usagef("%v", err)
 	}
-	if path, ok := strings.CutPrefix(raw, "file:"); ok {
-		path, params, _ := strings.Cut(path, "?")
-		if path == "" {
-			return dbTarget{}, usagef("invalid database URL %q: file: needs a path", raw)
-		}
-		return sqliteTarget(path, params), nil
+	if !t.Postgres {
+		return sqliteTarget(t.Path, t.Params), nil
 	}
-	return sqliteTarget(raw, ""), nil
+	u, err := url.Parse(t.URL)
+	if err != nil { // dburl.Parse parsed it
+		return dbTarget{}, usagef("%v", err)
+	}
+	q := u.Query()
+	if q.Get("connect_timeout") == "" {
+		q.Set("connect_timeout", fmt.Sprint(max(1, int(timeout.Round(time.Second).Seconds()))))
+		u.RawQuery = q.Encode()
+	}
+	display := *u
+	display.RawQuery = ""
+	return dbTarget{postgres: true, dsn: u.String(), display: display.Redacted()}, nil
 }
 
 // sqliteTarget returns a SQLite file with a busy timeout added, so the CLI
@@ -126,17 +106,4 @@ func closeDB(db *gorm.DB) {
 	if sqlDB, err := db.DB(); err == nil {
 		_ = sqlDB.Close()
 	}
-}
-
-// redactURL hides the password of a URL, also of one that does not parse.
-func redactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
-	}
-	if i := strings.LastIndex(raw, "@"); i >= 0 {
-		if j := strings.Index(raw, "://"); j >= 0 && j < i {
-			return raw[:j+3] + "xxxxx" + raw[i:]
-		}
-	}
-	return raw
 }
