@@ -12,15 +12,18 @@ import (
 
 var updateSQL = flag.Bool("update-sql", false, "rewrite gormstore/testdata/sql from the statements the store builds")
 
-// TestRelayStatements keeps the final text of every relay statement, per
-// database and KeepDelivered, in gormstore/testdata/sql: the files show
+// TestRelayStatements keeps the final text of every relay statement in
+// gormstore/testdata/sql/<database>: NAME.sql when KeepDelivered does not
+// change it, NAME.keep_delivered_<bool>.sql when it does. The files show
 // what runs, and a change to a statement shows in review as a change to
 // its file (go test ./gormstore -run TestRelayStatements -update-sql
 // rewrites them).
 func TestRelayStatements(t *testing.T) {
 	for _, d := range testdb.Dialects {
+		db := testdb.Open(t, d)
+		byKeep := map[bool]map[string]string{}
 		for _, keep := range []bool{false, true} {
-			s, err := New(testdb.Open(t, d), Config{KeepDelivered: keep})
+			s, err := New(db, Config{KeepDelivered: keep})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,26 +39,50 @@ func TestRelayStatements(t *testing.T) {
 			} else {
 				stmts["window"], stmts["window_topics"] = r.window, r.windowTopics
 			}
-			dir := filepath.Join("testdata", "sql", string(d), fmt.Sprintf("keep_delivered_%v", keep))
-			for name, q := range stmts {
-				path := filepath.Join(dir, name+".sql")
-				text := "-- " + name + ": " + string(d) + ", KeepDelivered " + fmt.Sprint(keep) + ", default table, batch 2,000\n" + q + "\n"
-				if *updateSQL {
-					if err := os.MkdirAll(dir, 0o755); err != nil {
-						t.Fatal(err)
-					}
-					if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-						t.Fatal(err)
-					}
-					continue
+			byKeep[keep] = stmts
+		}
+		dir := filepath.Join("testdata", "sql", string(d))
+		files := map[string]string{}
+		for name, q := range byKeep[false] {
+			if byKeep[true][name] == q {
+				files[name+".sql"] = "-- " + name + ": " + string(d) + ", default table, batch 2,000\n" + q + "\n"
+				continue
+			}
+			for _, keep := range []bool{false, true} {
+				files[fmt.Sprintf("%s.keep_delivered_%v.sql", name, keep)] = fmt.Sprintf("-- %s: %s, KeepDelivered %v, default table, batch 2,000\n%s\n", name, d, keep, byKeep[keep][name])
+			}
+		}
+		if *updateSQL {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for name, text := range files {
+			path := filepath.Join(dir, name)
+			if *updateSQL {
+				if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+					t.Fatal(err)
 				}
-				want, err := os.ReadFile(path)
-				if err != nil {
-					t.Fatalf("%v (run go test ./gormstore -run TestRelayStatements -update-sql)", err)
-				}
-				if string(want) != text {
-					t.Errorf("%s differs from the statement the store builds (run go test ./gormstore -run TestRelayStatements -update-sql and review the diff)", path)
-				}
+				continue
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./gormstore -run TestRelayStatements -update-sql)", err)
+			}
+			if string(want) != text {
+				t.Errorf("%s differs from the statement the store builds (run go test ./gormstore -run TestRelayStatements -update-sql and review the diff)", path)
+			}
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if _, ok := files[e.Name()]; !ok {
+				t.Errorf("%s is no statement the store builds (run go test ./gormstore -run TestRelayStatements -update-sql)", filepath.Join(dir, e.Name()))
 			}
 		}
 	}

@@ -1,5 +1,0 @@
--- fail: sqlite, KeepDelivered false, default table, batch 2,000
-UPDATE "txoutbox_outbox" SET attempts = attempts + 1, last_error = @err,
-	next_attempt_at = CASE WHEN @park THEN next_attempt_at ELSE @retry_at END,
-	failed_at = CASE WHEN @park THEN @now END
-WHERE id = @id

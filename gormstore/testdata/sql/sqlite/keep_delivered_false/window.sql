@@ -1,7 +1,0 @@
--- window: sqlite, KeepDelivered false, default table, batch 2,000
-SELECT id, uuid, topic, partition_key, payload, metadata, attempts FROM "txoutbox_outbox"
-WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= @now
-  AND partition_key NOT IN (
-	SELECT partition_key FROM "txoutbox_outbox" WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
-	  AND (failed_at IS NOT NULL OR next_attempt_at > @now))
-ORDER BY id LIMIT @limit
