@@ -4,7 +4,6 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 	"testing"
 
@@ -106,22 +105,7 @@ func BenchmarkCompression(b *testing.B) {
 			}); err != nil {
 				b.Fatal(err)
 			}
-			b.SetParallelism(4)
-			b.ReportAllocs()
-			cpu0 := processCPU(b)
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					id := "o-" + strconv.FormatInt(seq.Add(1), 10)
-					if err := cb.Dispatch(ctx, benchPlaceOrder{ID: id, Amount: 1}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "commands/s")
-			b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "go-cpu-ns/op")
+			dispatchParallel(b, cb, &seq, benchPlaceOrder{Amount: 1})
 			var stored struct{ Payload, Row float64 }
 			if err := db.Raw(`SELECT avg(octet_length(payload)) AS payload, avg(pg_column_size(t.*)) AS row FROM ` + gormstore.DefaultTable + ` t`).Scan(&stored).Error; err != nil {
 				b.Fatal(err)
