@@ -6,47 +6,24 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
-// sqliteTimeLayouts are the layouts SQLite time text is parsed with.
-var sqliteTimeLayouts = []string{
-	"2006-01-02 15:04:05.999999999-07:00",
-	"2006-01-02 15:04:05.999999999",
-	time.RFC3339Nano,
-}
-
 // Stats reports pending and parked rows, overall and per topic, in one
-// query. On PostgreSQL the age of the oldest pending row is computed by the
-// database clock, which timestamped the rows; on SQLite by the local clock.
+// query. The age of the oldest pending row is taken by the clock that
+// timestamped the rows: the database's on PostgreSQL, the machine's on
+// SQLite.
 func (s *Store) Stats(ctx context.Context) (outbox.Stats, error) {
 	type topicRow struct {
-		Topic     string
-		Pending   int64
-		Failed    int64
-		AgeSecs   sql.NullFloat64 // PostgreSQL
-		OldestStr sql.NullString  // SQLite
-	}
-	var q string
-	if s.dialect == postgres {
-		q = `SELECT topic,
-	count(*) FILTER (WHERE failed_at IS NULL) AS pending,
-	count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
-	EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL))::float8 AS age_secs
-FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
-	} else {
-		q = `SELECT topic,
-	sum(failed_at IS NULL) AS pending,
-	sum(failed_at IS NOT NULL) AS failed,
-	min(CASE WHEN failed_at IS NULL THEN created_at END) AS oldest_str
-FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
+		Topic   string
+		Pending int64
+		Failed  int64
+		AgeSecs sql.NullFloat64
 	}
 	var rows []topicRow
-	if err := s.db.WithContext(ctx).Raw(q).Scan(&rows).Error; err != nil {
+	if err := s.db.WithContext(ctx).Raw(s.sql["stats"]).Scan(&rows).Error; err != nil {
 		return outbox.Stats{}, fmt.Errorf("gormstore: stats of %s: %w", s.table, err)
 	}
 	st := outbox.Stats{Topics: make(map[string]outbox.TopicStats, len(rows))}
@@ -55,26 +32,12 @@ FROM ` + s.quoted + ` WHERE delivered_at IS NULL GROUP BY topic`
 		if r.AgeSecs.Valid {
 			ts.OldestPendingAge = max(time.Duration(r.AgeSecs.Float64*float64(time.Second)), 0)
 		}
-		if r.OldestStr.Valid {
-			if t, ok := parseTime(r.OldestStr.String); ok {
-				ts.OldestPendingAge = max(time.Since(t), 0)
-			}
-		}
 		st.Topics[r.Topic] = ts
 		st.Pending += ts.Pending
 		st.Failed += ts.Failed
 		st.OldestPendingAge = max(st.OldestPendingAge, ts.OldestPendingAge)
 	}
 	return st, nil
-}
-
-func parseTime(s string) (time.Time, bool) {
-	for _, l := range sqliteTimeLayouts {
-		if t, err := time.Parse(l, s); err == nil {
-			return t.UTC(), true
-		}
-	}
-	return time.Time{}, false
 }
 
 // FailedRow is a parked outbox row.
@@ -105,8 +68,7 @@ func (s *Store) ListFailed(ctx context.Context, afterID int64, limit int) ([]Fai
 		return nil, fmt.Errorf("%w: limit %d must be positive", ErrInvalidConfig, limit)
 	}
 	var rows []FailedRow
-	err := s.db.WithContext(ctx).Raw(`SELECT id, uuid, topic, partition_key, attempts, coalesce(last_error, '') AS last_error, created_at, failed_at
-FROM `+s.quoted+` WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND id > ? ORDER BY id LIMIT ?`, afterID, limit).Scan(&rows).Error
+	err := s.db.WithContext(ctx).Raw(s.sql["list_failed"], afterID, limit).Scan(&rows).Error
 	if err != nil {
 		return nil, fmt.Errorf("gormstore: list failed rows of %s: %w", s.table, err)
 	}
@@ -133,8 +95,7 @@ type FailedEvent struct {
 // pending or delivered.
 func (s *Store) GetFailed(ctx context.Context, id int64) (FailedEvent, error) {
 	var rows []FailedEvent
-	err := s.db.WithContext(ctx).Raw(`SELECT id, uuid, topic, partition_key, attempts, coalesce(last_error, '') AS last_error, created_at, failed_at, metadata, payload
-FROM `+s.quoted+` WHERE `+parkedRow+` AND id = ?`, id).Scan(&rows).Error
+	err := s.db.WithContext(ctx).Raw(s.sql["get_failed"], id).Scan(&rows).Error
 	if err != nil {
 		return FailedEvent{}, fmt.Errorf("gormstore: get failed row %d of %s: %w", id, s.table, err)
 	}
@@ -152,7 +113,7 @@ func (s *Store) Requeue(ctx context.Context, ids ...int64) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	return s.requeue(ctx, "id IN ?", ids)
+	return s.requeue(ctx, "requeue", ids)
 }
 
 // RequeueIDs is Requeue that says which rows it changed: it returns the
@@ -162,28 +123,22 @@ func (s *Store) RequeueIDs(ctx context.Context, ids ...int64) ([]int64, error) {
 	if len(ids) == 0 {
 		return []int64{}, nil
 	}
-	nowSQL, nowArgs := s.nowSQL()
-	return s.changedIDs(ctx, "requeue", `UPDATE `+s.quoted+` SET failed_at = NULL, attempts = 0, next_attempt_at = `+nowSQL+`
-WHERE `+parkedRow+` AND id IN ? RETURNING id`, append(nowArgs, ids)...)
+	return s.changedIDs(ctx, "requeue", s.sql["requeue_ids"], append(s.drv.nowArgs(), ids)...)
 }
 
 // RequeueAll makes every parked row pending again.
 func (s *Store) RequeueAll(ctx context.Context) (int64, error) {
-	return s.requeue(ctx, "1 = 1")
+	return s.requeue(ctx, "requeue_all")
 }
 
 // RequeueTopic makes every parked row of topic pending again; see Requeue.
 func (s *Store) RequeueTopic(ctx context.Context, topic string) (int64, error) {
-	return s.requeue(ctx, "topic = ?", topic)
+	return s.requeue(ctx, "requeue_topic", topic)
 }
 
-// parkedRow is the condition of a parked row.
-const parkedRow = "delivered_at IS NULL AND failed_at IS NOT NULL"
-
-func (s *Store) requeue(ctx context.Context, where string, args ...any) (int64, error) {
-	nowSQL, nowArgs := s.nowSQL()
-	res := s.db.WithContext(ctx).Exec(`UPDATE `+s.quoted+` SET failed_at = NULL, attempts = 0, next_attempt_at = `+nowSQL+`
-WHERE `+parkedRow+` AND `+where, append(nowArgs, args...)...)
+// requeue runs the requeue statement of the given name.
+func (s *Store) requeue(ctx context.Context, name string, args ...any) (int64, error) {
+	res := s.db.WithContext(ctx).Exec(s.sql[name], append(s.drv.nowArgs(), args...)...)
 	if res.Error != nil {
 		return 0, fmt.Errorf("gormstore: requeue rows of %s: %w", s.table, res.Error)
 	}
@@ -197,7 +152,7 @@ func (s *Store) Discard(ctx context.Context, ids ...int64) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	return s.discard(ctx, "id IN ?", ids)
+	return s.discard(ctx, "discard", ids)
 }
 
 // DiscardIDs is Discard that says which rows it deleted: it returns the
@@ -207,21 +162,22 @@ func (s *Store) DiscardIDs(ctx context.Context, ids ...int64) ([]int64, error) {
 	if len(ids) == 0 {
 		return []int64{}, nil
 	}
-	return s.changedIDs(ctx, "discard", `DELETE FROM `+s.quoted+` WHERE `+parkedRow+` AND id IN ? RETURNING id`, ids)
+	return s.changedIDs(ctx, "discard", s.sql["discard_ids"], ids)
 }
 
 // DiscardAll deletes every parked row; see Discard.
 func (s *Store) DiscardAll(ctx context.Context) (int64, error) {
-	return s.discard(ctx, "1 = 1")
+	return s.discard(ctx, "discard_all")
 }
 
 // DiscardTopic deletes every parked row of topic; see Discard.
 func (s *Store) DiscardTopic(ctx context.Context, topic string) (int64, error) {
-	return s.discard(ctx, "topic = ?", topic)
+	return s.discard(ctx, "discard_topic", topic)
 }
 
-func (s *Store) discard(ctx context.Context, where string, args ...any) (int64, error) {
-	res := s.db.WithContext(ctx).Exec(`DELETE FROM `+s.quoted+` WHERE `+parkedRow+` AND `+where, args...)
+// discard runs the discard statement of the given name.
+func (s *Store) discard(ctx context.Context, name string, args ...any) (int64, error) {
+	res := s.db.WithContext(ctx).Exec(s.sql[name], args...)
 	if res.Error != nil {
 		return 0, fmt.Errorf("gormstore: discard rows of %s: %w", s.table, res.Error)
 	}
@@ -247,36 +203,14 @@ func (s *Store) CountDelivered(ctx context.Context, olderThan time.Duration) (in
 	if olderThan < 0 {
 		return 0, fmt.Errorf("%w: purge age %v is negative", ErrInvalidConfig, olderThan)
 	}
-	q := `SELECT count(*) FROM ` + s.quoted + ` WHERE delivered_at IS NOT NULL AND delivered_at < `
-	var args []any
-	if s.dialect == postgres {
-		q += `now() - ?::bigint * interval '1 microsecond'`
-		args = []any{olderThan.Microseconds()}
-	} else {
-		q += `?`
-		args = []any{time.Now().UTC().Add(-olderThan)}
-	}
 	var n int64
-	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&n).Error; err != nil {
+	if err := s.db.WithContext(ctx).Raw(s.sql["count_delivered"], s.drv.cutoffArg(olderThan)).Scan(&n).Error; err != nil {
 		return 0, fmt.Errorf("gormstore: count delivered rows of %s: %w", s.table, err)
 	}
 	return n, nil
 }
 
-// nowSQL returns the SQL for the current time and its arguments: the
-// database clock on PostgreSQL, the local clock on SQLite.
-func (s *Store) nowSQL() (string, []any) {
-	if s.dialect == postgres {
-		return "now()", nil
-	}
-	return "?", []any{time.Now().UTC()}
-}
-
 var _ outbox.DueChecker = (*Store)(nil)
-
-// hasDueWindow bounds the rows whose keys HasDue tries on PostgreSQL: when
-// all of them are held, the forwarder waits for the next wake-up or poll.
-const hasDueWindow = 1000
 
 // HasDue reports whether a row of the given topics (all when empty) is
 // due: pending, past its retry time, and not behind a row of its key that
@@ -287,47 +221,8 @@ const hasDueWindow = 1000
 // would; like claims, a store whose claims met keys held elsewhere lately
 // leaves those keys out of the window. One statement, no transaction.
 func (s *Store) HasDue(ctx context.Context, topics []string) (bool, error) {
-	nowSQL, nowArgs := s.nowSQL()
-	due := `delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ` + nowSQL + `
-	  AND partition_key NOT IN (SELECT partition_key FROM ` + s.quoted + ` WHERE ` + blockedRow(nowSQL) + `)`
-	dueArgs := append(slices.Clone(nowArgs), nowArgs...)
-	var q string
-	var args []any
-	if s.dialect == postgres {
-		lockspace, err := s.lockspace(ctx)
-		if err != nil {
-			return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)
-		}
-		window := strconv.Itoa(hasDueWindow)
-		if s.contended() {
-			// As claims do: rows of keys other forwarders hold do not
-			// fill the window.
-			q = `WITH ` + heldKeys("?") + ` `
-			due += skipHeld
-			args = append(args, lockspace)
-		}
-		rows := `SELECT id, partition_key FROM ` + s.quoted + ` WHERE ` + due + ` ORDER BY id LIMIT ` + window
-		if len(topics) > 0 {
-			values := strings.TrimSuffix(strings.Repeat("(?::text),", len(topics)), ",")
-			rows = topicWindow(s.quoted, `(SELECT DISTINCT topic FROM (VALUES `+values+`) AS v(topic))`, due, window)
-			for _, t := range topics {
-				args = append(args, t)
-			}
-		}
-		q += `SELECT EXISTS (SELECT 1 FROM (` + rows + `) w
-	WHERE CASE WHEN partition_key = '' THEN true ELSE pg_try_advisory_xact_lock(?, hashtext(partition_key)) END)`
-		args = append(append(args, dueArgs...), lockspace)
-	} else {
-		q = `SELECT EXISTS (SELECT 1 FROM ` + s.quoted + ` WHERE ` + due
-		args = dueArgs
-		if len(topics) > 0 {
-			q += ` AND topic IN ?`
-			args = append(args, topics)
-		}
-		q += `)`
-	}
-	var found bool
-	if err := s.db.WithContext(ctx).Raw(q, args...).Scan(&found).Error; err != nil {
+	found, err := s.drv.hasDue(ctx, topics)
+	if err != nil {
 		return false, fmt.Errorf("gormstore: check %s for due rows: %w", s.table, err)
 	}
 	return found, nil

@@ -42,14 +42,11 @@ func (s *Store) Migrate(ctx context.Context) error {
 }
 
 func (s *Store) migration() sqlschema.Migration {
-	m := sqlschema.Migration{
+	return sqlschema.Migration{
 		FS:           Migrations,
-		Dir:          path.Join("migrations", s.dialect.String()),
+		Dir:          path.Join("migrations", s.drv.name()),
 		DefaultTable: DefaultTable,
 		Table:        s.table,
+		LockKey:      s.drv.migrateLock(),
 	}
-	if s.dialect == postgres {
-		m.LockKey = migrateLockKey
-	}
-	return m
 }

@@ -2,11 +2,9 @@ package gormstore
 
 import (
 	"context"
-	"hash/fnv"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -33,43 +31,15 @@ const notifyInterval = time.Millisecond
 // concurrency (docs/benchmarks.md). It does nothing on SQLite or with
 // Config.NoNotify.
 func (s *Store) NotifyCommitted() {
-	if s.dialect != postgres || s.cfg.NoNotify {
-		return
-	}
-	s.pg.notify.kick()
+	s.drv.notifyCommitted()
 }
 
-// sendNotify sends one NOTIFY in a transaction that does not wait for its
-// WAL flush: losing it in a crash loses only a wake-up.
-func (s *Store) sendNotify() {
-	ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
-	defer cancel()
-	sqlDB, err := s.db.DB()
-	if err != nil {
-		return
-	}
-	conn, err := sqlDB.Conn(ctx)
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	ch, err := s.channelName(ctx)
-	if err != nil {
-		return
-	}
-	err = withPgx(conn, func(px *pgx.Conn) error {
-		b := &pgx.Batch{}
-		b.Queue("BEGIN")
-		b.Queue("SET LOCAL synchronous_commit = off")
-		b.Queue("SELECT pg_notify($1, '')", ch)
-		b.Queue("COMMIT")
-		return px.SendBatch(ctx, b).Close()
-	})
-	if err != nil {
-		// The connection may be mid-transaction: never reuse it.
-		_ = withPgx(conn, func(*pgx.Conn) error { return errBadConn })
-	}
-}
+// Listen calls wake whenever a transaction that saved outbox rows commits
+// (PostgreSQL NOTIFY, see NotifyCommitted), until ctx ends or the
+// connection fails. It holds one connection of the pool while it runs. On
+// SQLite it returns outbox.ErrListenUnsupported at once: forwarders there
+// rely on in-process wake-ups and polling.
+func (s *Store) Listen(ctx context.Context, wake func()) error { return s.drv.listen(ctx, wake) }
 
 // notifier runs send in one goroutine at a time; kicks that arrive while it
 // runs make it run once more. The goroutine ends when nothing is pending.
@@ -105,38 +75,4 @@ func (n *notifier) kick() {
 			n.mu.Unlock()
 		}
 	}()
-}
-
-// channelName is the notification channel of the store's table: its
-// schema-qualified name, so stores of tables with the same name in other
-// schemas of the database do not wake each other. An unqualified table
-// name is qualified with the connection's current schema, read once.
-func (s *Store) channelName(ctx context.Context) (string, error) {
-	if s.table.Schema != "" {
-		return s.table.String(), nil
-	}
-	s.pg.chanOnce.Lock()
-	defer s.pg.chanOnce.Unlock()
-	if s.pg.channel != "" {
-		return s.pg.channel, nil
-	}
-	var schema string
-	if err := s.db.WithContext(ctx).Raw("SELECT current_schema()").Scan(&schema).Error; err != nil {
-		return "", err
-	}
-	s.pg.channel = schema + "." + s.table.Name
-	return s.pg.channel, nil
-}
-
-// lockspace is the first key of the advisory locks the claims take on
-// partition keys: a hash of the schema-qualified table name, so tables of
-// the same name in other schemas do not share key locks.
-func (s *Store) lockspace(ctx context.Context) (int32, error) {
-	name, err := s.channelName(ctx)
-	if err != nil {
-		return 0, err
-	}
-	h := fnv.New32a()
-	h.Write([]byte(name))
-	return int32(h.Sum32()), nil
 }

@@ -27,27 +27,9 @@ func (s *Store) PurgeDeliveredBatch(ctx context.Context, olderThan time.Duration
 	if limit <= 0 {
 		return 0, fmt.Errorf("%w: purge batch %d must be positive", ErrInvalidConfig, limit)
 	}
-	query, args := s.purgeDeliveredSQL(olderThan, limit)
-	res := s.db.WithContext(ctx).Exec(query, args...)
+	res := s.db.WithContext(ctx).Exec(s.sql["purge"], s.drv.cutoffArg(olderThan), limit)
 	if res.Error != nil {
 		return 0, fmt.Errorf("gormstore: purge delivered rows of %s: %w", s.table, res.Error)
 	}
 	return res.RowsAffected, nil
-}
-
-// purgeDeliveredSQL returns PurgeDeliveredBatch's statement and arguments.
-// On PostgreSQL, = ANY(ARRAY(...)) keeps the planner from joining the
-// subquery against the whole table, as IN (SELECT ... LIMIT) can.
-func (s *Store) purgeDeliveredSQL(olderThan time.Duration, limit int) (string, []any) {
-	t := s.quoted
-	if s.dialect == postgres {
-		return `DELETE FROM ` + t + ` WHERE id = ANY(ARRAY(
-	SELECT id FROM ` + t + `
-	WHERE delivered_at IS NOT NULL AND delivered_at < now() - ?::bigint * interval '1 microsecond'
-	ORDER BY delivered_at LIMIT ? FOR UPDATE SKIP LOCKED))`, []any{olderThan.Microseconds(), limit}
-	}
-	return `DELETE FROM ` + t + ` WHERE id IN (
-	SELECT id FROM ` + t + `
-	WHERE delivered_at IS NOT NULL AND delivered_at < ?
-	ORDER BY delivered_at LIMIT ?)`, []any{time.Now().UTC().Add(-olderThan), limit}
 }

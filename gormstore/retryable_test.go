@@ -14,10 +14,14 @@ import (
 )
 
 // TestRetryable checks the store's answer to the transactional middleware:
-// which errors allow running a command again.
+// which errors allow running a command again. It is the driver's answer:
+// PostgreSQL's serialization failures and deadlocks; nothing on SQLite,
+// which waits for its lock instead.
 func TestRetryable(t *testing.T) {
 	t.Parallel()
-	st, err := gormstore.New(testdb.Open(t, testdb.SQLite), gormstore.Config{})
+	pgStore, err := gormstore.New(testdb.Open(t, testdb.Postgres), gormstore.Config{})
+	require.NoError(t, err)
+	liteStore, err := gormstore.New(testdb.Open(t, testdb.SQLite), gormstore.Config{})
 	require.NoError(t, err)
 	pg := func(code string) error { return &pgconn.PgError{Code: code} }
 	cases := []struct {
@@ -40,7 +44,8 @@ func TestRetryable(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			require.Equal(t, tc.want, st.Retryable(tc.err))
+			require.Equal(t, tc.want, pgStore.Retryable(tc.err), "postgres")
+			require.False(t, liteStore.Retryable(tc.err), "sqlite")
 		})
 	}
 }

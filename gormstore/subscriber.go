@@ -193,7 +193,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 	s.subs[sub] = struct{}{}
 	s.wg.Add(1)
-	if !s.listening && !s.cfg.NoListen && s.store.dialect == postgres {
+	if !s.listening && !s.cfg.NoListen {
 		s.listening = true
 		s.wg.Add(1)
 		go s.listen()

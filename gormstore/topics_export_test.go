@@ -4,5 +4,5 @@ package gormstore
 // query plan. Its parameters are the lock space, the excluded keys and,
 // with topics, the topics.
 func (s *Store) PickSQL(limit int, topics bool) string {
-	return s.pickSQL(limit, topics, false)
+	return s.drv.(*postgresDriver).pickSQL(limit, topics, false)
 }

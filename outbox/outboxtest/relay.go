@@ -237,6 +237,8 @@ func ExerciseRelay(t *testing.T, newHarness func(t *testing.T) RelayHarness) {
 		require.EqualValues(t, 3, st.Pending)
 		require.EqualValues(t, 1, st.Failed)
 		require.Positive(t, st.OldestPendingAge)
+		require.Less(t, st.OldestPendingAge, time.Minute, "the rows were saved just now")
+		require.Positive(t, st.Topics["t2"].OldestPendingAge)
 		require.EqualValues(t, 1, st.Topics["t1"].Pending)
 		require.EqualValues(t, 1, st.Topics["t1"].Failed)
 		require.EqualValues(t, 2, st.Topics["t2"].Pending)

@@ -1,2 +1,2 @@
--- delivered: postgres, KeepDelivered false, default table, batch 2,000
+-- delivered: postgres, KeepDelivered false, default table
 DELETE FROM "txoutbox_outbox" WHERE id = ANY($1)

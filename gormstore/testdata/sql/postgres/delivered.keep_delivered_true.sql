@@ -1,2 +1,2 @@
--- delivered: postgres, KeepDelivered true, default table, batch 2,000
+-- delivered: postgres, KeepDelivered true, default table
 UPDATE "txoutbox_outbox" SET delivered_at = now() WHERE id = ANY($1)

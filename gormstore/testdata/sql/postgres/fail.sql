@@ -1,4 +1,4 @@
--- fail: postgres, default table, batch 2,000
+-- fail: postgres, default table
 UPDATE "txoutbox_outbox" AS o SET
 	attempts = o.attempts + 1,
 	last_error = f.err,

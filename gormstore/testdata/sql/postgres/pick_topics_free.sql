@@ -1,4 +1,4 @@
--- pick_topics_free: postgres, default table, batch 2,000
+-- pick_topics_free: postgres, default table
 WITH blocked AS MATERIALIZED (
 	SELECT DISTINCT partition_key FROM "txoutbox_outbox" WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
 	  AND (failed_at IS NOT NULL OR next_attempt_at > now())

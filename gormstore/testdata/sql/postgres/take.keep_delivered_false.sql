@@ -1,4 +1,4 @@
--- take: postgres, KeepDelivered false, default table, batch 2,000
+-- take: postgres, KeepDelivered false, default table
 WITH stop AS MATERIALIZED (
 	SELECT partition_key, min(id) AS at FROM "txoutbox_outbox" WHERE delivered_at IS NULL AND partition_key <> '' AND (attempts > 0 OR failed_at IS NOT NULL)
 	  AND (failed_at IS NOT NULL OR next_attempt_at > now())

@@ -1,2 +1,2 @@
--- delivered: sqlite, KeepDelivered false, default table, batch 2,000
+-- delivered: sqlite, KeepDelivered false, default table
 DELETE FROM "txoutbox_outbox" WHERE id IN ?

@@ -1,2 +1,2 @@
--- delivered: sqlite, KeepDelivered true, default table, batch 2,000
+-- delivered: sqlite, KeepDelivered true, default table
 UPDATE "txoutbox_outbox" SET delivered_at = ? WHERE id IN ?

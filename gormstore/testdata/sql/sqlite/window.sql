@@ -1,4 +1,4 @@
--- window: sqlite, default table, batch 2,000
+-- window: sqlite, default table
 SELECT id, uuid, topic, partition_key, payload, metadata, attempts FROM "txoutbox_outbox"
 WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= @now
   AND partition_key NOT IN (

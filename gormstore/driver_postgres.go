@@ -4,14 +4,16 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"database/sql/driver"
+	sqldriver "database/sql/driver"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,16 +25,130 @@ import (
 )
 
 // errBadConn makes database/sql discard a connection.
-var errBadConn = driver.ErrBadConn
+var errBadConn = sqldriver.ErrBadConn
 
 // errNotPgx is returned when the *gorm.DB does not run on pgx.
 var errNotPgx = errors.New("gormstore: the PostgreSQL relay needs the pgx driver (gorm.io/driver/postgres with its default pgx/v5 stdlib connection)")
+
+// postgresDriver is the store's driver on PostgreSQL: several forwarders
+// claim from one table at once (key advisory locks and SKIP LOCKED), and
+// commits wake forwarders in other processes by NOTIFY.
+type postgresDriver struct {
+	s *Store
+	// picks caches the pick statement per limit (pickSQL).
+	picks sync.Map
+	// contendedUntil is when claims stop skipping keys held elsewhere
+	// (unix nanoseconds; see heldElsewhere).
+	contendedUntil atomic.Int64
+	notify         notifier
+	// channel caches channelName for an unqualified table.
+	chanOnce sync.Mutex
+	channel  string
+}
+
+// hasDueWindow bounds the rows whose keys HasDue tries: when all of them
+// are held, the forwarder waits for the next wake-up or poll.
+const hasDueWindow = 1000
+
+func newPostgresDriver(s *Store) (*postgresDriver, error) {
+	d := &postgresDriver{s: s}
+	d.notify.send = d.sendNotify
+	var own []stmt
+	for _, topics := range []bool{false, true} {
+		for _, free := range []bool{false, true} {
+			own = append(own,
+				stmt{pickName(topics, free), "pick", func(v *sqlVars) {
+					v.Topics, v.TopicsArg, v.Free, v.Exclude, v.Window = topics, "$3", free, true, "{window}"
+				}},
+				stmt{strings.Replace(pickName(topics, free), "pick", "has_due", 1), "has_due", func(v *sqlVars) {
+					v.Topics, v.TopicsArg, v.Free, v.Window = topics, "$2", free, strconv.Itoa(hasDueWindow)
+				}})
+		}
+	}
+	own = append(own, stmt{name: "take"})
+	st, err := renderStatements(postgresSQL, s, own)
+	if err != nil {
+		return nil, err
+	}
+	s.sql = st
+	return d, nil
+}
+
+// postgresSQL are the statements of sql/postgres.sql and sql/shared.sql.
+var postgresSQL = parseSQL("postgres")
+
+func (d *postgresDriver) name() string       { return "postgres" }
+func (d *postgresDriver) migrateLock() int64 { return migrateLockKey }
+func (d *postgresDriver) nowArgs() []any     { return nil }
+
+func (d *postgresDriver) cutoffArg(olderThan time.Duration) any { return olderThan.Microseconds() }
+
+// insert saves records with one statement of one array per column.
+func (d *postgresDriver) insert(records []outbox.Record) (string, []any, error) {
+	n := len(records)
+	uuids, topics, keys, mds := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([][]byte, n)
+	var buf []byte
+	for i, r := range records {
+		if r.Message == nil {
+			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
+		}
+		uuids[i], topics[i], keys[i] = r.Message.UUID, r.Topic, r.PartitionKey
+		payloads[i] = []byte(r.Message.Payload)
+		if payloads[i] == nil {
+			payloads[i] = []byte{}
+		}
+		buf = appendMetadata(buf[:0], r.Message.Metadata)
+		mds[i] = string(buf)
+	}
+	return d.s.sql["insert"], []any{uuids, topics, keys, payloads, mds}, nil
+}
+
+func (d *postgresDriver) retryable(err error) bool { return retryablePostgres(err) }
+
+// retryablePostgres reports a serialization failure (SQLSTATE 40001) or
+// a deadlock (40P01).
+func retryablePostgres(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	return false
+}
+
+// missingTable reports SQLSTATE 42P01, undefined table.
+func (d *postgresDriver) missingTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+}
+
+// hasDue runs has_due: one statement, no transaction. Like claims, a
+// store whose claims met keys held elsewhere lately leaves those keys out
+// of the window.
+func (d *postgresDriver) hasDue(ctx context.Context, topics []string) (bool, error) {
+	lockspace, err := d.lockspace(ctx)
+	if err != nil {
+		return false, err
+	}
+	sqlDB, err := d.s.db.DB()
+	if err != nil {
+		return false, err
+	}
+	name := strings.Replace(pickName(len(topics) > 0, d.contended()), "pick", "has_due", 1)
+	args := []any{lockspace}
+	if len(topics) > 0 {
+		args = append(args, topics)
+	}
+	var found bool
+	err = sqlDB.QueryRowContext(ctx, d.s.sql[name], args...).Scan(&found)
+	return found, err
+}
 
 // pgClaim is a claim held in an open PostgreSQL transaction on a dedicated
 // connection. The transaction holds the row locks and key advisory locks
 // until Finish or Release.
 type pgClaim struct {
-	s    *Store
+	d    *postgresDriver
 	conn *sql.Conn
 	rows []outbox.Row
 	held int64 // keys the pick could not lock: another forwarder held them
@@ -52,16 +168,53 @@ func withPgx(conn *sql.Conn, f func(c *pgx.Conn) error) error {
 	})
 }
 
-func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error) {
-	free := s.contended()
-	c, err := s.claimPostgresOnce(ctx, p, free)
+// claim claims rows with two statements in a READ COMMITTED transaction
+// (sql/postgres.sql; the final texts are in testdata/sql/postgres).
+//
+// pick chooses the claim's rows from the window w of the oldest due
+// rows: it walks the window's keys (each unordered row counts as a key
+// of its own) in the order of their oldest row while their rows fit
+// in the limit, takes an advisory lock on each key it can, locks the
+// unordered rows it can with FOR UPDATE SKIP LOCKED, and keeps the
+// ids of the picked rows, oldest first, in a transaction-local
+// setting. A key's picked rows are a prefix of its due rows. It holds
+// no key it picks no row of, so a concurrent claim takes the others;
+// keys already held by the caller are skipped ($2). A key another
+// forwarder holds fails its lock, but its rows still fill the window
+// and count against the limit, so the claim may find nothing while
+// other keys are free; the pick's second column counts those keys.
+// A store whose claims met them lately uses the free variant, which
+// leaves the keys held elsewhere out of the window (held_keys). Taking
+// the rows from the window, not from a scan per key, keeps the
+// claim's cost flat on a long backlog full of not yet vacuumed index
+// entries.
+//
+// take, after a SAVEPOINT, deletes the picked rows (or marks them
+// delivered) and returns them: if every row is published, Finish only
+// commits; otherwise it rolls back to the savepoint and records what
+// happened. take runs in a snapshot taken after pick's key locks were
+// granted, so after the commit of the forwarder that held a key
+// before: a row it delivered is gone, and a key whose row it failed
+// stops before that row (stop). No other writer touches a held key's
+// rows.
+//
+// Limits are written into the text ({window}, {limit}, by pickSQL) and the claim
+// runs with generic plans: one plan per statement and connection, not
+// one per claim. Plans must stay sound on a table not analyzed yet,
+// whose statistics guess that few rows are undelivered: ids are
+// matched through arrays (the primary key), and take tests
+// delivered_at inside a CASE so that no index on undelivered rows
+// looks cheaper than the primary key.
+func (d *postgresDriver) claim(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error) {
+	free := d.contended()
+	c, err := d.claimOnce(ctx, p, free)
 	if err != nil {
 		return nil, err
 	}
 	if c.held == 0 {
 		return c, nil
 	}
-	s.heldElsewhere()
+	d.heldElsewhere()
 	if free || len(c.rows) >= p.Limit {
 		return c, nil
 	}
@@ -71,16 +224,16 @@ func (s *Store) claimPostgres(ctx context.Context, p outbox.ClaimParams) (outbox
 	if err := c.Release(ctx); err != nil {
 		return nil, err
 	}
-	if c, err = s.claimPostgresOnce(ctx, p, true); err != nil {
+	if c, err = d.claimOnce(ctx, p, true); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// claimPostgresOnce claims in one round trip; with free it skips the
-// keys held elsewhere (heldKeys).
-func (s *Store) claimPostgresOnce(ctx context.Context, p outbox.ClaimParams, free bool) (*pgClaim, error) {
-	sqlDB, err := s.db.DB()
+// claimOnce claims in one round trip; with free it skips the
+// keys held elsewhere (held_keys).
+func (d *postgresDriver) claimOnce(ctx context.Context, p outbox.ClaimParams, free bool) (*pgClaim, error) {
+	sqlDB, err := d.s.db.DB()
 	if err != nil {
 		return nil, err
 	}
@@ -88,11 +241,11 @@ func (s *Store) claimPostgresOnce(ctx context.Context, p outbox.ClaimParams, fre
 	if err != nil {
 		return nil, fmt.Errorf("gormstore: connect: %w", err)
 	}
-	c := &pgClaim{s: s, conn: conn}
-	lockspace, err := s.lockspace(ctx)
+	c := &pgClaim{d: d, conn: conn}
+	lockspace, err := d.lockspace(ctx)
 	if err != nil {
 		_ = conn.Close()
-		return nil, fmt.Errorf("gormstore: claim from %s: %w", s.table, err)
+		return nil, fmt.Errorf("gormstore: claim from %s: %w", d.s.table, err)
 	}
 	err = withPgx(conn, func(px *pgx.Conn) error {
 		b := &pgx.Batch{}
@@ -102,14 +255,14 @@ func (s *Store) claimPostgresOnce(ctx context.Context, p outbox.ClaimParams, fre
 		if exclude == nil {
 			exclude = []string{}
 		}
-		pick := s.pickSQL(p.Limit, len(p.Topics) > 0, free)
+		pick := d.pickSQL(p.Limit, len(p.Topics) > 0, free)
 		if len(p.Topics) > 0 {
 			b.Queue(pick, lockspace, exclude, p.Topics)
 		} else {
 			b.Queue(pick, lockspace, exclude)
 		}
 		b.Queue("SAVEPOINT " + takeSavepoint)
-		b.Queue(s.relay.take)
+		b.Queue(d.s.sql["take"])
 		br := px.SendBatch(ctx, b)
 		err := c.readBatch(br, p.Limit)
 		if cerr := br.Close(); err == nil {
@@ -119,7 +272,7 @@ func (s *Store) claimPostgresOnce(ctx context.Context, p outbox.ClaimParams, fre
 	})
 	if err != nil {
 		c.abort()
-		return nil, fmt.Errorf("gormstore: claim from %s: %w", s.table, err)
+		return nil, fmt.Errorf("gormstore: claim from %s: %w", d.s.table, err)
 	}
 	return c, nil
 }
@@ -132,21 +285,27 @@ func (s *Store) claimPostgresOnce(ctx context.Context, p outbox.ClaimParams, fre
 const contendedFor = time.Minute
 
 // heldElsewhere records that a claim met keys another forwarder held.
-func (s *Store) heldElsewhere() {
-	s.pg.contendedUntil.Store(time.Now().Add(contendedFor).UnixNano())
+func (d *postgresDriver) heldElsewhere() {
+	d.contendedUntil.Store(time.Now().Add(contendedFor).UnixNano())
 }
 
 // contended reports whether a claim met keys held elsewhere within the
 // last contendedFor.
-func (s *Store) contended() bool {
-	return time.Now().UnixNano() < s.pg.contendedUntil.Load()
+func (d *postgresDriver) contended() bool {
+	return time.Now().UnixNano() < d.contendedUntil.Load()
 }
 
-func b2i(b bool) int {
-	if b {
-		return 1
+// pickName is the name of the pick statement of a claim with or without
+// topics, and skipping keys held elsewhere or not.
+func pickName(topics, free bool) string {
+	n := "pick_all"
+	if topics {
+		n = "pick_topics"
 	}
-	return 0
+	if free {
+		n += "_free"
+	}
+	return n
 }
 
 // takeSavepoint is set before a claim takes its rows; Finish rolls back
@@ -174,14 +333,13 @@ type pickKey struct {
 // the window is read and grouped, so a wider window costs PostgreSQL CPU
 // on every claim (a window of 2× the batch cost about 0.4 µs more per
 // relayed event, for no more events/s).
-func (s *Store) pickSQL(limit int, topics, free bool) string {
+func (d *postgresDriver) pickSQL(limit int, topics, free bool) string {
 	k := pickKey{limit, topics, free}
-	if v, ok := s.pg.picks.Load(k); ok {
+	if v, ok := d.picks.Load(k); ok {
 		return v.(string)
 	}
-	pick := s.relay.pick[b2i(topics)][b2i(free)]
-	q := strings.NewReplacer("{window}", strconv.Itoa(limit+limit/2), "{limit}", strconv.Itoa(limit)).Replace(pick)
-	s.pg.picks.Store(k, q)
+	q := strings.NewReplacer("{window}", strconv.Itoa(limit+limit/2), "{limit}", strconv.Itoa(limit)).Replace(d.s.sql[pickName(topics, free)])
+	d.picks.Store(k, q)
 	return q
 }
 
@@ -312,13 +470,13 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 		return errors.New("gormstore: claim already finished or released")
 	}
 	c.done = true
-	r := &c.s.relay
+	st := c.d.s.sql
 	err := withPgx(c.conn, func(px *pgx.Conn) error {
 		b := &pgx.Batch{}
 		if len(failures) > 0 || !c.allDelivered(delivered) {
 			b.Queue("ROLLBACK TO SAVEPOINT " + takeSavepoint)
 			if len(delivered) > 0 {
-				b.Queue(r.delivered, delivered)
+				b.Queue(st["delivered"], delivered)
 			}
 			if len(failures) > 0 {
 				ids := make([]int64, len(failures))
@@ -328,7 +486,7 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 				for i, f := range failures {
 					ids[i], errs[i], delays[i], park[i] = f.ID, cleanError(f.Error), f.RetryAfter.Microseconds(), f.Park
 				}
-				b.Queue(r.fail, ids, errs, delays, park)
+				b.Queue(st["fail"], ids, errs, delays, park)
 			}
 		}
 		b.Queue("COMMIT") // without waiting for the WAL flush: see claimSettings
@@ -336,7 +494,7 @@ func (c *pgClaim) Finish(ctx context.Context, delivered []int64, failures []outb
 	})
 	if err != nil {
 		c.abort()
-		return fmt.Errorf("gormstore: finish claim on %s: %w", c.s.table, err)
+		return fmt.Errorf("gormstore: finish claim on %s: %w", c.d.s.table, err)
 	}
 	return c.conn.Close()
 }
@@ -370,7 +528,7 @@ func (c *pgClaim) Release(ctx context.Context) error {
 	})
 	if err != nil {
 		c.abort()
-		return fmt.Errorf("gormstore: release claim on %s: %w", c.s.table, err)
+		return fmt.Errorf("gormstore: release claim on %s: %w", c.d.s.table, err)
 	}
 	return c.conn.Close()
 }
@@ -380,21 +538,15 @@ func (c *pgClaim) Release(ctx context.Context) error {
 func (c *pgClaim) abort() {
 	c.done = true
 	_ = withPgx(c.conn, func(px *pgx.Conn) error {
-		return driver.ErrBadConn
+		return sqldriver.ErrBadConn
 	})
 	_ = c.conn.Close()
 }
 
-// Listen calls wake whenever a transaction that saved outbox rows commits
-// (PostgreSQL NOTIFY, see NotifyCommitted), until ctx ends or the
-// connection fails. It holds one connection of the pool while it runs. On
-// SQLite it returns outbox.ErrListenUnsupported at once: forwarders there
-// rely on in-process wake-ups and polling.
-func (s *Store) Listen(ctx context.Context, wake func()) error {
-	if s.dialect != postgres {
-		return outbox.ErrListenUnsupported
-	}
-	sqlDB, err := s.db.DB()
+// listen holds a LISTEN on the table's channel (NotifyCommitted) on one
+// connection of the pool.
+func (d *postgresDriver) listen(ctx context.Context, wake func()) error {
+	sqlDB, err := d.s.db.DB()
 	if err != nil {
 		return err
 	}
@@ -403,7 +555,7 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 		return err
 	}
 	defer conn.Close()
-	ch, err := s.channelName(ctx)
+	ch, err := d.channelName(ctx)
 	if err != nil {
 		return err
 	}
@@ -411,14 +563,14 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 	_ = withPgx(conn, func(px *pgx.Conn) error {
 		if _, err := px.Exec(ctx, "LISTEN "+quoteIdent(ch)); err != nil {
 			listenErr = err
-			return driver.ErrBadConn
+			return sqldriver.ErrBadConn
 		}
 		wake() // rows committed before LISTEN took effect
 		for {
 			if _, err := px.WaitForNotification(ctx); err != nil {
 				listenErr = err
 				// Never hand a listening connection back to the pool.
-				return driver.ErrBadConn
+				return sqldriver.ErrBadConn
 			}
 			wake()
 		}
@@ -427,4 +579,76 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 		listenErr = err
 	}
 	return listenErr
+}
+
+func (d *postgresDriver) notifyCommitted() {
+	if !d.s.cfg.NoNotify {
+		d.notify.kick()
+	}
+}
+
+// sendNotify sends one NOTIFY in a transaction that does not wait for its
+// WAL flush: losing it in a crash loses only a wake-up.
+func (d *postgresDriver) sendNotify() {
+	ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
+	defer cancel()
+	sqlDB, err := d.s.db.DB()
+	if err != nil {
+		return
+	}
+	conn, err := sqlDB.Conn(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := d.channelName(ctx)
+	if err != nil {
+		return
+	}
+	err = withPgx(conn, func(px *pgx.Conn) error {
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		b.Queue("SET LOCAL synchronous_commit = off")
+		b.Queue("SELECT pg_notify($1, '')", ch)
+		b.Queue("COMMIT")
+		return px.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		// The connection may be mid-transaction: never reuse it.
+		_ = withPgx(conn, func(*pgx.Conn) error { return errBadConn })
+	}
+}
+
+// channelName is the notification channel of the store's table: its
+// schema-qualified name, so stores of tables with the same name in other
+// schemas of the database do not wake each other. An unqualified table
+// name is qualified with the connection's current schema, read once.
+func (d *postgresDriver) channelName(ctx context.Context) (string, error) {
+	if d.s.table.Schema != "" {
+		return d.s.table.String(), nil
+	}
+	d.chanOnce.Lock()
+	defer d.chanOnce.Unlock()
+	if d.channel != "" {
+		return d.channel, nil
+	}
+	var schema string
+	if err := d.s.db.WithContext(ctx).Raw("SELECT current_schema()").Scan(&schema).Error; err != nil {
+		return "", err
+	}
+	d.channel = schema + "." + d.s.table.Name
+	return d.channel, nil
+}
+
+// lockspace is the first key of the advisory locks the claims take on
+// partition keys: a hash of the schema-qualified table name, so tables of
+// the same name in other schemas do not share key locks.
+func (d *postgresDriver) lockspace(ctx context.Context) (int32, error) {
+	name, err := d.channelName(ctx)
+	if err != nil {
+		return 0, err
+	}
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return int32(h.Sum32()), nil
 }

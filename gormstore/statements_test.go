@@ -3,6 +3,7 @@ package gormstore
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,13 +13,13 @@ import (
 
 var updateSQL = flag.Bool("update-sql", false, "rewrite gormstore/testdata/sql from the statements the store builds")
 
-// TestRelayStatements keeps the final text of every relay statement in
+// TestStatements keeps the final text of every statement of a store in
 // gormstore/testdata/sql/<database>: NAME.sql when KeepDelivered does not
 // change it, NAME.keep_delivered_<bool>.sql when it does. The files show
 // what runs, and a change to a statement shows in review as a change to
-// its file (go test ./gormstore -run TestRelayStatements -update-sql
-// rewrites them).
-func TestRelayStatements(t *testing.T) {
+// its file (go test ./gormstore -run TestStatements -update-sql rewrites
+// them). Pick statements are shown for a batch of 2,000.
+func TestStatements(t *testing.T) {
 	for _, d := range testdb.Dialects {
 		db := testdb.Open(t, d)
 		byKeep := map[bool]map[string]string{}
@@ -27,17 +28,13 @@ func TestRelayStatements(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := s.relay
-			stmts := map[string]string{"delivered": r.delivered, "fail": r.fail}
-			if d == testdb.Postgres {
-				stmts["take"] = r.take
-				for ti, topics := range []string{"all", "topics"} {
-					for fi, free := range []string{"", "_free"} {
-						stmts["pick_"+topics+free] = s.pickSQL(2000, ti == 1, fi == 1)
+			stmts := maps.Clone(s.sql)
+			if pg, ok := s.drv.(*postgresDriver); ok {
+				for _, topics := range []bool{false, true} {
+					for _, free := range []bool{false, true} {
+						stmts[pickName(topics, free)] = pg.pickSQL(2000, topics, free)
 					}
 				}
-			} else {
-				stmts["window"], stmts["window_topics"] = r.window, r.windowTopics
 			}
 			byKeep[keep] = stmts
 		}
@@ -45,11 +42,11 @@ func TestRelayStatements(t *testing.T) {
 		files := map[string]string{}
 		for name, q := range byKeep[false] {
 			if byKeep[true][name] == q {
-				files[name+".sql"] = "-- " + name + ": " + string(d) + ", default table, batch 2,000\n" + q + "\n"
+				files[name+".sql"] = "-- " + name + ": " + string(d) + ", default table\n" + q + "\n"
 				continue
 			}
 			for _, keep := range []bool{false, true} {
-				files[fmt.Sprintf("%s.keep_delivered_%v.sql", name, keep)] = fmt.Sprintf("-- %s: %s, KeepDelivered %v, default table, batch 2,000\n%s\n", name, d, keep, byKeep[keep][name])
+				files[fmt.Sprintf("%s.keep_delivered_%v.sql", name, keep)] = fmt.Sprintf("-- %s: %s, KeepDelivered %v, default table\n%s\n", name, d, keep, byKeep[keep][name])
 			}
 		}
 		if *updateSQL {
@@ -70,10 +67,10 @@ func TestRelayStatements(t *testing.T) {
 			}
 			want, err := os.ReadFile(path)
 			if err != nil {
-				t.Fatalf("%v (run go test ./gormstore -run TestRelayStatements -update-sql)", err)
+				t.Fatalf("%v (run go test ./gormstore -run TestStatements -update-sql)", err)
 			}
 			if string(want) != text {
-				t.Errorf("%s differs from the statement the store builds (run go test ./gormstore -run TestRelayStatements -update-sql and review the diff)", path)
+				t.Errorf("%s differs from the statement the store builds (run go test ./gormstore -run TestStatements -update-sql and review the diff)", path)
 			}
 		}
 		entries, err := os.ReadDir(dir)
@@ -82,7 +79,7 @@ func TestRelayStatements(t *testing.T) {
 		}
 		for _, e := range entries {
 			if _, ok := files[e.Name()]; !ok {
-				t.Errorf("%s is no statement the store builds (run go test ./gormstore -run TestRelayStatements -update-sql)", filepath.Join(dir, e.Name()))
+				t.Errorf("%s is no statement the store builds (run go test ./gormstore -run TestStatements -update-sql)", filepath.Join(dir, e.Name()))
 			}
 		}
 	}

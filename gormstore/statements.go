@@ -1,0 +1,87 @@
+package gormstore
+
+import (
+	"cmp"
+	"embed"
+	"errors"
+	"fmt"
+	"strings"
+	"text/template"
+)
+
+// sqlFiles holds every database's statements as templates: shared.sql,
+// parsed with each database's own file (postgres.sql, sqlite.sql), which
+// defines what differs.
+//
+//go:embed sql/*.sql
+var sqlFiles embed.FS
+
+// parseSQL parses the statements of one database: sql/shared.sql and
+// sql/<name>.sql.
+func parseSQL(name string) *template.Template {
+	return template.Must(template.ParseFS(sqlFiles, "sql/shared.sql", "sql/"+name+".sql"))
+}
+
+// sqlVars are the data of the statement templates.
+type sqlVars struct {
+	T         string // the quoted table
+	Cols      string // rowColumns
+	Setting   string // claimSetting
+	Keep      bool   // Config.KeepDelivered
+	Topics    bool   // a statement on some topics
+	TopicsArg string // the parameter of the topics' array
+	Free      bool   // leave out the keys other sessions hold
+	Exclude   bool   // leave out the keys of parameter $2
+	Window    string // the rows a window reads
+	Where     string // the condition a variant of requeue or discard adds
+	Returning bool   // requeue, discard: return the ids changed
+}
+
+// stmt is one statement a store runs: its name in Store.sql (and in
+// testdata/sql), its template ("" when the same as the name), and what its
+// variant sets in the data.
+type stmt struct {
+	name, tmpl string
+	set        func(*sqlVars)
+}
+
+// sharedStatements are the statements every driver runs, besides its own.
+var sharedStatements = []stmt{
+	{name: "insert"}, {name: "delivered"}, {name: "fail"}, {name: "stats"},
+	{name: "purge"}, {name: "count_delivered"},
+	{name: "list_failed"}, {name: "get_failed"},
+	{"requeue", "", func(v *sqlVars) { v.Where = "id IN ?" }},
+	{"requeue_ids", "requeue", func(v *sqlVars) { v.Where, v.Returning = "id IN ?", true }},
+	{"requeue_topic", "requeue", func(v *sqlVars) { v.Where = "topic = ?" }},
+	{"requeue_all", "requeue", func(v *sqlVars) { v.Where = "1 = 1" }},
+	{"discard", "", func(v *sqlVars) { v.Where = "id IN ?" }},
+	{"discard_ids", "discard", func(v *sqlVars) { v.Where, v.Returning = "id IN ?", true }},
+	{"discard_topic", "discard", func(v *sqlVars) { v.Where = "topic = ?" }},
+	{"discard_all", "discard", func(v *sqlVars) { v.Where = "1 = 1" }},
+}
+
+// statements are a store's statements by name, rendered once per store.
+type statements map[string]string
+
+// renderStatements renders the shared statements and the driver's own
+// (own) from t for the store's table and config.
+func renderStatements(t *template.Template, s *Store, own []stmt) (statements, error) {
+	st := statements{}
+	var errs []error
+	for _, sp := range append(append([]stmt(nil), sharedStatements...), own...) {
+		v := sqlVars{T: s.quoted, Cols: rowColumns, Setting: claimSetting, Keep: s.cfg.KeepDelivered}
+		if sp.set != nil {
+			sp.set(&v)
+		}
+		var b strings.Builder
+		if err := t.ExecuteTemplate(&b, cmp.Or(sp.tmpl, sp.name), v); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st[sp.name] = b.String()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("gormstore: statements: %w", err)
+	}
+	return st, nil
+}

@@ -1,0 +1,3 @@
+-- insert: postgres, default table
+INSERT INTO "txoutbox_outbox" (uuid, topic, partition_key, payload, metadata)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])
