@@ -9,7 +9,6 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -806,7 +805,7 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 			}
 			if herr == nil {
 				if it.stored != nil {
-					if err := tx.Exec("DELETE FROM "+in.quotedFailed+" WHERE id = ?", it.stored.ID).Error; err != nil {
+					if err := tx.Exec(in.sql.deleteFailed, it.stored.ID).Error; err != nil {
 						return fmt.Errorf("delete retried message from %s: %w", in.failed, err)
 					}
 				}
@@ -818,7 +817,7 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 			case outSkipped:
 				outs[i] = outSkipped
 				if it.stored != nil {
-					if err := tx.Exec("DELETE FROM "+in.quotedFailed+" WHERE id = ?", it.stored.ID).Error; err != nil {
+					if err := tx.Exec(in.sql.deleteFailed, it.stored.ID).Error; err != nil {
 						return fmt.Errorf("delete skipped message from %s: %w", in.failed, err)
 					}
 				}
@@ -826,8 +825,7 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 				outs[i] = outParked
 				if it.stored != nil {
 					stopped[it.orderKey] = true
-					err = tx.Exec("UPDATE "+in.quotedFailed+" SET status = ?, error = ?, attempts = attempts + 1, failed_at = ? WHERE id = ?",
-						StatusFailed, herr.Error(), in.timeArg(now), it.stored.ID).Error
+					err = tx.Exec(in.sql.failAgain, StatusFailed, herr.Error(), in.drv.timeArg(now), it.stored.ID).Error
 				} else {
 					err = c.insertFailed(tx, it, StatusFailed, herr.Error(), now)
 				}
@@ -844,7 +842,7 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 			}
 		}
 		if len(unrecord) > 0 {
-			if err := tx.Exec("DELETE FROM "+in.quoted+" WHERE consumer = ? AND message_uuid IN ?", c.cfg.Name, unrecord).Error; err != nil {
+			if err := tx.Exec(in.sql.unrecord, c.cfg.Name, unrecord).Error; err != nil {
 				return fmt.Errorf("inbox: unrecord failed messages in %s: %w", in.table, err)
 			}
 		}
@@ -868,20 +866,13 @@ func (c *Consumer) record(tx *gorm.DB, batch []*item, now time.Time) (map[string
 	// Sorted and unique: concurrent batches lock the rows in one order.
 	slices.Sort(uuids)
 	uuids = slices.Compact(uuids)
-	var q strings.Builder
-	q.WriteString("INSERT INTO " + c.in.quoted + " (consumer, message_uuid, received_at) VALUES ")
 	args := make([]any, 0, 3*len(uuids))
-	at := c.in.timeArg(now)
-	for i, u := range uuids {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		q.WriteString("(?, ?, ?)")
+	at := c.in.drv.timeArg(now)
+	for _, u := range uuids {
 		args = append(args, c.cfg.Name, u, at)
 	}
-	q.WriteString(" ON CONFLICT DO NOTHING RETURNING message_uuid")
 	var inserted []string
-	if err := tx.Raw(q.String(), args...).Scan(&inserted).Error; err != nil {
+	if err := tx.Raw(c.in.sql.recordMany(len(uuids)), args...).Scan(&inserted).Error; err != nil {
 		return nil, fmt.Errorf("inbox: record %d messages in %s: %w", len(uuids), c.in.table, err)
 	}
 	fresh := make(map[string]bool, len(inserted))
@@ -904,8 +895,7 @@ func (c *Consumer) heldKeys(tx *gorm.DB, keys []string) (map[string]string, erro
 		PartitionKey string
 		MessageUUID  string
 	}
-	err := tx.Raw("SELECT partition_key, message_uuid FROM "+c.in.quotedFailed+" f WHERE consumer = ? AND partition_key IN ? AND id = (SELECT min(id) FROM "+
-		c.in.quotedFailed+" g WHERE g.consumer = f.consumer AND g.partition_key = f.partition_key)", c.cfg.Name, keys).Scan(&rows).Error
+	err := tx.Raw(c.in.sql.heldKeys, c.cfg.Name, keys).Scan(&rows).Error
 	if err != nil {
 		return nil, fmt.Errorf("inbox: read held keys from %s: %w", c.in.failed, err)
 	}
@@ -929,9 +919,8 @@ func (c *Consumer) insertFailed(tx *gorm.DB, it *item, status Status, reason str
 	if status == StatusFailed {
 		attempts++
 	}
-	err = tx.Exec("INSERT INTO "+c.in.quotedFailed+` (consumer, message_uuid, topic, partition_key, payload, metadata, status, error, attempts, failed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer, message_uuid) DO NOTHING`,
-		c.cfg.Name, it.msg.UUID, it.topic, it.key, payload, string(md), status, reason, attempts, c.in.timeArg(now)).Error
+	err = tx.Exec(c.in.sql.insertFailed,
+		c.cfg.Name, it.msg.UUID, it.topic, it.key, payload, string(md), status, reason, attempts, c.in.drv.timeArg(now)).Error
 	if err != nil {
 		return fmt.Errorf("inbox: record message %s in %s: %w", it.msg.UUID, c.in.failed, err)
 	}
@@ -1065,21 +1054,19 @@ func (c *Consumer) redrivable(ctx context.Context) ([]FailedMessage, error) {
 	in := c.in
 	db := in.db.WithContext(ctx)
 	limit := c.cfg.BatchSize * len(c.workers)
-	sel := "SELECT " + failedColumns + " FROM " + in.quotedFailed
 	if c.cfg.AfterPark == KeyContinue {
-		return in.scanFailed(db, sel+" WHERE consumer = ? AND status IN ? ORDER BY id LIMIT ?", c.cfg.Name, []Status{StatusRetry, StatusHeld}, limit)
+		return in.scanFailed(db, in.sql.redrive, c.cfg.Name, []Status{StatusRetry, StatusHeld}, limit)
 	}
-	rows, err := in.scanFailed(db, sel+" WHERE consumer = ? AND partition_key = '' AND status = ? ORDER BY id LIMIT ?", c.cfg.Name, StatusRetry, limit)
+	rows, err := in.scanFailed(db, in.sql.redriveUnkeyed, c.cfg.Name, StatusRetry, limit)
 	if err != nil {
 		return nil, err
 	}
 	var keys []string
-	err = db.Raw("SELECT partition_key FROM "+in.quotedFailed+" f WHERE consumer = ? AND partition_key <> '' AND status <> ? AND id = (SELECT min(id) FROM "+
-		in.quotedFailed+" g WHERE g.consumer = f.consumer AND g.partition_key = f.partition_key) ORDER BY id LIMIT ?", c.cfg.Name, StatusFailed, limit).Scan(&keys).Error
+	err = db.Raw(in.sql.redriveKeyHeads, c.cfg.Name, StatusFailed, limit).Scan(&keys).Error
 	if err != nil || len(keys) == 0 {
 		return rows, err
 	}
-	keyed, err := in.scanFailed(db, sel+" WHERE consumer = ? AND partition_key IN ? ORDER BY id", c.cfg.Name, keys)
+	keyed, err := in.scanFailed(db, in.sql.redriveKeyed, c.cfg.Name, keys)
 	if err != nil {
 		return nil, err
 	}

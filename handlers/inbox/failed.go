@@ -87,8 +87,6 @@ type failedRow struct {
 	FailedAt     string
 }
 
-const failedColumns = "id, consumer, message_uuid, topic, partition_key, payload, metadata, status, error, attempts, failed_at"
-
 func (in *Inbox) scanFailed(tx *gorm.DB, query string, args ...any) ([]FailedMessage, error) {
 	var rows []failedRow
 	if err := tx.Raw(query, args...).Scan(&rows).Error; err != nil {
@@ -99,7 +97,7 @@ func (in *Inbox) scanFailed(tx *gorm.DB, query string, args ...any) ([]FailedMes
 		f := FailedMessage{
 			ID: r.ID, Consumer: r.Consumer, UUID: r.MessageUUID, Topic: r.Topic,
 			PartitionKey: r.PartitionKey, Payload: r.Payload, Status: Status(r.Status),
-			Error: r.Error, Attempts: r.Attempts, FailedAt: in.parseTime(r.FailedAt),
+			Error: r.Error, Attempts: r.Attempts, FailedAt: parseTime(r.FailedAt),
 		}
 		if err := json.Unmarshal([]byte(r.Metadata), &f.Metadata); err != nil {
 			return nil, fmt.Errorf("inbox: failed message %d of %s: metadata: %w", r.ID, r.Consumer, err)
@@ -109,13 +107,11 @@ func (in *Inbox) scanFailed(tx *gorm.DB, query string, args ...any) ([]FailedMes
 	return out, nil
 }
 
-// parseTime reads a time column scanned into a string: SQLite's stored
-// text, or PostgreSQL's timestamptz as database/sql formats it (RFC 3339).
-func (in *Inbox) parseTime(s string) time.Time {
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t
-	}
-	t, _ := time.Parse(sqliteTimeFormat, s)
+// parseTime reads a time column scanned into a string. Both databases'
+// text is RFC 3339: SQLite's stored text (sqliteTimeFormat), and
+// PostgreSQL's timestamptz as database/sql formats it.
+func parseTime(s string) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, s)
 	return t
 }
 
@@ -130,13 +126,11 @@ func (in *Inbox) ListFailed(ctx context.Context, consumer string, afterID int64,
 	if limit <= 0 {
 		return nil, fmt.Errorf("%w: ListFailed limit %d must be positive", ErrInvalidConfig, limit)
 	}
-	q := "SELECT " + failedColumns + " FROM " + in.quotedFailed + " WHERE id > ?"
-	args := []any{afterID}
+	q, args := in.sql.listFailed, []any{afterID, limit}
 	if consumer != "" {
-		q += " AND consumer = ?"
-		args = append(args, consumer)
+		q, args = in.sql.listFailedOf, []any{afterID, consumer, limit}
 	}
-	rows, err := in.scanFailed(in.db.WithContext(ctx), q+" ORDER BY id LIMIT ?", append(args, limit)...)
+	rows, err := in.scanFailed(in.db.WithContext(ctx), q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: list %s: %w", in.failed, err)
 	}
@@ -151,7 +145,7 @@ func (in *Inbox) FailedCounts(ctx context.Context) (map[string]map[Status]int64,
 		Status   string
 		N        int64
 	}
-	err := in.db.WithContext(ctx).Raw("SELECT consumer, status, count(*) AS n FROM " + in.quotedFailed + " GROUP BY consumer, status").Scan(&rows).Error
+	err := in.db.WithContext(ctx).Raw(in.sql.failedCounts).Scan(&rows).Error
 	if err != nil {
 		return nil, fmt.Errorf("inbox: count %s: %w", in.failed, err)
 	}
@@ -179,7 +173,7 @@ func (in *Inbox) Retry(ctx context.Context, consumer string, uuids ...string) (i
 	if len(uuids) == 0 {
 		return 0, nil
 	}
-	return in.setStatus(ctx, "consumer = ? AND message_uuid IN ? AND status = ?", consumer, uuids, StatusFailed)
+	return in.setStatus(ctx, in.sql.retry, consumer, uuids, StatusFailed)
 }
 
 // RetryUUIDs is Retry that says which messages it marked: it returns the
@@ -193,21 +187,21 @@ func (in *Inbox) RetryUUIDs(ctx context.Context, consumer string, uuids ...strin
 	if len(uuids) == 0 {
 		return []string{}, nil
 	}
-	return in.changedUUIDs(ctx, "retry", "UPDATE "+in.quotedFailed+" SET status = ? WHERE consumer = ? AND message_uuid IN ? AND status = ? RETURNING message_uuid",
-		StatusRetry, consumer, uuids, StatusFailed)
+	return in.changedUUIDs(ctx, "retry", in.sql.retryUUIDs, StatusRetry, consumer, uuids, StatusFailed)
 }
 
 // RetryAll marks every failed message of consumer (every consumer's when
 // consumer is empty) for processing again; see Retry.
 func (in *Inbox) RetryAll(ctx context.Context, consumer string) (int64, error) {
 	if consumer == "" {
-		return in.setStatus(ctx, "status = ?", StatusFailed)
+		return in.setStatus(ctx, in.sql.retryAll, StatusFailed)
 	}
-	return in.setStatus(ctx, "consumer = ? AND status = ?", consumer, StatusFailed)
+	return in.setStatus(ctx, in.sql.retryAllOf, consumer, StatusFailed)
 }
 
-func (in *Inbox) setStatus(ctx context.Context, where string, args ...any) (int64, error) {
-	res := in.db.WithContext(ctx).Exec("UPDATE "+in.quotedFailed+" SET status = ? WHERE "+where, append([]any{StatusRetry}, args...)...)
+// setStatus runs query, a retry statement, with StatusRetry and args.
+func (in *Inbox) setStatus(ctx context.Context, query string, args ...any) (int64, error) {
+	res := in.db.WithContext(ctx).Exec(query, append([]any{StatusRetry}, args...)...)
 	if res.Error != nil {
 		return 0, fmt.Errorf("inbox: retry rows of %s: %w", in.failed, res.Error)
 	}
@@ -226,7 +220,7 @@ func (in *Inbox) Discard(ctx context.Context, consumer string, uuids ...string) 
 	if len(uuids) == 0 {
 		return 0, nil
 	}
-	res := in.db.WithContext(ctx).Exec("DELETE FROM "+in.quotedFailed+" WHERE consumer = ? AND message_uuid IN ?", consumer, uuids)
+	res := in.db.WithContext(ctx).Exec(in.sql.discard, consumer, uuids)
 	if res.Error != nil {
 		return 0, fmt.Errorf("inbox: discard rows of %s: %w", in.failed, res.Error)
 	}
@@ -243,7 +237,7 @@ func (in *Inbox) DiscardUUIDs(ctx context.Context, consumer string, uuids ...str
 	if len(uuids) == 0 {
 		return []string{}, nil
 	}
-	return in.changedUUIDs(ctx, "discard", "DELETE FROM "+in.quotedFailed+" WHERE consumer = ? AND message_uuid IN ? RETURNING message_uuid", consumer, uuids)
+	return in.changedUUIDs(ctx, "discard", in.sql.discardUUIDs, consumer, uuids)
 }
 
 // changedUUIDs runs a statement ending in RETURNING message_uuid and

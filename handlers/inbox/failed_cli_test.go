@@ -13,10 +13,8 @@ import (
 // seedFailed inserts a failed-table row for consumer.
 func (f *fixture) seedFailed(t *testing.T, consumer, uuid string, status inbox.Status) {
 	t.Helper()
-	var at any = time.Now().UTC()
-	if f.dialect == testdb.SQLite {
-		at = time.Now().UTC().Format("2006-01-02T15:04:05.000000000Z")
-	}
+	// Fixed-width UTC text: what SQLite stores, and a timestamptz literal.
+	at := time.Now().UTC().Format("2006-01-02T15:04:05.000000000Z")
 	require.NoError(t, f.db.Exec(`INSERT INTO `+f.in.FailedTable()+` (consumer, message_uuid, topic, partition_key, payload, metadata, status, error, attempts, failed_at)
 VALUES (?, ?, 'orders', 'k', ?, '{}', ?, 'boom', 1, ?)`, consumer, uuid, []byte("p"), string(status), at).Error)
 }

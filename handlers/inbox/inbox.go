@@ -62,24 +62,16 @@ func (c Config) Validate() error {
 	return err
 }
 
-type dialect = sqlschema.Dialect
-
-const (
-	postgres = sqlschema.Postgres
-	sqlite   = sqlschema.SQLite
-)
-
 // Inbox is the consumer-side inbox table: one row per (consumer, message
 // UUID) processed. It is safe for concurrent use.
 type Inbox struct {
-	db      *gorm.DB
-	cfg     Config
-	dialect dialect
-	table   sqlschema.Table
-	quoted  string
+	db    *gorm.DB
+	cfg   Config
+	drv   driver
+	table sqlschema.Table
 	// failed is the failed table, the inbox table's name + "_failed".
-	failed       sqlschema.Table
-	quotedFailed string
+	failed sqlschema.Table
+	sql    statements
 }
 
 // New returns an inbox on db's database. db selects the dialect and runs
@@ -96,8 +88,9 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
 	}
-	if d == sqlite && t.Schema != "" {
-		return nil, fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
+	drv := drivers[d]
+	if err := drv.checkTable(t); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -106,7 +99,11 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 		cfg.Now = time.Now
 	}
 	failed := sqlschema.Table{Schema: t.Schema, Name: t.Name + failedSuffix}
-	return &Inbox{db: db, cfg: cfg, dialect: d, table: t, quoted: t.Quoted(), failed: failed, quotedFailed: failed.Quoted()}, nil
+	stmts, err := newStatements(drv, t, failed)
+	if err != nil {
+		return nil, err
+	}
+	return &Inbox{db: db, cfg: cfg, drv: drv, table: t, failed: failed, sql: stmts}, nil
 }
 
 // Table returns the inbox table name as configured.
@@ -140,8 +137,7 @@ func (in *Inbox) Process(ctx context.Context, consumer, messageUUID string, fn f
 		return false, fmt.Errorf("%w: nil function for consumer %s", ErrInvalidConfig, consumer)
 	}
 	run := func(tx *gorm.DB) error {
-		res := tx.Exec("INSERT INTO "+in.quoted+" (consumer, message_uuid, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-			consumer, messageUUID, in.timeArg(in.cfg.Now()))
+		res := tx.Exec(in.sql.record, consumer, messageUUID, in.drv.timeArg(in.cfg.Now()))
 		if res.Error != nil {
 			return fmt.Errorf("inbox: record message %s for consumer %s in %s: %w", messageUUID, consumer, in.table, res.Error)
 		}
@@ -230,25 +226,14 @@ func (in *Inbox) Cleanup(ctx context.Context, olderThan time.Duration, batch int
 		return 0, fmt.Errorf("%w: Cleanup batch %d is negative (use 0 for the default %d)", ErrInvalidConfig, batch, DefaultCleanupBatch)
 	}
 	batch = cmp.Or(batch, DefaultCleanupBatch)
-	cutoff := in.timeArg(in.cfg.Now().Add(-olderThan))
-	var query string
-	if in.dialect == postgres {
-		// = ANY(ARRAY(...)) keeps the planner from scanning the whole table
-		// per batch, as IN (SELECT ... LIMIT) can. Rows are never updated,
-		// so a ctid read in the subquery still names the same row.
-		query = "DELETE FROM " + in.quoted + " WHERE ctid = ANY(ARRAY(SELECT ctid FROM " + in.quoted +
-			" WHERE received_at < ? LIMIT ?)) AND received_at < ?"
-	} else {
-		query = "DELETE FROM " + in.quoted + " WHERE rowid IN (SELECT rowid FROM " + in.quoted +
-			" WHERE received_at < ? LIMIT ?) AND received_at < ?"
-	}
+	cutoff := in.drv.timeArg(in.cfg.Now().Add(-olderThan))
 	db := in.db.WithContext(ctx)
 	var total int64
 	for {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		res := db.Exec(query, cutoff, batch, cutoff)
+		res := db.Exec(in.sql.cleanup, cutoff, batch, cutoff)
 		if res.Error != nil {
 			return total, fmt.Errorf("inbox: clean up %s: %w", in.table, res.Error)
 		}
@@ -259,9 +244,6 @@ func (in *Inbox) Cleanup(ctx context.Context, olderThan time.Duration, batch int
 	}
 }
 
-// sqliteTimeFormat is fixed-width, so received_at sorts as it compares.
-const sqliteTimeFormat = "2006-01-02T15:04:05.000000000Z"
-
 // CountCleanup counts the inbox rows received more than olderThan ago: the
 // rows Cleanup(ctx, olderThan, ...) would delete now, by the same clock. It
 // deletes nothing.
@@ -270,17 +252,9 @@ func (in *Inbox) CountCleanup(ctx context.Context, olderThan time.Duration) (int
 		return 0, fmt.Errorf("%w: Cleanup olderThan %v must be positive", ErrInvalidConfig, olderThan)
 	}
 	var n int64
-	err := in.db.WithContext(ctx).Raw("SELECT count(*) FROM "+in.quoted+" WHERE received_at < ?", in.timeArg(in.cfg.Now().Add(-olderThan))).Scan(&n).Error
+	err := in.db.WithContext(ctx).Raw(in.sql.countCleanup, in.drv.timeArg(in.cfg.Now().Add(-olderThan))).Scan(&n).Error
 	if err != nil {
 		return 0, fmt.Errorf("inbox: count %s: %w", in.table, err)
 	}
 	return n, nil
-}
-
-// timeArg returns t as the dialect stores received_at.
-func (in *Inbox) timeArg(t time.Time) any {
-	if in.dialect == sqlite {
-		return t.UTC().Format(sqliteTimeFormat)
-	}
-	return t
 }

@@ -18,10 +18,6 @@ import (
 //go:embed migrations
 var Migrations embed.FS
 
-// migrateLockKey is the PostgreSQL advisory lock that serialises concurrent
-// Migrate calls (several instances starting at once).
-const migrateLockKey = 0x7478696e626f78 // "txinbox"
-
 // Migrate creates or upgrades the default inbox table (DefaultTable) on db.
 // It is a shortcut for New(db, Config{}) followed by Inbox.Migrate.
 func Migrate(ctx context.Context, db *gorm.DB) error {
@@ -38,13 +34,11 @@ func Migrate(ctx context.Context, db *gorm.DB) error {
 func (in *Inbox) Migrate(ctx context.Context) error {
 	m := sqlschema.Migration{
 		FS:           Migrations,
-		Dir:          path.Join("migrations", in.dialect.String()),
+		Dir:          path.Join("migrations", in.drv.dialect().String()),
 		DefaultTable: DefaultTable,
 		Table:        in.table,
 		Related:      []string{failedSuffix},
-	}
-	if in.dialect == postgres {
-		m.LockKey = migrateLockKey
+		LockKey:      in.drv.migrateLockKey(),
 	}
 	if err := m.Run(ctx, in.db); err != nil {
 		return fmt.Errorf("inbox: migrate %s: %w", in.table, err)

@@ -1,0 +1,29 @@
+package inbox
+
+import (
+	"text/template"
+	"time"
+
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
+)
+
+// postgresDriver is the inbox on PostgreSQL.
+type postgresDriver struct{}
+
+// postgresSQL are PostgreSQL's statements.
+var postgresSQL = parseSQL("sql/postgres.sql")
+
+// migrateLockKey is the PostgreSQL advisory lock that serialises concurrent
+// Migrate calls (several instances starting at once).
+const migrateLockKey = 0x7478696e626f78 // "txinbox"
+
+func (postgresDriver) dialect() sqlschema.Dialect { return sqlschema.Postgres }
+
+func (postgresDriver) templates() *template.Template { return postgresSQL }
+
+func (postgresDriver) checkTable(sqlschema.Table) error { return nil }
+
+// timeArg passes t as it is: received_at and failed_at are timestamptz.
+func (postgresDriver) timeArg(t time.Time) any { return t }
+
+func (postgresDriver) migrateLockKey() int64 { return migrateLockKey }

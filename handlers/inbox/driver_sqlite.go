@@ -1,0 +1,35 @@
+package inbox
+
+import (
+	"fmt"
+	"text/template"
+	"time"
+
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
+)
+
+// sqliteDriver is the inbox on SQLite.
+type sqliteDriver struct{}
+
+// sqliteSQL are SQLite's statements.
+var sqliteSQL = parseSQL("sql/sqlite.sql")
+
+// sqliteTimeFormat is fixed-width, so received_at sorts as it compares.
+const sqliteTimeFormat = "2006-01-02T15:04:05.000000000Z"
+
+func (sqliteDriver) dialect() sqlschema.Dialect { return sqlschema.SQLite }
+
+func (sqliteDriver) templates() *template.Template { return sqliteSQL }
+
+func (sqliteDriver) checkTable(t sqlschema.Table) error {
+	if t.Schema != "" {
+		return fmt.Errorf("%w: table %q: SQLite tables cannot be schema-qualified", ErrInvalidConfig, t)
+	}
+	return nil
+}
+
+// timeArg returns t as the text SQLite stores: UTC in sqliteTimeFormat.
+func (sqliteDriver) timeArg(t time.Time) any { return t.UTC().Format(sqliteTimeFormat) }
+
+// migrateLockKey is 0: SQLite runs one write transaction at a time.
+func (sqliteDriver) migrateLockKey() int64 { return 0 }

@@ -1,0 +1,36 @@
+package inbox
+
+import (
+	"flag"
+	"path/filepath"
+	"testing"
+
+	"github.com/txoutbox/txoutbox/internal/sqltmpl/sqltmpltest"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+)
+
+var updateSQL = flag.Bool("update-sql", false, "rewrite handlers/inbox/testdata/sql from the statements the inbox builds")
+
+// TestStatements keeps the final text of every inbox statement in
+// handlers/inbox/testdata/sql/<database>/NAME.sql, record_many as it
+// records two messages. The files show what runs, and a change to a
+// statement shows in review as a change to its file (go test
+// ./handlers/inbox -run TestStatements -update-sql rewrites them).
+func TestStatements(t *testing.T) {
+	for _, d := range testdb.Dialects {
+		in, err := New(testdb.Open(t, d), Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := map[string]string{}
+		for name, q := range in.sql.byName() {
+			text := *q
+			if name == "record_many" {
+				text = in.sql.recordMany(2)
+			}
+			files[name+".sql"] = "-- " + name + ": " + string(d) + ", default tables\n" + text + "\n"
+		}
+		sqltmpltest.Check(t, filepath.Join("testdata", "sql", string(d)), files, *updateSQL,
+			"go test ./handlers/inbox -run TestStatements -update-sql")
+	}
+}

@@ -1,0 +1,2 @@
+-- discard: postgres, default tables
+DELETE FROM "txoutbox_inbox_failed" WHERE consumer = ? AND message_uuid IN ?

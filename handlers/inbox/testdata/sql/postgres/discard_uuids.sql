@@ -1,0 +1,2 @@
+-- discard_uuids: postgres, default tables
+DELETE FROM "txoutbox_inbox_failed" WHERE consumer = ? AND message_uuid IN ? RETURNING message_uuid

@@ -1,0 +1,2 @@
+-- unrecord: postgres, default tables
+DELETE FROM "txoutbox_inbox" WHERE consumer = ? AND message_uuid IN ?

@@ -1,0 +1,2 @@
+-- retry_all: sqlite, default tables
+UPDATE "txoutbox_inbox_failed" SET status = ? WHERE status = ?

@@ -1,0 +1,2 @@
+-- unrecord: sqlite, default tables
+DELETE FROM "txoutbox_inbox" WHERE consumer = ? AND message_uuid IN ?
