@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -14,11 +15,11 @@ import (
 // database a store runs on. docs/architecture.md lists what adding a
 // database takes.
 type driver interface {
-	// name is the database's name: the folder of its migrations
-	// (migrations/<name>) and of its statements' texts (testdata/sql).
-	name() string
+	// dialect names the database: its migrations are in
+	// migrations/<dialect>, its statements in sql/<dialect>.sql.
+	dialect() sqlschema.Dialect
 	// migrateLock is the advisory lock a migration holds, 0 for none.
-	migrateLock() int64
+	migrateLockKey() int64
 	// insert returns the statement that saves records, and its arguments.
 	insert(records []outbox.Record) (string, []any, error)
 	// nowArgs are the arguments of the statement "now" (the current time)
@@ -46,14 +47,15 @@ type driver interface {
 }
 
 // newDriver returns the driver of s's database, chosen by the GORM
-// dialector's name.
+// dialector.
 func newDriver(s *Store) (driver, error) {
-	switch name := s.db.Dialector.Name(); name {
-	case "postgres":
+	d, _ := sqlschema.DialectOf(s.db)
+	switch d {
+	case sqlschema.Postgres:
 		return newPostgresDriver(s)
-	case "sqlite":
+	case sqlschema.SQLite:
 		return newSQLiteDriver(s)
 	default:
-		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, name)
+		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, s.db.Dialector.Name())
 	}
 }

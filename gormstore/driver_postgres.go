@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/txoutbox/txoutbox/internal/intern"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -75,11 +76,11 @@ func newPostgresDriver(s *Store) (*postgresDriver, error) {
 }
 
 // postgresSQL are the statements of sql/postgres.sql and sql/shared.sql.
-var postgresSQL = parseSQL("postgres")
+var postgresSQL = parseSQL(sqlschema.Postgres)
 
-func (d *postgresDriver) name() string       { return "postgres" }
-func (d *postgresDriver) migrateLock() int64 { return migrateLockKey }
-func (d *postgresDriver) nowArgs() []any     { return nil }
+func (d *postgresDriver) dialect() sqlschema.Dialect { return sqlschema.Postgres }
+func (d *postgresDriver) migrateLockKey() int64      { return migrateLockKey }
+func (d *postgresDriver) nowArgs() []any             { return nil }
 
 func (d *postgresDriver) cutoffArg(olderThan time.Duration) any { return olderThan.Microseconds() }
 
@@ -313,7 +314,7 @@ func pickName(topics, free bool) string {
 const takeSavepoint = "txoutbox_take"
 
 // claimSettings sets a claim transaction's settings in one statement:
-// generic plans (see newRelaySQL), and a commit that does not wait for
+// generic plans (see claim), and a commit that does not wait for
 // the WAL flush. A delivery mark lost in a crash means a redelivery, never
 // a loss, so finishing a batch need not wait for the disk.
 const claimSettings = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true),

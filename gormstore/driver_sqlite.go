@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -23,7 +24,7 @@ type sqliteDriver struct {
 }
 
 // sqliteSQL are the statements of sql/sqlite.sql and sql/shared.sql.
-var sqliteSQL = parseSQL("sqlite")
+var sqliteSQL = parseSQL(sqlschema.SQLite)
 
 func newSQLiteDriver(s *Store) (*sqliteDriver, error) {
 	if s.table.Schema != "" {
@@ -42,8 +43,8 @@ func newSQLiteDriver(s *Store) (*sqliteDriver, error) {
 	return &sqliteDriver{s: s, claims: make(chan struct{}, 1)}, nil
 }
 
-func (d *sqliteDriver) name() string                         { return "sqlite" }
-func (d *sqliteDriver) migrateLock() int64                   { return 0 }
+func (d *sqliteDriver) dialect() sqlschema.Dialect           { return sqlschema.SQLite }
+func (d *sqliteDriver) migrateLockKey() int64                { return 0 }
 func (d *sqliteDriver) nowArgs() []any                       { return []any{time.Now().UTC()} }
 func (d *sqliteDriver) notifyCommitted()                     {}
 func (d *sqliteDriver) retryable(error) bool                 { return false }

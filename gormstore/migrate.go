@@ -44,9 +44,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 func (s *Store) migration() sqlschema.Migration {
 	return sqlschema.Migration{
 		FS:           Migrations,
-		Dir:          path.Join("migrations", s.drv.name()),
+		Dir:          path.Join("migrations", s.drv.dialect().String()),
 		DefaultTable: DefaultTable,
 		Table:        s.table,
-		LockKey:      s.drv.migrateLock(),
+		LockKey:      s.drv.migrateLockKey(),
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"strings"
 	"text/template"
+
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
+	"github.com/txoutbox/txoutbox/internal/sqltmpl"
 )
 
 // sqlFiles holds every database's statements as templates: shared.sql,
@@ -17,9 +19,9 @@ import (
 var sqlFiles embed.FS
 
 // parseSQL parses the statements of one database: sql/shared.sql and
-// sql/<name>.sql.
-func parseSQL(name string) *template.Template {
-	return template.Must(template.ParseFS(sqlFiles, "sql/shared.sql", "sql/"+name+".sql"))
+// sql/<dialect>.sql.
+func parseSQL(d sqlschema.Dialect) *template.Template {
+	return template.Must(template.ParseFS(sqlFiles, "sql/shared.sql", "sql/"+d.String()+".sql"))
 }
 
 // sqlVars are the data of the statement templates.
@@ -73,12 +75,9 @@ func renderStatements(t *template.Template, s *Store, own []stmt) (statements, e
 		if sp.set != nil {
 			sp.set(&v)
 		}
-		var b strings.Builder
-		if err := t.ExecuteTemplate(&b, cmp.Or(sp.tmpl, sp.name), v); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		st[sp.name] = b.String()
+		var q string
+		errs = append(errs, sqltmpl.Render(t, v, map[string]*string{cmp.Or(sp.tmpl, sp.name): &q}))
+		st[sp.name] = q
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("gormstore: statements: %w", err)

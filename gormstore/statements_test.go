@@ -4,10 +4,10 @@ import (
 	"flag"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/txoutbox/txoutbox/internal/sqltmpl/sqltmpltest"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 )
 
@@ -38,7 +38,6 @@ func TestStatements(t *testing.T) {
 			}
 			byKeep[keep] = stmts
 		}
-		dir := filepath.Join("testdata", "sql", string(d))
 		files := map[string]string{}
 		for name, q := range byKeep[false] {
 			if byKeep[true][name] == q {
@@ -49,38 +48,7 @@ func TestStatements(t *testing.T) {
 				files[fmt.Sprintf("%s.keep_delivered_%v.sql", name, keep)] = fmt.Sprintf("-- %s: %s, KeepDelivered %v, default table\n%s\n", name, d, keep, byKeep[keep][name])
 			}
 		}
-		if *updateSQL {
-			if err := os.RemoveAll(dir); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for name, text := range files {
-			path := filepath.Join(dir, name)
-			if *updateSQL {
-				if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				continue
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./gormstore -run TestStatements -update-sql)", err)
-			}
-			if string(want) != text {
-				t.Errorf("%s differs from the statement the store builds (run go test ./gormstore -run TestStatements -update-sql and review the diff)", path)
-			}
-		}
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range entries {
-			if _, ok := files[e.Name()]; !ok {
-				t.Errorf("%s is no statement the store builds (run go test ./gormstore -run TestStatements -update-sql)", filepath.Join(dir, e.Name()))
-			}
-		}
+		sqltmpltest.Check(t, filepath.Join("testdata", "sql", string(d)), files, *updateSQL,
+			"go test ./gormstore -run TestStatements -update-sql")
 	}
 }
