@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -328,52 +330,55 @@ func (s *Subscriber) batch(ctx context.Context, sub *subscription) batchResult {
 	}
 	rows := claim.Rows()
 	res := batchResult{claimed: len(rows)}
+	// Undecodable rows are parked; their keys' later rows wait behind them.
+	msgs, parked := outbox.DecodeRows(rows)
 	var (
 		delivered []int64
 		failures  []outbox.Failure
-		stopped   = map[string]bool{} // keys whose later rows wait
+		stop      = int64(math.MaxInt64) // the ID of the row delivery stopped at
 	)
 deliver:
-	for _, r := range rows {
-		key := r.PartitionKey
-		if key != "" && stopped[key] {
-			continue
-		}
-		msg, err := r.Message()
-		if err != nil {
-			sub.logger.Error("outbox subscriber: undecodable row parked", "error", err, "id", r.ID, "message_uuid", r.UUID)
-			failures = append(failures, outbox.Failure{ID: r.ID, Error: err.Error(), Park: true})
-			if key != "" {
-				stopped[key] = true
-			}
-			continue
-		}
+	for _, d := range msgs {
+		msg := d.Message
 		msgCtx, cancelMsg := context.WithCancel(ctx)
 		msg.SetContext(msgCtx)
 		select {
 		case sub.out <- msg:
 		case <-ctx.Done():
 			cancelMsg()
+			stop = d.Row.ID
 			break deliver
 		}
 		select {
 		case <-msg.Acked():
-			delivered = append(delivered, r.ID)
+			delivered = append(delivered, d.Row.ID)
 			cancelMsg()
 		case <-msg.Nacked():
 			cancelMsg()
-			failures = append(failures, outbox.Failure{ID: r.ID, Error: "nacked by subscriber"})
+			failures = append(failures, outbox.Failure{ID: d.Row.ID, Error: "nacked by subscriber"})
 			res.nacked = true
+			stop = d.Row.ID
 			break deliver
 		case <-ctx.Done():
 			cancelMsg()
 			select {
 			case <-msg.Acked(): // acked as the subscription ended: no redelivery
-				delivered = append(delivered, r.ID)
+				delivered = append(delivered, d.Row.ID)
 			default:
 			}
+			stop = d.Row.ID
 			break deliver
 		}
+	}
+	// The undecodable rows before the one delivery stopped at are parked;
+	// the later ones are given back with the rest of the batch.
+	for _, fl := range parked {
+		if fl.ID > stop {
+			break
+		}
+		r := rows[slices.IndexFunc(rows, func(r outbox.Row) bool { return r.ID == fl.ID })]
+		sub.logger.Error("outbox subscriber: undecodable row parked", "error", fl.Error, "id", r.ID, "message_uuid", r.UUID)
+		failures = append(failures, fl)
 	}
 
 	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)

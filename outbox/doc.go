@@ -17,6 +17,10 @@
 //     default), metadata (event name, correlation and causation IDs, created
 //     at), the topic and the partition key.
 //   - [Store] is the seam to the outbox table; package gormstore implements it.
+//   - A [Forwarder] relays the committed rows of a [RelayStore] to a Watermill
+//     publisher. Its [Engine] publishes a batch of rows in key order and
+//     decides between retrying and parking each row that fails; a relay
+//     that reads its rows from another source publishes through one too.
 //
 // # Topic and partition key
 //

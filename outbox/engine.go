@@ -13,16 +13,32 @@ import (
 	"github.com/txoutbox/txoutbox/internal/intern"
 )
 
-// engine is the part of a relay that does not depend on where its rows
-// come from: given a batch of claimed rows it publishes them in key order
-// (per topic, one Publish call per group), finds the rows that fail, tells
-// a poison row from a publisher outage, and decides for each failed row
-// between a retry after a backoff and parking. The caller finishes the
-// batch with the outcome. The Forwarder is the wake and poll loop around
-// it, on a RelayStore.
-type engine struct {
+// Engine is the part of a relay that does not depend on where its rows
+// come from: the [Forwarder] runs one on the rows it claims from a
+// [RelayStore], and a relay that reads its rows from another source (such
+// as a database's change stream) can run one on the rows it holds in
+// memory. Publish publishes a batch in key order (per topic, one Publish
+// call per group), finds the rows that fail, tells a poison row from a
+// publisher outage, and decides for each failed row between a retry after
+// a backoff and parking. The caller finishes the batch with the [Outcome].
+//
+// The contract of a batch: rows have distinct IDs, the rows of one
+// partition key are given in ID order, and rows may come from several
+// topics. A key stops at its first row that fails to publish: its later
+// rows are neither delivered nor charged, and the caller gives them back,
+// to come again after the failed row. A row that cannot become a message
+// (see [Row.Message]; unless PublishCompressed, also a payload that does
+// not decompress) is parked at once, whatever its key's earlier rows come
+// to, and stops its key the same way. The caller then records the
+// outcome: Delivered as delivered, each of Failures as it says (retry
+// after RetryAfter, or park), and every other row of the batch as not
+// attempted.
+//
+// An Engine remembers from batch to batch whether the publisher is down
+// (see Outcome.Outage), so a relay publishes all its batches through one.
+type Engine struct {
 	pub message.Publisher
-	cfg *ForwarderConfig // MaxAttempts, MinBackoff, MaxBackoff, PublishCompressed, Compressors
+	cfg ForwarderConfig // with defaults; MaxAttempts, MinBackoff, MaxBackoff, PublishCompressed, Compressors
 	tel *telemetry
 	// publisherDown is set by a batch in which rows of several keys failed
 	// (or a publish failed with ErrPublisherUnavailable) and nothing was
@@ -30,31 +46,68 @@ type engine struct {
 	publisherDown atomic.Bool
 }
 
-// outcome is what publishing one batch came to.
-type outcome struct {
-	// delivered are the IDs of the rows published.
-	delivered []int64
-	// failures are the rows to charge an attempt: retried later, or
-	// parked (undecodable rows, and rows out of attempts).
-	failures []Failure
-	// failed counts the rows whose publish failed.
-	failed int
-	// parked counts the failures that park their row.
-	parked int
-	// outage is set when nothing was published and the publisher is
-	// considered down; publishErr is then the last publish error.
-	outage     bool
-	publishErr error
+// NewEngine returns an engine publishing to pub. Of cfg it uses
+// MaxAttempts, MinBackoff, MaxBackoff, PublishCompressed, Compressors,
+// TracerProvider and Propagator, with the defaults and the validation of
+// [NewForwarder].
+func NewEngine(pub message.Publisher, cfg ForwarderConfig) (*Engine, error) {
+	var errs []error
+	if pub == nil {
+		errs = append(errs, fmt.Errorf("%w: missing publisher (any Watermill message.Publisher)", ErrInvalidConfig))
+	}
+	errs = append(errs, cfg.Validate())
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	e, err := newEngine(pub, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: engine telemetry: %w", err)
+	}
+	return e, nil
 }
 
-// publish publishes rows, in ID order per partition key, and returns the
-// outcome. A key stops at its first failed or undecodable row: its later
-// rows are neither published nor charged (they are given back).
-func (e *engine) publish(rows []Row) outcome {
-	plan := e.plan(rows)
+// newEngine returns an engine on a valid cfg with its defaults set.
+func newEngine(pub message.Publisher, cfg ForwarderConfig) (*Engine, error) {
+	tel, err := newTelemetry(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Engine{pub: pub, cfg: cfg, tel: tel}, nil
+}
+
+// Outcome is what publishing one batch came to. The caller records
+// Delivered and Failures (as [Claim.Finish] does, in one step) and gives
+// the batch's other rows back untouched.
+type Outcome struct {
+	// Delivered are the IDs of the rows published: the caller marks them
+	// delivered.
+	Delivered []int64
+	// Failures are the rows to charge an attempt: the caller makes each
+	// due again after its RetryAfter, or parks it (undecodable rows, and
+	// rows out of attempts).
+	Failures []Failure
+	// Failed counts the rows whose publish failed, for metrics.
+	Failed int
+	// Parked counts the Failures that park their row, for metrics.
+	Parked int
+	// Outage is set when nothing was published and the publisher is
+	// considered down (rows of two or more keys failed, or a publish
+	// failed with ErrPublisherUnavailable). No row is parked then; the
+	// caller records the failures as usual and backs off as a whole
+	// before its next batch, rather than going on at once.
+	Outage bool
+	// PublishErr is the last publish error of an Outage batch, to report.
+	PublishErr error
+}
+
+// Publish publishes rows, in ID order per partition key, and returns the
+// outcome; see [Engine] for the contract.
+func (e *Engine) Publish(rows []Row) Outcome {
+	plan := planBatch(rows, !e.cfg.PublishCompressed, e.cfg.Compressors)
 
 	type failedRow struct {
-		row Row
+		row *Row
 		err error
 	}
 	var (
@@ -64,13 +117,13 @@ func (e *engine) publish(rows []Row) outcome {
 	)
 	for _, g := range plan.groups {
 		msgs := make([]*message.Message, 0, len(g.items))
-		items := make([]planItem, 0, len(g.items))
+		items := make([]Decoded, 0, len(g.items))
 		for _, it := range g.items {
-			if it.row.PartitionKey != "" && blocked[it.row.PartitionKey] {
+			if it.Row.PartitionKey != "" && blocked[it.Row.PartitionKey] {
 				continue // released: waits behind its key's failed row
 			}
 			items = append(items, it)
-			msgs = append(msgs, it.msg)
+			msgs = append(msgs, it.Message)
 		}
 		if len(msgs) == 0 {
 			continue
@@ -80,26 +133,26 @@ func (e *engine) publish(rows []Row) outcome {
 		endSpans(err)
 		if err == nil {
 			for _, it := range items {
-				delivered = append(delivered, it.row.ID)
+				delivered = append(delivered, it.Row.ID)
 			}
 			continue
 		}
 		// Find the failing messages: publish one by one, in order. A key
 		// stops at its first failure.
 		for _, it := range items {
-			key := it.row.PartitionKey
+			key := it.Row.PartitionKey
 			if key != "" && blocked[key] {
 				continue
 			}
-			err := e.pub.Publish(g.topic, it.msg)
+			err := e.pub.Publish(g.topic, it.Message)
 			if err == nil {
-				delivered = append(delivered, it.row.ID)
+				delivered = append(delivered, it.Row.ID)
 				continue
 			}
 			if key != "" {
 				blocked[key] = true
 			}
-			failed = append(failed, failedRow{row: *it.row, err: err})
+			failed = append(failed, failedRow{row: it.Row, err: err})
 		}
 	}
 
@@ -119,28 +172,26 @@ func (e *engine) publish(rows []Row) outcome {
 	}
 	down := e.publisherDown.Load()
 	failures := make([]Failure, 0, len(plan.parked)+len(failed))
-	for _, p := range plan.parked {
-		failures = append(failures, Failure{ID: p.row.ID, Error: p.reason, Park: true})
-	}
+	failures = append(failures, plan.parked...)
 	for _, fl := range failed {
 		failures = append(failures, e.failure(fl.row, fl.err, down))
 	}
-	out := outcome{delivered: delivered, failures: failures, failed: len(failed)}
+	out := Outcome{Delivered: delivered, Failures: failures, Failed: len(failed)}
 	for _, fl := range failures {
 		if fl.Park {
-			out.parked++
+			out.Parked++
 		}
 	}
 	if down && len(delivered) == 0 && len(failed) > 0 {
-		out.outage = true
-		out.publishErr = failed[len(failed)-1].err
+		out.Outage = true
+		out.PublishErr = failed[len(failed)-1].err
 	}
 	return out
 }
 
 // failure charges row a failed attempt: it is retried after a backoff, or
 // parked when it has used MaxAttempts and the publisher is not down.
-func (e *engine) failure(row Row, err error, publisherDown bool) Failure {
+func (e *Engine) failure(row *Row, err error, publisherDown bool) Failure {
 	attempts := row.Attempts + 1
 	fl := Failure{ID: row.ID, Error: err.Error()}
 	if attempts >= e.cfg.MaxAttempts && !publisherDown {
@@ -148,7 +199,7 @@ func (e *engine) failure(row Row, err error, publisherDown bool) Failure {
 		fl.Error = fmt.Sprintf("parked after %d attempts: %v", attempts, err)
 		return fl
 	}
-	fl.RetryAfter = jitter(backoff(e.cfg, attempts))
+	fl.RetryAfter = jitter(backoff(&e.cfg, attempts))
 	return fl
 }
 
@@ -169,34 +220,58 @@ func jitter(d time.Duration) time.Duration {
 	return d*8/10 + rand.N(d*4/10+1)
 }
 
-// batchPlan is a claimed batch turned into publish groups.
+// batchPlan is a batch turned into publish groups.
 type batchPlan struct {
 	groups []*publishGroup
-	parked []parkedRow
+	parked []Failure // the undecodable rows
 }
 
 type publishGroup struct {
 	round int
 	topic string
-	items []planItem
+	items []Decoded
 }
 
-type planItem struct {
-	row *Row // in the claim's rows
-	msg *message.Message
+// Decoded is a row turned back into its message, to deliver.
+type Decoded struct {
+	// Row is the row, in the slice it was decoded from.
+	Row *Row
+	// Message is the row's message.
+	Message *message.Message
 }
 
-type parkedRow struct {
-	row    Row
-	reason string
+// DecodeRows turns rows, given in ID order per partition key, into the
+// messages to deliver one at a time, with the rules of an [Engine]: a row
+// that cannot become a message is returned in parked, to park at once
+// (Failure.Park), and its key's later rows are left out, to give back.
+// Each message is decoded as [Row.Message] does: a compressed payload
+// stays compressed. The messages keep each key's rows in ID order, and
+// the rows of a single topic in the order given.
+func DecodeRows(rows []Row) (deliver []Decoded, parked []Failure) {
+	p := planBatch(rows, false, nil)
+	switch len(p.groups) {
+	case 0:
+		return nil, p.parked
+	case 1:
+		return p.groups[0].items, p.parked
+	}
+	n := 0
+	for _, g := range p.groups {
+		n += len(g.items)
+	}
+	deliver = make([]Decoded, 0, n)
+	for _, g := range p.groups {
+		deliver = append(deliver, g.items...)
+	}
+	return deliver, p.parked
 }
 
-// plan decodes rows into messages and groups them for publishing.
-// Rows of one key keep their order: a key's rows go into one group per run
-// of the same topic, and the runs are published in rounds, so a key whose
-// topic changes has its later rows published after its earlier ones. A key
-// stops at its first undecodable row.
-func (e *engine) plan(rows []Row) batchPlan {
+// planBatch decodes rows into messages (see decodeRow) and groups them for
+// publishing. Rows of one key keep their order: a key's rows go into one
+// group per run of the same topic, and the runs are published in rounds,
+// so a key whose topic changes has its later rows published after its
+// earlier ones. A key stops at its first undecodable row.
+func planBatch(rows []Row, decompress bool, compressors []Compressor) batchPlan {
 	type keyState struct {
 		topic   string
 		round   int
@@ -229,9 +304,9 @@ func (e *engine) plan(rows []Row) batchPlan {
 			}
 			round = ks.round
 		}
-		msg, err := e.decodeRow(r, in)
+		msg, err := decodeRow(r, in, decompress, compressors)
 		if err != nil {
-			plan.parked = append(plan.parked, parkedRow{row: *r, reason: err.Error()})
+			plan.parked = append(plan.parked, Failure{ID: r.ID, Error: err.Error(), Park: true})
 			if ks != nil {
 				ks.stopped = true
 			}
@@ -242,28 +317,28 @@ func (e *engine) plan(rows []Row) batchPlan {
 		if g == nil {
 			g = &publishGroup{round: round, topic: r.Topic}
 			if len(plan.groups) == 0 {
-				g.items = make([]planItem, 0, len(rows)-i) // most batches are one group
+				g.items = make([]Decoded, 0, len(rows)-i) // most batches are one group
 			}
 			index[gk] = g
 			plan.groups = append(plan.groups, g)
 		}
-		g.items = append(g.items, planItem{row: r, msg: msg})
+		g.items = append(g.items, Decoded{Row: r, Message: msg})
 	}
 	// Rounds in order; within a round, topics in order of first appearance.
 	slices.SortStableFunc(plan.groups, func(a, b *publishGroup) int { return cmp.Compare(a.round, b.round) })
 	return plan
 }
 
-// decodeRow turns a stored row back into a message, decompressed unless
-// PublishCompressed is set. A row that cannot become a message is parked
-// at once with the reason.
-func (e *engine) decodeRow(r *Row, in intern.Table) (*message.Message, error) {
+// decodeRow turns a stored row back into a message, decompressed when
+// decompress is set (with the built-in and the given compressors). A row
+// that cannot become a message is parked at once with the reason.
+func decodeRow(r *Row, in intern.Table, decompress bool, compressors []Compressor) (*message.Message, error) {
 	msg, err := r.message(in)
 	if err != nil {
 		return nil, err
 	}
-	if !e.cfg.PublishCompressed {
-		if err := Decompress(msg, e.cfg.Compressors...); err != nil {
+	if decompress {
+		if err := Decompress(msg, compressors...); err != nil {
 			return nil, fmt.Errorf("undecodable row: %w", err)
 		}
 	}

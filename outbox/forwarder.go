@@ -209,7 +209,7 @@ type Forwarder struct {
 	notifiedInVain bool
 	running        atomic.Bool
 	// eng publishes the batches and decides retries and parking.
-	eng *engine
+	eng *Engine
 }
 
 // NewForwarder returns a forwarder from store to pub.
@@ -226,20 +226,19 @@ func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) 
 		return nil, err
 	}
 	cfg.setDefaults()
-	tel, err := newTelemetry(cfg)
+	eng, err := newEngine(pub, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: forwarder metrics: %w", err)
 	}
-	f := &Forwarder{
+	return &Forwarder{
 		store: store,
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "txoutbox.forwarder"),
-		tel:   tel,
+		tel:   eng.tel,
 		wake:  make(chan struct{}, 1),
 		epoch: time.Now(),
-	}
-	f.eng = &engine{pub: pub, cfg: &f.cfg, tel: tel}
-	return f, nil
+		eng:   eng,
+	}, nil
 }
 
 // Wake makes a waiting forwarder look for rows at once. It never blocks.
@@ -553,15 +552,15 @@ func (f *Forwarder) prefetch(ctx context.Context, rows []Row) Claim {
 func (f *Forwarder) process(ctx context.Context, claim Claim, lock func() bool, unlock func()) BatchInfo {
 	start := time.Now()
 	rows := claim.Rows()
-	out := f.eng.publish(rows)
-	delivered, failures := out.delivered, out.failures
+	out := f.eng.Publish(rows)
+	delivered, failures := out.Delivered, out.Failures
 	info := BatchInfo{
 		Claimed:    len(rows),
 		Published:  len(delivered),
-		Failed:     out.failed,
-		Parked:     out.parked,
-		Outage:     out.outage,
-		PublishErr: out.publishErr,
+		Failed:     out.Failed,
+		Parked:     out.Parked,
+		Outage:     out.Outage,
+		PublishErr: out.PublishErr,
 	}
 
 	if !lock() {
