@@ -755,6 +755,9 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 		var keys []string
 		for i, it := range batch {
 			if it.stored != nil {
+				if it.key != "" && c.cfg.AfterPark == KeyWait {
+					keys = append(keys, it.key)
+				}
 				continue
 			}
 			if !fresh[it.msg.UUID] || seen[it.msg.UUID] {
@@ -771,6 +774,9 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 			return err
 		}
 		stopped := map[string]bool{}
+		// advanced marks the keys whose first stored message went on in
+		// this batch: their next stored messages may follow it.
+		advanced := map[string]bool{}
 		var unrecord []string
 		for i, it := range batch {
 			if outs[i] == outDuplicate {
@@ -782,6 +788,16 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 					unrecord = append(unrecord, it.msg.UUID)
 				}
 				continue
+			}
+			if it.stored != nil && it.key != "" && c.cfg.AfterPark == KeyWait && !advanced[it.key] {
+				// A stored message goes on only as its key's first in the
+				// failed table: one handed over behind a message that has
+				// failed again since stays where it is.
+				if head, ok := held[it.key]; ok && head != it.msg.UUID {
+					stopped[it.orderKey] = true
+					outs[i] = outDeferred
+					continue
+				}
 			}
 			if it.stored == nil && it.key != "" {
 				if behind, ok := held[it.key]; ok {
@@ -808,6 +824,7 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 					if err := tx.Exec(in.sql.deleteFailed, it.stored.ID).Error; err != nil {
 						return fmt.Errorf("delete retried message from %s: %w", in.failed, err)
 					}
+					advanced[it.key] = true
 				}
 				outs[i] = outProcessed
 				continue
@@ -820,6 +837,7 @@ func (c *Consumer) runBatchTx(ctx context.Context, batch []*item, savepoints boo
 					if err := tx.Exec(in.sql.deleteFailed, it.stored.ID).Error; err != nil {
 						return fmt.Errorf("delete skipped message from %s: %w", in.failed, err)
 					}
+					advanced[it.key] = true
 				}
 			case outParked:
 				outs[i] = outParked
