@@ -7,6 +7,7 @@ import (
 
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
 )
 
 // driver is one database's part of a Store: its statements (sql/<name>.sql),
@@ -18,8 +19,9 @@ type driver interface {
 	// dialect names the database: its migrations are in
 	// migrations/<dialect>, its statements in sql/<dialect>.sql.
 	dialect() sqlschema.Dialect
-	// migrateLock is the advisory lock a migration holds, 0 for none.
-	migrateLockKey() int64
+	// migrationLock keeps concurrent migrations apart
+	// (sqlschema.Migration.Lock); nil for none.
+	migrationLock() func(tx *gorm.DB) (func() error, error)
 	// insert returns the statement that saves records, and its arguments.
 	insert(records []outbox.Record) (string, []any, error)
 	// nowArgs are the arguments of the statement "now" (the current time)

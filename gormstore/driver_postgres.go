@@ -23,6 +23,7 @@ import (
 	"github.com/txoutbox/txoutbox/internal/intern"
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
 )
 
 // errBadConn makes database/sql discard a connection.
@@ -79,8 +80,10 @@ func newPostgresDriver(s *Store) (*postgresDriver, error) {
 var postgresSQL = parseSQL(sqlschema.Postgres)
 
 func (d *postgresDriver) dialect() sqlschema.Dialect { return sqlschema.Postgres }
-func (d *postgresDriver) migrateLockKey() int64      { return migrateLockKey }
-func (d *postgresDriver) nowArgs() []any             { return nil }
+func (d *postgresDriver) migrationLock() func(*gorm.DB) (func() error, error) {
+	return sqlschema.PostgresLock(migrateLockKey)
+}
+func (d *postgresDriver) nowArgs() []any { return nil }
 
 func (d *postgresDriver) cutoffArg(olderThan time.Duration) any { return olderThan.Microseconds() }
 

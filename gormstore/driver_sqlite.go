@@ -43,12 +43,12 @@ func newSQLiteDriver(s *Store) (*sqliteDriver, error) {
 	return &sqliteDriver{s: s, claims: make(chan struct{}, 1)}, nil
 }
 
-func (d *sqliteDriver) dialect() sqlschema.Dialect           { return sqlschema.SQLite }
-func (d *sqliteDriver) migrateLockKey() int64                { return 0 }
-func (d *sqliteDriver) nowArgs() []any                       { return []any{time.Now().UTC()} }
-func (d *sqliteDriver) notifyCommitted()                     {}
-func (d *sqliteDriver) retryable(error) bool                 { return false }
-func (d *sqliteDriver) listen(context.Context, func()) error { return outbox.ErrListenUnsupported }
+func (d *sqliteDriver) dialect() sqlschema.Dialect                          { return sqlschema.SQLite }
+func (d *sqliteDriver) migrationLock() func(*gorm.DB) (func() error, error) { return nil }
+func (d *sqliteDriver) nowArgs() []any                                      { return []any{time.Now().UTC()} }
+func (d *sqliteDriver) notifyCommitted()                                    {}
+func (d *sqliteDriver) retryable(error) bool                                { return false }
+func (d *sqliteDriver) listen(context.Context, func()) error                { return outbox.ErrListenUnsupported }
 
 func (d *sqliteDriver) cutoffArg(olderThan time.Duration) any {
 	return time.Now().UTC().Add(-olderThan)

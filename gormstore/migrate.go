@@ -47,6 +47,7 @@ func (s *Store) migration() sqlschema.Migration {
 		Dir:          path.Join("migrations", s.drv.dialect().String()),
 		DefaultTable: DefaultTable,
 		Table:        s.table,
-		LockKey:      s.drv.migrateLockKey(),
+		Dialect:      s.drv.dialect(),
+		Lock:         s.drv.migrationLock(),
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/internal/sqltmpl"
+	"gorm.io/gorm"
 )
 
 // driver is what the inbox does differently on one database: each
@@ -24,8 +25,9 @@ type driver interface {
 	checkTable(t sqlschema.Table) error
 	// timeArg returns t as the database stores received_at and failed_at.
 	timeArg(t time.Time) any
-	// migrateLockKey is the advisory lock Migrate holds, 0 for none.
-	migrateLockKey() int64
+	// migrationLock keeps concurrent migrations apart
+	// (sqlschema.Migration.Lock); nil for none.
+	migrationLock() func(tx *gorm.DB) (func() error, error)
 }
 
 // drivers are the supported databases' drivers.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
+	"gorm.io/gorm"
 )
 
 // postgresDriver is the inbox on PostgreSQL.
@@ -26,4 +27,6 @@ func (postgresDriver) checkTable(sqlschema.Table) error { return nil }
 // timeArg passes t as it is: received_at and failed_at are timestamptz.
 func (postgresDriver) timeArg(t time.Time) any { return t }
 
-func (postgresDriver) migrateLockKey() int64 { return migrateLockKey }
+func (postgresDriver) migrationLock() func(*gorm.DB) (func() error, error) {
+	return sqlschema.PostgresLock(migrateLockKey)
+}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
+	"gorm.io/gorm"
 )
 
 // sqliteDriver is the inbox on SQLite.
@@ -31,5 +32,5 @@ func (sqliteDriver) checkTable(t sqlschema.Table) error {
 // timeArg returns t as the text SQLite stores: UTC in sqliteTimeFormat.
 func (sqliteDriver) timeArg(t time.Time) any { return t.UTC().Format(sqliteTimeFormat) }
 
-// migrateLockKey is 0: SQLite runs one write transaction at a time.
-func (sqliteDriver) migrateLockKey() int64 { return 0 }
+// migrationLock is nil: SQLite runs one write transaction at a time.
+func (sqliteDriver) migrationLock() func(*gorm.DB) (func() error, error) { return nil }

@@ -38,7 +38,8 @@ func (in *Inbox) Migrate(ctx context.Context) error {
 		DefaultTable: DefaultTable,
 		Table:        in.table,
 		Related:      []string{failedSuffix},
-		LockKey:      in.drv.migrateLockKey(),
+		Dialect:      in.drv.dialect(),
+		Lock:         in.drv.migrationLock(),
 	}
 	if err := m.Run(ctx, in.db); err != nil {
 		return fmt.Errorf("inbox: migrate %s: %w", in.table, err)

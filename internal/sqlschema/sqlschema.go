@@ -6,6 +6,7 @@ package sqlschema
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -59,13 +60,8 @@ func ParseTable(s string, maxNameLen int) (Table, error) {
 	return t, nil
 }
 
-// Quoted returns the name quoted for SQL: "schema"."name".
-func (t Table) Quoted() string {
-	if t.Schema == "" {
-		return QuoteIdent(t.Name)
-	}
-	return QuoteIdent(t.Schema) + "." + QuoteIdent(t.Name)
-}
+// Quoted returns the name quoted for standard SQL: "schema"."name".
+func (t Table) Quoted() string { return Postgres.Quote(t) }
 
 // String returns the name as configured: schema.name or name.
 func (t Table) String() string {
@@ -75,11 +71,13 @@ func (t Table) String() string {
 	return t.Schema + "." + t.Name
 }
 
-// QuoteIdent quotes an identifier that is already valid.
-func QuoteIdent(s string) string { return `"` + s + `"` }
+// QuoteIdent quotes an identifier that is already valid, for standard SQL.
+func QuoteIdent(s string) string { return Postgres.QuoteIdent(s) }
 
 // Migration describes the migration files of one table for one dialect.
 type Migration struct {
+	// Dialect quotes the table names written into the files.
+	Dialect Dialect
 	// FS holds the files; Dir is their folder in it ("migrations/postgres").
 	FS  fs.FS
 	Dir string
@@ -88,9 +86,11 @@ type Migration struct {
 	DefaultTable string
 	// Table is the configured table.
 	Table Table
-	// LockKey, when not 0, is a PostgreSQL advisory lock held while the
-	// migration runs, so several instances may migrate at once.
-	LockKey int64
+	// Lock, when set, runs first on the migration's connection and keeps
+	// concurrent migrations apart, so several instances may migrate at
+	// once; the unlock it returns, when not nil, runs last
+	// (PostgresLock, MySQLLock).
+	Lock func(tx *gorm.DB) (unlock func() error, err error)
 	// Related are the suffixes of tables named after DefaultTable that
 	// the files also create ("_failed" for "<default>_failed"): their
 	// references are replaced with Table's name plus the suffix, in
@@ -101,6 +101,7 @@ type Migration struct {
 // Statements returns the up statements in file order, with the table name
 // replaced, preceded by CREATE SCHEMA for a schema-qualified table.
 func (m Migration) Statements() ([]string, error) {
+	d := m.Dialect
 	entries, err := fs.ReadDir(m.FS, m.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("read migrations: %w", err)
@@ -117,16 +118,17 @@ func (m Migration) Statements() ([]string, error) {
 		// Listed first: at one position the replacer tries its pairs in
 		// order, so a related table is not taken for an index name.
 		related := Table{Schema: m.Table.Schema, Name: m.Table.Name + suffix}
-		pairs = append(pairs, `"`+m.DefaultTable+suffix+`"`, related.Quoted())
+		pairs = append(pairs, d.QuoteIdent(m.DefaultTable+suffix), d.Quote(related))
 	}
+	q := d.quote()
 	pairs = append(pairs,
-		`"`+m.DefaultTable+`_`, `"`+m.Table.Name+`_`, // index names: unqualified
-		`"`+m.DefaultTable+`"`, m.Table.Quoted(), // table references
+		q+m.DefaultTable+`_`, q+m.Table.Name+`_`, // index names: unqualified
+		d.QuoteIdent(m.DefaultTable), d.Quote(m.Table), // table references
 	)
 	replacer := strings.NewReplacer(pairs...)
 	var stmts []string
 	if m.Table.Schema != "" {
-		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+QuoteIdent(m.Table.Schema))
+		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+d.QuoteIdent(m.Table.Schema))
 	}
 	for _, n := range names {
 		b, err := fs.ReadFile(m.FS, path.Join(m.Dir, n))
@@ -144,10 +146,18 @@ func (m Migration) Run(ctx context.Context, db *gorm.DB) error {
 	if err != nil {
 		return err
 	}
-	return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if m.LockKey != 0 {
-			if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", m.LockKey).Error; err != nil {
+	return db.WithContext(ctx).Transaction(func(tx *gorm.DB) (err error) {
+		if m.Lock != nil {
+			unlock, err := m.Lock(tx)
+			if err != nil {
 				return fmt.Errorf("lock: %w", err)
+			}
+			if unlock != nil {
+				defer func() {
+					if uerr := unlock(); uerr != nil && err == nil {
+						err = fmt.Errorf("unlock: %w", uerr)
+					}
+				}()
 			}
 		}
 		for _, st := range stmts {
@@ -157,6 +167,34 @@ func (m Migration) Run(ctx context.Context, db *gorm.DB) error {
 		}
 		return nil
 	})
+}
+
+// PostgresLock returns a Migration.Lock that holds the PostgreSQL
+// advisory lock key until the migration's transaction ends.
+func PostgresLock(key int64) func(tx *gorm.DB) (func() error, error) {
+	return func(tx *gorm.DB) (func() error, error) {
+		return nil, tx.Exec("SELECT pg_advisory_xact_lock(?)", key).Error
+	}
+}
+
+// mysqlLockWait bounds how long a MySQL migration waits for another's lock.
+const mysqlLockWait = 60
+
+// MySQLLock returns a Migration.Lock that holds the MySQL user lock name
+// (GET_LOCK) on the migration's connection, waiting up to a minute for
+// another migration to finish. MySQL ends a transaction at each DDL
+// statement, so the lock is the session's and the unlock releases it.
+func MySQLLock(name string) func(tx *gorm.DB) (func() error, error) {
+	return func(tx *gorm.DB) (func() error, error) {
+		var got sql.NullInt64
+		if err := tx.Raw("SELECT GET_LOCK(?, ?)", name, mysqlLockWait).Scan(&got).Error; err != nil {
+			return nil, err
+		}
+		if got.Int64 != 1 {
+			return nil, fmt.Errorf("another migration held lock %q for %d s", name, mysqlLockWait)
+		}
+		return func() error { return tx.Exec("DO RELEASE_LOCK(?)", name).Error }, nil
+	}
 }
 
 // Split splits a migration file into statements. Migration files keep
@@ -190,6 +228,7 @@ type Dialect int
 const (
 	Postgres Dialect = iota + 1
 	SQLite
+	MySQL // MySQL and MariaDB
 )
 
 // String returns the dialect's name, also the folder of its migrations.
@@ -199,8 +238,31 @@ func (d Dialect) String() string {
 		return "postgres"
 	case SQLite:
 		return "sqlite"
+	case MySQL:
+		return "mysql"
 	}
 	return "unknown"
+}
+
+// quote is the dialect's identifier quote: a backtick on MySQL, which
+// reads a double quote as a string's unless ANSI_QUOTES is set, and the
+// standard double quote elsewhere.
+func (d Dialect) quote() string {
+	if d == MySQL {
+		return "`"
+	}
+	return `"`
+}
+
+// QuoteIdent quotes an identifier that is already valid.
+func (d Dialect) QuoteIdent(s string) string { return d.quote() + s + d.quote() }
+
+// Quote returns t quoted: "schema"."name" in standard SQL, with backticks on MySQL.
+func (d Dialect) Quote(t Table) string {
+	if t.Schema == "" {
+		return d.QuoteIdent(t.Name)
+	}
+	return d.QuoteIdent(t.Schema) + "." + d.QuoteIdent(t.Name)
 }
 
 // DialectOf returns the dialect of an opened *gorm.DB, and false for a
@@ -211,6 +273,8 @@ func DialectOf(db *gorm.DB) (Dialect, bool) {
 		return Postgres, true
 	case "sqlite":
 		return SQLite, true
+	case "mysql":
+		return MySQL, true
 	}
 	return 0, false
 }

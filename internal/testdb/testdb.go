@@ -1,7 +1,7 @@
 // Package testdb opens isolated databases for the project's tests: a fresh
-// PostgreSQL schema per test (dropped when the test ends) or a SQLite file in
-// the test's temp dir. A test that needs PostgreSQL fails loudly when it is
-// unreachable; it is never skipped.
+// PostgreSQL schema or MySQL/MariaDB database per test (dropped when the
+// test ends) or a SQLite file in the test's temp dir. A test that needs a
+// database server fails loudly when it is unreachable; it is never skipped.
 package testdb
 
 import (
@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/glebarez/sqlite"
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -26,6 +28,10 @@ import (
 // not set.
 const DefaultURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
+// DefaultMySQLURL is the MySQL/MariaDB server used when TEST_MYSQL_URL is
+// not set; each test gets a database of its own on it.
+const DefaultMySQLURL = "mysql://root@127.0.0.1:3306/test"
+
 // Dialect names a database the tests run on.
 type Dialect string
 
@@ -33,6 +39,7 @@ type Dialect string
 const (
 	Postgres Dialect = "postgres"
 	SQLite   Dialect = "sqlite"
+	MySQL    Dialect = "mysql" // MySQL or MariaDB
 )
 
 // Dialects lists every dialect, for tests that run on all of them.
@@ -50,6 +57,9 @@ func Open(tb testing.TB, d Dialect) *gorm.DB {
 		return db
 	case SQLite:
 		return OpenSQLite(tb)
+	case MySQL:
+		db, _ := OpenMySQL(tb)
+		return db
 	}
 	tb.Fatalf("testdb: unknown dialect %q", d)
 	return nil
@@ -117,6 +127,66 @@ func OpenURL(tb testing.TB, dsn string) *gorm.DB {
 	if err := sqlDB.PingContext(ctx); err != nil {
 		tb.Fatalf("testdb: PostgreSQL at %s is required (set TEST_DATABASE_URL, or run `make test` which starts it): %v", redact(dsn), err)
 	}
+	return db
+}
+
+// MySQLURL returns the MySQL test server URL.
+func MySQLURL() string { return cmp.Or(os.Getenv("TEST_MYSQL_URL"), DefaultMySQLURL) }
+
+// MySQLDSN returns the go-sql-driver DSN of database db on the server at
+// MySQLURL (mysql://user[:password]@host:port/...), with the settings the
+// stores need: times parsed as UTC, and arguments interpolated into the
+// text (one round trip per statement instead of a prepare and an execute).
+func MySQLDSN(tb testing.TB, db string) string {
+	tb.Helper()
+	u, err := url.Parse(MySQLURL())
+	if err != nil || u.Scheme != "mysql" {
+		tb.Fatalf("testdb: bad TEST_MYSQL_URL %q (use mysql://user@host:3306/db)", redact(MySQLURL()))
+	}
+	cfg := gomysql.NewConfig()
+	cfg.User = u.User.Username()
+	cfg.Passwd, _ = u.User.Password()
+	cfg.Net = "tcp"
+	cfg.Addr = u.Host
+	cfg.DBName = db
+	cfg.ParseTime = true
+	cfg.Loc = time.UTC
+	cfg.InterpolateParams = true
+	return cfg.FormatDSN()
+}
+
+// OpenMySQL creates a fresh database on the MySQL/MariaDB server at
+// MySQLURL, returns a pool on it and its name. The database is dropped when
+// tb ends.
+func OpenMySQL(tb testing.TB) (*gorm.DB, string) {
+	tb.Helper()
+	name := "t_" + randomHex(6)
+	admin := openMySQL(tb, MySQLDSN(tb, ""))
+	if err := admin.Exec("CREATE DATABASE " + name + " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").Error; err != nil {
+		tb.Fatalf("testdb: MySQL/MariaDB at %s is required (set TEST_MYSQL_URL, or run `make test` which starts it): %v", redact(MySQLURL()), err)
+	}
+	tb.Cleanup(func() {
+		if err := admin.Exec("DROP DATABASE " + name).Error; err != nil {
+			tb.Errorf("testdb: drop database %s: %v", name, err)
+		}
+	})
+	// Opened after the cleanup above, so closed before the database is dropped.
+	return openMySQL(tb, MySQLDSN(tb, name)), name
+}
+
+func openMySQL(tb testing.TB, dsn string) *gorm.DB {
+	tb.Helper()
+	db, err := gorm.Open(mysql.Open(dsn), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		tb.Fatalf("testdb: MySQL/MariaDB at %s is required (set TEST_MYSQL_URL, or run `make test` which starts it): %v", redact(MySQLURL()), err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		tb.Fatalf("testdb: %v", err)
+	}
+	tb.Cleanup(func() { _ = sqlDB.Close() })
+	sqlDB.SetMaxOpenConns(16)
+	sqlDB.SetMaxIdleConns(16)
 	return db
 }
 
