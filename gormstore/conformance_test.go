@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 
@@ -17,7 +16,7 @@ import (
 )
 
 // storeDialects are the databases the native table runs on.
-var storeDialects = append(slices.Clone(testdb.Dialects), testdb.MySQL)
+var storeDialects = testdb.Dialects
 
 // TestConformance runs the outbox.Store conformance suite on the native
 // table: PostgreSQL, SQLite and MySQL with the default table, plus each

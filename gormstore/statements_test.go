@@ -20,7 +20,7 @@ var updateSQL = flag.Bool("update-sql", false, "rewrite gormstore/testdata/sql f
 // its file (go test ./gormstore -run TestStatements -update-sql rewrites
 // them). Pick statements are shown for a batch of 2,000.
 func TestStatements(t *testing.T) {
-	for _, d := range append(testdb.Dialects, testdb.MySQL) {
+	for _, d := range testdb.Dialects {
 		db := testdb.Open(t, d)
 		byKeep := map[bool]map[string]string{}
 		for _, keep := range []bool{false, true} {
