@@ -3,6 +3,7 @@ package inbox
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -137,11 +138,11 @@ func (in *Inbox) Process(ctx context.Context, consumer, messageUUID string, fn f
 		return false, fmt.Errorf("%w: nil function for consumer %s", ErrInvalidConfig, consumer)
 	}
 	run := func(tx *gorm.DB) error {
-		res := tx.Exec(in.sql.record, consumer, messageUUID, in.drv.timeArg(in.cfg.Now()))
-		if res.Error != nil {
-			return fmt.Errorf("inbox: record message %s for consumer %s in %s: %w", messageUUID, consumer, in.table, res.Error)
+		fresh, err := in.drv.record(tx, &in.sql, consumer, []string{messageUUID}, in.drv.timeArg(in.cfg.Now()))
+		if err != nil {
+			return fmt.Errorf("inbox: record message %s for consumer %s in %s: %w", messageUUID, consumer, in.table, err)
 		}
-		if res.RowsAffected == 0 {
+		if len(fresh) == 0 {
 			duplicate = true
 			return nil
 		}
@@ -233,7 +234,7 @@ func (in *Inbox) Cleanup(ctx context.Context, olderThan time.Duration, batch int
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		res := db.Exec(in.sql.cleanup, cutoff, batch, cutoff)
+		res := db.Exec(in.sql.cleanup, sql.Named("cutoff", cutoff), sql.Named("batch", batch))
 		if res.Error != nil {
 			return total, fmt.Errorf("inbox: clean up %s: %w", in.table, res.Error)
 		}
