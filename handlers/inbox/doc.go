@@ -103,10 +103,11 @@
 // # The tables
 //
 // [Inbox.Migrate] or [Migrate] creates the table (default "txoutbox_inbox",
-// configurable, optionally schema-qualified on PostgreSQL) and the failed
-// table (its name followed by "_failed", in the same schema); the same DDL
-// ships as plain SQL files in [Migrations] (golang-migrate layout).
-// PostgreSQL and SQLite (github.com/glebarez/sqlite) are supported. Rows are
+// configurable, optionally schema-qualified on PostgreSQL and MySQL) and the
+// failed table (its name followed by "_failed", in the same schema); the
+// same DDL ships as plain SQL files in [Migrations] (golang-migrate layout).
+// PostgreSQL, MySQL 8.0+ and MariaDB 10.6+ (gorm.io/driver/mysql) and SQLite
+// (github.com/glebarez/sqlite) are supported. Rows are
 // kept until [Inbox.Cleanup] deletes those older than a retention window,
 // in small batches; the window must exceed the longest time a duplicate can
 // arrive ([DefaultRetention] is a conservative start).

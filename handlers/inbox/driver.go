@@ -50,6 +50,7 @@ type driver interface {
 var drivers = map[sqlschema.Dialect]driver{
 	sqlschema.Postgres: postgresDriver{},
 	sqlschema.SQLite:   sqliteDriver{},
+	sqlschema.MySQL:    mysqlDriver{},
 }
 
 // sqlFiles holds the statements of every database, as templates.

@@ -107,9 +107,10 @@ func (in *Inbox) scanFailed(tx *gorm.DB, query string, args ...any) ([]FailedMes
 	return out, nil
 }
 
-// parseTime reads a time column scanned into a string. Both databases'
-// text is RFC 3339: SQLite's stored text (sqliteTimeFormat), and
-// PostgreSQL's timestamptz as database/sql formats it.
+// parseTime reads a time column scanned into a string. Every database's
+// text is RFC 3339: SQLite's stored text (sqliteTimeFormat), PostgreSQL's
+// timestamptz as database/sql formats it, and MySQL's DATETIME as
+// failed_columns formats it (sql/mysql.sql).
 func parseTime(s string) time.Time {
 	t, _ := time.Parse(time.RFC3339Nano, s)
 	return t

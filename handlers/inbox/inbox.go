@@ -32,8 +32,8 @@ var (
 	// ErrInvalidConfig wraps every Config problem and invalid argument.
 	ErrInvalidConfig = errors.New("inbox: invalid config")
 	// ErrUnsupportedDialect is returned for a GORM dialect other than
-	// postgres or sqlite.
-	ErrUnsupportedDialect = errors.New("inbox: unsupported database (use gorm.io/driver/postgres or github.com/glebarez/sqlite)")
+	// postgres, mysql (MySQL and MariaDB) or sqlite.
+	ErrUnsupportedDialect = errors.New("inbox: unsupported database (use gorm.io/driver/postgres, gorm.io/driver/mysql or github.com/glebarez/sqlite)")
 	// ErrNoConsumer is returned when a message is processed without a
 	// consumer name: Process with "", or Middleware("") outside a Watermill
 	// router handler.
@@ -46,8 +46,9 @@ var (
 // Config configures an [Inbox]. The zero value is valid.
 type Config struct {
 	// Table is the inbox table, optionally schema-qualified ("app.inbox",
-	// PostgreSQL only). Each part must be a plain SQL identifier.
-	// Optional; default DefaultTable ("txoutbox_inbox").
+	// PostgreSQL and MySQL, where the schema is a database). Each part
+	// must be a plain SQL identifier. Optional; default DefaultTable
+	// ("txoutbox_inbox").
 	Table string
 	// Logger receives a debug entry for each duplicate the middleware acks.
 	// Optional; default slog.Default().

@@ -2,7 +2,7 @@
 Inbox statements that are the same on every database, rendered once per
 Inbox by newStatements. Data: .T the quoted inbox table, .F the quoted
 failed table, each quoted for the database. A database's own file
-(postgres.sql, sqlite.sql) defines the statements that differ,
+(postgres.sql, sqlite.sql, mysql.sql) defines the statements that differ,
 and may redefine any of these. {values} stays in record_many until
 statements.recordMany writes a batch's rows in, record_row for each.
 cleanup, which every database defines, takes the named arguments @cutoff
