@@ -50,13 +50,19 @@ func (mysqlDriver) ownStatements() []string { return []string{"recorded"} }
 // UUIDs whose row carries it. A row another transaction recorded keeps
 // its own token: the insert skips it (ON DUPLICATE KEY UPDATE with no
 // change), after waiting for that transaction when it has not committed
-// yet, and inserts the row when it rolled back. So of concurrent
-// transactions recording a UUID exactly one finds its token on the row.
-// Affected-row counts could not say which rows of a batch were new, and
-// they change meaning with the driver's clientFoundRows setting.
+// yet, and inserts the row when it rolled back. So a transaction finds
+// its token only on rows it inserted, and of concurrent transactions
+// recording a UUID one at a time does. Affected-row counts could not say
+// which rows of a batch were new, and they change meaning with the
+// driver's clientFoundRows setting.
 //
 // Tokens are random and never 0, the column's default; a row recorded
 // earlier could carry the same token only by a 1 in 2^63 chance.
+//
+// When a transaction that inserted rows others wait for rolls back, their
+// locks pass to the gap before the next row, and two of them inserting
+// into it can deadlock (error 1213): InnoDB rolls one back whole. The
+// Consumer then runs its batch again; Process returns the error.
 func (mysqlDriver) record(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error) {
 	token := rand.Int64N(math.MaxInt64) + 1
 	args := make([]any, 0, 4*len(uuids))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -124,6 +125,11 @@ func TestMigrationFiles(t *testing.T) {
 			// Quoted as the dialect quotes: Migrate replaces the names so.
 			if !strings.Contains(string(b), quoteIdent(d, inbox.DefaultTable)) {
 				require.Contains(t, string(b), quoteIdent(d, inbox.DefaultTable+"_failed"))
+			}
+			if d == testdb.MySQL {
+				for _, st := range sqlschema.Split(string(b)) {
+					require.NotContains(t, st, `"`, "%s: MySQL reads a double-quoted name as a string", e.Name())
+				}
 			}
 			switch {
 			case strings.HasSuffix(e.Name(), ".up.sql"):
