@@ -304,6 +304,27 @@ func TestConsumersAreIndependent(t *testing.T) {
 	})
 }
 
+// Consumers and UUIDs compare byte for byte: no case folding, and no
+// padding (MySQL's utf8mb4_bin takes 'm' and 'm ' for one).
+func TestKeysCompareExactly(t *testing.T) {
+	t.Parallel()
+	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
+		f := newFixture(t, d, inbox.Config{})
+		ctx := context.Background()
+		nop := func(context.Context) error { return nil }
+		for i, want := range []bool{false, true} {
+			for _, consumer := range []string{"c", "c ", "C"} {
+				for _, id := range []string{"m", "m ", "M", "é", "e\u0301"} {
+					dup, err := f.in.Process(ctx, consumer, id, nop)
+					require.NoError(t, err)
+					require.Equal(t, want, dup, "pass %d, consumer %q, message %q", i, consumer, id)
+				}
+			}
+		}
+		require.EqualValues(t, 15, testdb.Count(t, f.db, f.in.Table(), ""))
+	})
+}
+
 func TestMiddlewareContext(t *testing.T) {
 	t.Parallel()
 	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
