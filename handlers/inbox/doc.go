@@ -55,8 +55,9 @@
 // What it does:
 //
 //   - Batches: a worker processes up to BatchSize messages in one
-//     transaction: one statement records their inbox rows (the duplicates
-//     are acked without running the handler), the handlers run, and the
+//     transaction: one statement records their inbox rows (on MySQL a
+//     second one reads back which were new; the duplicates are acked
+//     without running the handler), the handlers run, and the
 //     batch is acked after the commit. When a handler fails, the
 //     transaction is rolled back and the batch runs again with each
 //     handler in a savepoint of its own (and so do the worker's next 16
