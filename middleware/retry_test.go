@@ -149,7 +149,7 @@ func (sf *serializableFixture) serializationFailures() int {
 // Concurrent update: both read the counter, then both write it. The second
 // writer waits for the first one's row lock and, once that commits, fails
 // with "could not serialize access due to concurrent update".
-const counterSetup = `CREATE TABLE counters (id TEXT PRIMARY KEY, value INTEGER NOT NULL);
+const counterSetup = `CREATE TABLE counters (id VARCHAR(64) PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO counters VALUES ('c', 0);`
 
 func counterHandler(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error) {
@@ -173,7 +173,7 @@ func counterHandler(ctx context.Context, name string, attempt int32, readDone fu
 // Write skew: two doctors on call; each goes off call if the other is still
 // on call. Each reads both rows and writes only its own, so no row lock
 // conflicts: SSI detects the dangerous structure and aborts one of them.
-const doctorsSetup = `CREATE TABLE doctors (name TEXT PRIMARY KEY, on_call BOOLEAN NOT NULL);
+const doctorsSetup = `CREATE TABLE doctors (name VARCHAR(64) PRIMARY KEY, on_call BOOLEAN NOT NULL);
 INSERT INTO doctors VALUES ('a', true), ('b', true);`
 
 func doctorsHandler(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error) {

@@ -53,7 +53,7 @@ type Unmarshalable struct {
 }
 
 const ordersDDL = `CREATE TABLE orders (
-	id     TEXT PRIMARY KEY,
+	id     VARCHAR(64) PRIMARY KEY,
 	amount INTEGER NOT NULL
 )`
 
