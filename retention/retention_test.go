@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -16,7 +17,9 @@ import (
 	"github.com/txoutbox/txoutbox/handlers/inbox"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/retention"
+	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 )
 
 const (
@@ -40,6 +43,23 @@ func tables(t *testing.T, db *gorm.DB) (*gormstore.Store, *inbox.Inbox) {
 
 func isPostgres(db *gorm.DB) bool { return db.Dialector.Name() == "postgres" }
 
+func isMySQL(db *gorm.DB) bool { return db.Dialector.Name() == "mysql" }
+
+// insertRows inserts rows into table in one multi-row INSERT. The MySQL
+// seeds build their rows here rather than in SQL: MySQL 8 stops a recursive
+// CTE after 1000 rows (cte_max_recursion_depth).
+func insertRows(t *testing.T, db *gorm.DB, table string, cols []string, rows [][]any) {
+	t.Helper()
+	tuple := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
+	tuples := make([]string, len(rows))
+	args := make([]any, 0, len(rows)*len(cols))
+	for i, r := range rows {
+		tuples[i] = tuple
+		args = append(args, r...)
+	}
+	require.NoError(t, db.Exec(`INSERT INTO `+table+` (`+strings.Join(cols, ", ")+`) VALUES `+strings.Join(tuples, ", "), args...).Error)
+}
+
 // sqliteTime formats t as the store's SQLite driver does.
 func sqliteTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000000+00:00") }
 
@@ -54,6 +74,25 @@ func seedOutbox(t *testing.T, db *gorm.DB, prefix, state string, n int, age time
 		delivered = "ts"
 	case "parked":
 		failed = "ts"
+	}
+	if isMySQL(db) {
+		now := time.Now().UTC()
+		rows := make([][]any, n)
+		for i := range rows {
+			g := i + 1
+			ts := now.Add(-age - time.Duration(g)*time.Second)
+			var deliveredAt, failedAt *time.Time
+			switch state {
+			case "delivered":
+				deliveredAt = &ts
+			case "parked":
+				failedAt = &ts
+			}
+			rows[i] = []any{fmt.Sprint(prefix, "-", g), "orders", fmt.Sprint("key-", g%5), []byte{0}, "{}", ts, ts, deliveredAt, failedAt}
+		}
+		insertRows(t, db, outboxTable,
+			[]string{"uuid", "topic", "partition_key", "payload", "metadata", "created_at", "next_attempt_at", "delivered_at", "failed_at"}, rows)
+		return
 	}
 	cols := `(uuid, topic, partition_key, payload, created_at, next_attempt_at, delivered_at, failed_at)`
 	if isPostgres(db) {
@@ -74,6 +113,16 @@ SELECT ? || '-' || g, 'orders', 'key-' || (g % 5), x'00', ts, ts, `+delivered+`,
 // one second apart, in SQL.
 func seedInbox(t *testing.T, db *gorm.DB, prefix string, n int, age time.Duration) {
 	t.Helper()
+	if isMySQL(db) {
+		now := time.Now().UTC()
+		rows := make([][]any, n)
+		for i := range rows {
+			g := i + 1
+			rows[i] = []any{prefix, fmt.Sprint("m-", g), now.Add(-age - time.Duration(g)*time.Second)}
+		}
+		insertRows(t, db, inboxTable, []string{"consumer", "message_uuid", "received_at"}, rows)
+		return
+	}
 	if isPostgres(db) {
 		require.NoError(t, db.Exec(`INSERT INTO `+inboxTable+` (consumer, message_uuid, received_at)
 SELECT ?, 'm-' || g, now() - ?::bigint * interval '1 microsecond' - g * interval '1 second' FROM generate_series(1, ?) AS g`,
@@ -179,11 +228,16 @@ func TestConcurrentCleaners(t *testing.T) {
 			t.Parallel()
 			const scale = 400
 			var dbs [2]*gorm.DB
-			if d == testdb.Postgres {
+			switch d {
+			case testdb.Postgres:
 				var schema string
 				dbs[0], schema = testdb.OpenPostgres(t)
 				dbs[1] = testdb.OpenURL(t, testdb.SchemaURL(t, schema))
-			} else {
+			case testdb.MySQL:
+				var name string
+				dbs[0], name = testdb.OpenMySQL(t)
+				dbs[1] = openMySQL(t, testdb.MySQLDSN(t, name))
+			default:
 				dbs[0] = testdb.OpenSQLite(t)
 				dbs[1] = dbs[0]
 			}
@@ -216,6 +270,17 @@ func TestConcurrentCleaners(t *testing.T) {
 			checkKept(t, dbs[0], scale)
 		})
 	}
+}
+
+// openMySQL opens a second pool on a MySQL database, closed when t ends.
+func openMySQL(t *testing.T, dsn string) *gorm.DB {
+	t.Helper()
+	db, err := gorm.Open(mysql.Open(dsn), &gorm.Config{Logger: logger.Discard})
+	require.NoError(t, err)
+	sqlDB, err := db.DB()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sqlDB.Close() })
+	return db
 }
 
 // TestRun runs the loop: a first run at once, later runs pick up rows that
