@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
@@ -203,8 +204,15 @@ func (t *Transactional) join(ctx context.Context, parent *gorm.DB, cmd outbox.Co
 	panicked := true
 	defer func() {
 		if panicked || err != nil {
-			if rbErr := parent.RollbackTo(sp).Error; rbErr != nil && err != nil {
-				err = errors.Join(err, fmt.Errorf("middleware: rollback to savepoint: %w", rbErr))
+			if rbErr := parent.RollbackTo(sp).Error; rbErr != nil {
+				if err != nil {
+					err = errors.Join(err, fmt.Errorf("middleware: rollback to savepoint: %w", rbErr))
+				}
+				// The savepoint is gone, so the transaction it was in is
+				// too: MySQL ends a transaction it picks as a deadlock's
+				// victim, savepoints and all. The caller must not carry
+				// on as if only this command had failed.
+				breakTop(ctx, parent, fmt.Errorf("middleware: nested command %s failed and the transaction ended with it: %w", cmd.Name, cmp.Or(err, rbErr)))
 			}
 		}
 	}()
@@ -229,8 +237,12 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 		var recs []outbox.Record
 		err := t.cfg.DB.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 			col := outbox.NewCollector(t.cfg.ReadOnly)
-			if err := t.call(ctx, tx, col, cmd, fn); err != nil {
+			top := &topTx{tx: tx}
+			if err := t.call(context.WithValue(ctx, topKey{}, top), tx, col, cmd, fn); err != nil {
 				return err
+			}
+			if err := top.err(); err != nil {
+				return err // the handler went on after the transaction ended
 			}
 			var err error
 			recs, err = t.save(ctx, tx, col)
@@ -257,6 +269,40 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 		if !ctxtime.Sleep(ctx, t.backoff(attempt)) {
 			return err
 		}
+	}
+}
+
+type topKey struct{}
+
+// topTx is the transaction of a top-level command, as the nested commands
+// that join it see it.
+type topTx struct {
+	tx     *gorm.DB
+	mu     sync.Mutex
+	broken error
+}
+
+func (t *topTx) err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.broken
+}
+
+// breakTop records that the top-level transaction in ctx, if parent is in
+// it, ended under a nested command. The command then fails with err, even
+// if its handler ignores the nested command's error, and every later
+// statement through its transaction fails with err instead of running
+// outside any transaction (in autocommit mode) on that connection.
+func breakTop(ctx context.Context, parent *gorm.DB, err error) {
+	top, ok := ctx.Value(topKey{}).(*topTx)
+	if !ok || top.tx.Statement.ConnPool != parent.Statement.ConnPool {
+		return // a transaction of the application's: its caller decides
+	}
+	top.mu.Lock()
+	defer top.mu.Unlock()
+	if top.broken == nil {
+		top.broken = err
+		_ = top.tx.AddError(err)
 	}
 }
 
