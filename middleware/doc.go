@@ -39,8 +39,9 @@
 // # Retries
 //
 // A top-level command whose transaction fails with a PostgreSQL
-// serialization failure (SQLSTATE 40001) or deadlock (40P01), in the handler
-// or at commit, is run again from the start in a new transaction, up to
+// serialization failure (SQLSTATE 40001) or deadlock (40P01), or a MySQL
+// deadlock (1213) or lock wait timeout (1205), in the handler or at commit,
+// is run again from the start in a new transaction, up to
 // TransactionalConfig.MaxRetries times. Events emitted by failed attempts are
 // discarded. Handlers must therefore have no side effects outside the
 // transaction (emit events instead).

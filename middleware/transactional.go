@@ -43,16 +43,18 @@ type TransactionalConfig struct {
 	Encoder *outbox.Encoder
 	// Isolation is the transaction isolation level. Optional; default
 	// sql.LevelDefault, the database's default (READ COMMITTED on
-	// PostgreSQL). One of LevelDefault, LevelReadUncommitted,
-	// LevelReadCommitted, LevelRepeatableRead, LevelSerializable.
+	// PostgreSQL, REPEATABLE READ on MySQL). One of LevelDefault,
+	// LevelReadUncommitted, LevelReadCommitted, LevelRepeatableRead,
+	// LevelSerializable.
 	Isolation sql.IsolationLevel
 	// ReadOnly runs commands in read-only transactions. A command that
 	// emits an event then fails with outbox.ErrReadOnly, on every database.
-	// PostgreSQL also rejects the handler's writes (SQLSTATE 25006). The
-	// SQLite driver (github.com/glebarez/sqlite) accepts read-only
-	// transactions but does not enforce them: it begins a deferred
-	// transaction instead of the configured _txlock one, and business
-	// writes still commit. Optional; default false.
+	// PostgreSQL and MySQL also reject the handler's writes (SQLSTATE
+	// 25006, MySQL error 1792). The SQLite driver
+	// (github.com/glebarez/sqlite) accepts read-only transactions but does
+	// not enforce them: it begins a deferred transaction instead of the
+	// configured _txlock one, and business writes still commit. Optional;
+	// default false.
 	ReadOnly bool
 	// MaxRetries bounds how many times a top-level command is run again
 	// after an error Retryable accepts. Optional; 0 means
@@ -65,7 +67,7 @@ type TransactionalConfig struct {
 	// Retryable reports whether a failed command may be run again.
 	// Optional; default the Store's Retryable when it is an
 	// outbox.RetryClassifier (gormstore.Store: PostgreSQL 40001 and
-	// 40P01), else no retries.
+	// 40P01, MySQL 1213 and 1205), else no retries.
 	Retryable func(error) bool
 	// CommandName names a command for event metadata (outbox.MetadataCommand).
 	// Optional; default cqrs.StructName ("PlaceOrder").
