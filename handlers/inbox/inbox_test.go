@@ -44,19 +44,7 @@ func newFixture(t *testing.T, d testdb.Dialect, cfg inbox.Config) *fixture {
 // supports.
 func eachDialect(t *testing.T, f func(t *testing.T, d testdb.Dialect)) {
 	t.Helper()
-	eachDialectOf(t, inbox.TestDialects, f)
-}
-
-// eachStoreDialect runs f as a parallel subtest per database the inbox
-// and gormstore both support, for tests that write to the outbox too.
-func eachStoreDialect(t *testing.T, f func(t *testing.T, d testdb.Dialect)) {
-	t.Helper()
-	eachDialectOf(t, testdb.Dialects, f)
-}
-
-func eachDialectOf(t *testing.T, ds []testdb.Dialect, f func(t *testing.T, d testdb.Dialect)) {
-	t.Helper()
-	for _, d := range ds {
+	for _, d := range testdb.Dialects {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
 			f(t, d)

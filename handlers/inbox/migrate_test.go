@@ -115,7 +115,7 @@ func TestInvalidConfig(t *testing.T) {
 // and dialect, all on the default table.
 func TestMigrationFiles(t *testing.T) {
 	t.Parallel()
-	for _, d := range inbox.TestDialects {
+	for _, d := range testdb.Dialects {
 		entries, err := fs.ReadDir(inbox.Migrations, path.Join("migrations", string(d)))
 		require.NoError(t, err)
 		ups, downs := map[string]bool{}, map[string]bool{}

@@ -28,7 +28,7 @@ var errRollback = errors.New("roll back")
 // Consumer runs a failed batch again.
 func TestRecordConcurrent(t *testing.T) {
 	t.Parallel()
-	for _, d := range TestDialects {
+	for _, d := range testdb.Dialects {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
 			db := testdb.Open(t, d)

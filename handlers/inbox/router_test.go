@@ -46,7 +46,7 @@ type OrderCharged struct {
 // redelivered. Each message has one effect and one outgoing event.
 func TestRouterDeduplicatesDeliveries(t *testing.T) {
 	t.Parallel()
-	eachStoreDialect(t, func(t *testing.T, d testdb.Dialect) {
+	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
 		f := newFixture(t, d, inbox.Config{})
 		ctx := context.Background()
 		require.NoError(t, gormstore.Migrate(ctx, f.db))
@@ -163,7 +163,7 @@ func TestRegistryUnknownEventUnderInbox(t *testing.T) {
 // processed message, and not at all when the handler fails.
 func TestPublishInsideTheInboxTransaction(t *testing.T) {
 	t.Parallel()
-	eachStoreDialect(t, func(t *testing.T, d testdb.Dialect) {
+	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
 		f := newFixture(t, d, inbox.Config{})
 		require.NoError(t, gormstore.Migrate(context.Background(), f.db))
 		store, err := gormstore.New(f.db, gormstore.Config{})

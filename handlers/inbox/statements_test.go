@@ -20,7 +20,7 @@ var updateSQL = flag.Bool("update-sql", false, "rewrite handlers/inbox/testdata/
 // to its file (go test ./handlers/inbox -run TestStatements -update-sql
 // rewrites them).
 func TestStatements(t *testing.T) {
-	for _, d := range TestDialects {
+	for _, d := range testdb.Dialects {
 		in, err := New(testdb.Open(t, d), Config{})
 		if err != nil {
 			t.Fatal(err)
