@@ -32,6 +32,8 @@ type driver interface {
 	// cutoffArg is the argument of the statement "cutoff": the delivered
 	// time before which a row is older than olderThan.
 	cutoffArg(olderThan time.Duration) any
+	// purge deletes one batch of delivered rows (PurgeDeliveredBatch).
+	purge(ctx context.Context, olderThan time.Duration, limit int) (int64, error)
 	// claim claims rows for a forwarder (outbox.RelayStore.Claim).
 	claim(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error)
 	// hasDue reports whether a claim would find a row (outbox.DueChecker).

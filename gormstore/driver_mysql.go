@@ -60,6 +60,7 @@ func newMySQLDriver(s *Store) (*mysqlDriver, error) {
 	st, err := renderStatements(mysqlSQL, s, []stmt{
 		{name: "window"},
 		{"window_topics", "window", func(v *sqlVars) { v.Topics = true }},
+		{name: "purge_pick"},
 		{name: "take"},
 		{"take_topics", "take", func(v *sqlVars) { v.Topics = true }},
 		{"has_due", "", func(v *sqlVars) { v.Window = strconv.Itoa(hasDueWindow) }},
@@ -206,6 +207,25 @@ func (d *mysqlDriver) prefix(ctx context.Context) (string, error) {
 	h.Write([]byte(schema + "." + d.s.table.Name))
 	d.lockPrefix = fmt.Sprintf("txo:%08x:", h.Sum32())
 	return d.lockPrefix, nil
+}
+
+// purge deletes one batch in a transaction that first locks it, skipping
+// rows another cleaner holds.
+func (d *mysqlDriver) purge(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
+	var n int64
+	err := d.s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var ids []int64
+		if err := tx.Raw(d.s.sql["purge_pick"], d.cutoffArg(olderThan), limit).Scan(&ids).Error; err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		res := tx.Exec(d.s.sql["purge"], ids)
+		n = res.RowsAffected
+		return res.Error
+	})
+	return n, err
 }
 
 // hasDue runs has_due on the oldest due rows (hasDueWindow), as a claim

@@ -652,3 +652,9 @@ func (d *postgresDriver) lockspace(ctx context.Context) (int32, error) {
 	h.Write([]byte(name))
 	return int32(h.Sum32()), nil
 }
+
+// purge deletes one batch with the purge statement.
+func (d *postgresDriver) purge(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
+	res := d.s.db.WithContext(ctx).Exec(d.s.sql["purge"], d.cutoffArg(olderThan), limit)
+	return res.RowsAffected, res.Error
+}

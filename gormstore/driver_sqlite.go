@@ -193,3 +193,9 @@ func (c *sqliteClaim) Release(context.Context) error {
 	c.release()
 	return nil
 }
+
+// purge deletes one batch with the purge statement.
+func (d *sqliteDriver) purge(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
+	res := d.s.db.WithContext(ctx).Exec(d.s.sql["purge"], d.cutoffArg(olderThan), limit)
+	return res.RowsAffected, res.Error
+}

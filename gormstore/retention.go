@@ -15,11 +15,11 @@ import (
 //
 // Age is measured with the clock that stamped delivered_at: the database's
 // on PostgreSQL, the local one on SQLite. The batch is found through the
-// partial index on delivered_at (migration 000002), so a batch reads only
-// the rows it deletes, also when no row is due. On PostgreSQL the batch is
-// locked with FOR UPDATE SKIP LOCKED: several cleaners delete disjoint
-// batches at once, never wait for each other, and never count a row
-// twice. Pending and parked rows are never touched.
+// index on delivered_at (partial on PostgreSQL and SQLite), so a batch
+// reads only the rows it deletes, also when no row is due. On PostgreSQL
+// and MySQL the batch is locked with FOR UPDATE SKIP LOCKED: several
+// cleaners delete disjoint batches at once, never wait for each other,
+// and never count a row twice. Pending and parked rows are never touched.
 func (s *Store) PurgeDeliveredBatch(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
 	if olderThan < 0 {
 		return 0, fmt.Errorf("%w: purge age %v is negative", ErrInvalidConfig, olderThan)
@@ -27,9 +27,9 @@ func (s *Store) PurgeDeliveredBatch(ctx context.Context, olderThan time.Duration
 	if limit <= 0 {
 		return 0, fmt.Errorf("%w: purge batch %d must be positive", ErrInvalidConfig, limit)
 	}
-	res := s.db.WithContext(ctx).Exec(s.sql["purge"], s.drv.cutoffArg(olderThan), limit)
-	if res.Error != nil {
-		return 0, fmt.Errorf("gormstore: purge delivered rows of %s: %w", s.table, res.Error)
+	n, err := s.drv.purge(ctx, olderThan, limit)
+	if err != nil {
+		return 0, fmt.Errorf("gormstore: purge delivered rows of %s: %w", s.table, err)
 	}
-	return res.RowsAffected, nil
+	return n, nil
 }

@@ -125,7 +125,8 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 // Retryable reports whether err, from a transaction on the store's
 // database, allows running the whole transaction again: on PostgreSQL a
 // serialization failure (SQLSTATE 40001) or deadlock (40P01), also
-// wrapped. SQLite waits for its lock (busy_timeout) instead and has no
-// such error. The transactional middleware asks its Store
+// wrapped; on MySQL a deadlock (error 1213) or lock wait timeout (1205).
+// SQLite waits for its lock (busy_timeout) instead and has no such
+// error. The transactional middleware asks its Store
 // (outbox.RetryClassifier) by default.
 func (s *Store) Retryable(err error) bool { return s.drv.retryable(err) }

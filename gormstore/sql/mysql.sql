@@ -63,8 +63,12 @@ holds. */}}
 	TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN failed_at IS NULL THEN created_at END), UTC_TIMESTAMP(6)) / 1e6 AS age_secs
 FROM {{.T}} WHERE delivered_at IS NULL GROUP BY topic{{end}}
 
-{{/* pending_idx leads with delivered_at, so the batch is read in
-delivery order from the index. */}}
-{{define "purge"}}DELETE FROM {{.T}}
+{{/* The batch of delivered rows a purge deletes, oldest delivery first,
+from pending_idx (it leads with delivered_at). SKIP LOCKED lets several
+cleaners take disjoint batches: two DELETE ... ORDER BY ... LIMIT of the
+same rows deadlock on MySQL. */}}
+{{define "purge_pick"}}SELECT id FROM {{.T}}
 WHERE delivered_at IS NOT NULL AND delivered_at < {{template "cutoff"}}
-ORDER BY delivered_at LIMIT ?{{end}}
+ORDER BY delivered_at LIMIT ? FOR UPDATE SKIP LOCKED{{end}}
+
+{{define "purge"}}DELETE FROM {{.T}} WHERE id IN ?{{end}}

@@ -86,11 +86,11 @@ func New(db *gorm.DB, cfg Config) (*Inbox, error) {
 		return nil, err
 	}
 	t, _ := parseTableName(cmp.Or(cfg.Table, DefaultTable))
-	d, ok := sqlschema.DialectOf(db)
+	d, _ := sqlschema.DialectOf(db)
+	drv, ok := drivers[d]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, db.Dialector.Name())
 	}
-	drv := drivers[d]
 	if err := drv.checkTable(t); err != nil {
 		return nil, err
 	}

@@ -27,10 +27,16 @@ matters.
 {{define "recorded"}}SELECT message_uuid FROM {{.T}} WHERE consumer = ? AND message_uuid IN ? AND record_token = ?{{end}}
 
 {{/*
-MySQL and MariaDB allow ORDER BY and LIMIT on a single-table DELETE: the
-oldest rows, read along the received_at index.
+The oldest rows, read along the received_at index and locked with SKIP
+LOCKED, so that cleaners running at once take disjoint batches: two
+DELETE ... ORDER BY received_at LIMIT of the same rows deadlock. The
+batch is a derived table (its LIMIT keeps it from being merged into the
+DELETE, which may not read its own table).
 */}}
-{{define "cleanup"}}DELETE FROM {{.T}} WHERE received_at < @cutoff ORDER BY received_at LIMIT @batch{{end}}
+{{define "cleanup"}}DELETE t FROM {{.T}} AS t JOIN (
+	SELECT consumer, message_uuid FROM {{.T}} WHERE received_at < @cutoff
+	ORDER BY received_at LIMIT @batch FOR UPDATE SKIP LOCKED
+) AS x USING (consumer, message_uuid){{end}}
 
 {{/*
 failed_at as RFC 3339 text in UTC, as it is stored (parseTime), whatever
