@@ -747,7 +747,9 @@ func TestUsageErrors(t *testing.T) {
 
 	urls := []struct{ url, want string }{
 		{"", "no database: set --database-url or DATABASE_URL"},
-		{"mysql://root@db/app", `unsupported scheme "mysql"`},
+		{"mssql://root@db/app", `unsupported scheme "mssql" (use postgres://, mysql://`},
+		{"mysql://root:secret@db", "no database (use mysql://user@host:3306/db)"},
+		{"mysql://root:secret@db/app?parseTime=false", "parseTime is always true"},
 		{"postgres:///nohost", "no host"},
 		{"postgres://user:secret@db:5432/%zz", `invalid database URL "postgres://xxxxx@db:5432/%zz"`},
 		{"sqlite://", "no file (use sqlite:///path/file.db, or the path alone)"},

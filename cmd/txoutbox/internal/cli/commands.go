@@ -66,7 +66,8 @@ func migrateCmd(o *options, run runWrapper) *cobra.Command {
 		Short: "Create or upgrade the outbox and inbox tables (both by default)",
 		Long: `Create or upgrade the outbox table (--table) and the inbox table (--inbox-table),
 or only the ones named. Idempotent, and safe while the application runs: on
-PostgreSQL each table's migration holds an advisory lock.`,
+PostgreSQL each table's migration holds an advisory lock, on MySQL and MariaDB
+a named lock (GET_LOCK).`,
 		Example: `  txoutbox migrate --database-url postgres://app@db:5432/app
   txoutbox migrate outbox --database-url ./app.db`,
 		ValidArgs: []string{"outbox", "inbox"},
