@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
 )
 
 // Stats reports pending and parked rows, overall and per topic, in one
@@ -123,7 +124,9 @@ func (s *Store) RequeueIDs(ctx context.Context, ids ...int64) ([]int64, error) {
 	if len(ids) == 0 {
 		return []int64{}, nil
 	}
-	return s.changedIDs(ctx, "requeue", s.sql["requeue_ids"], append(s.drv.nowArgs(), ids)...)
+	return s.changeParked(ctx, "requeue", ids, func(tx *gorm.DB, ids []int64) error {
+		return tx.Exec(s.sql["requeue"], append(s.drv.nowArgs(), ids)...).Error
+	})
 }
 
 // RequeueAll makes every parked row pending again.
@@ -162,7 +165,9 @@ func (s *Store) DiscardIDs(ctx context.Context, ids ...int64) ([]int64, error) {
 	if len(ids) == 0 {
 		return []int64{}, nil
 	}
-	return s.changedIDs(ctx, "discard", s.sql["discard_ids"], ids)
+	return s.changeParked(ctx, "discard", ids, func(tx *gorm.DB, ids []int64) error {
+		return tx.Exec(s.sql["discard"], ids).Error
+	})
 }
 
 // DiscardAll deletes every parked row; see Discard.
@@ -184,15 +189,24 @@ func (s *Store) discard(ctx context.Context, name string, args ...any) (int64, e
 	return res.RowsAffected, nil
 }
 
-// changedIDs runs a statement ending in RETURNING id and returns the IDs,
-// ascending (RETURNING promises no order).
-func (s *Store) changedIDs(ctx context.Context, verb, query string, args ...any) ([]int64, error) {
-	ids := []int64{}
-	if err := s.db.WithContext(ctx).Raw(query, args...).Scan(&ids).Error; err != nil {
+// changeParked runs change on those of ids that are parked rows, in one
+// transaction that locks them first, and returns their IDs, ascending.
+func (s *Store) changeParked(ctx context.Context, verb string, ids []int64, change func(tx *gorm.DB, ids []int64) error) ([]int64, error) {
+	changed := []int64{}
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Raw(s.sql["parked_ids"], ids).Scan(&changed).Error; err != nil {
+			return err
+		}
+		if len(changed) == 0 {
+			return nil
+		}
+		return change(tx, changed)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("gormstore: %s rows of %s: %w", verb, s.table, err)
 	}
-	slices.Sort(ids)
-	return ids, nil
+	slices.Sort(changed)
+	return changed, nil
 }
 
 // CountDelivered counts the delivered rows (kept with Config.KeepDelivered)
@@ -211,6 +225,11 @@ func (s *Store) CountDelivered(ctx context.Context, olderThan time.Duration) (in
 }
 
 var _ outbox.DueChecker = (*Store)(nil)
+
+// hasDueWindow bounds the rows whose keys HasDue tries where claims may
+// hold keys: when all of them are held, the forwarder waits for the next
+// wake-up or poll.
+const hasDueWindow = 1000
 
 // HasDue reports whether a row of the given topics (all when empty) is
 // due: pending, past its retry time, and not behind a row of its key that

@@ -9,19 +9,24 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox/outboxtest"
 	"gorm.io/gorm"
 )
 
+// storeDialects are the databases the native table runs on.
+var storeDialects = testdb.Dialects
+
 // TestConformance runs the outbox.Store conformance suite on the native
-// table: PostgreSQL and SQLite with the default table, plus PostgreSQL with a
-// custom table whose name is a reserved word (it only works quoted) and with
-// a schema-qualified table in a schema Migrate creates.
+// table: PostgreSQL, SQLite and MySQL with the default table, plus each
+// with a custom table whose name is a reserved word (it only works
+// quoted), and PostgreSQL with a schema-qualified table in a schema
+// Migrate creates.
 func TestConformance(t *testing.T) {
 	t.Parallel()
 
-	for _, d := range testdb.Dialects {
+	for _, d := range storeDialects {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
 			outboxtest.Exercise(t, func(t *testing.T) outboxtest.Harness {
@@ -44,6 +49,13 @@ func TestConformance(t *testing.T) {
 		})
 	})
 
+	t.Run("mysql_custom_table", func(t *testing.T) {
+		t.Parallel()
+		outboxtest.Exercise(t, func(t *testing.T) outboxtest.Harness {
+			return newHarness(t, testdb.Open(t, testdb.MySQL), gormstore.Config{Table: "order"})
+		})
+	})
+
 	t.Run("postgres_schema_qualified", func(t *testing.T) {
 		t.Parallel()
 		outboxtest.Exercise(t, func(t *testing.T) outboxtest.Harness {
@@ -61,7 +73,7 @@ func newHarness(t *testing.T, db *gorm.DB, cfg gormstore.Config) outboxtest.Harn
 	store, err := gormstore.New(db, cfg)
 	require.NoError(t, err)
 	require.NoError(t, store.Migrate(context.Background()))
-	return outboxtest.Harness{Store: store, DB: db, Rows: nativeRows(quoteTable(store.Table()))}
+	return outboxtest.Harness{Store: store, DB: db, Rows: nativeRows(quoteTable(db, store.Table()))}
 }
 
 // nativeRows reads every row of the native outbox table (quoted name) in id
@@ -90,13 +102,15 @@ func nativeRows(table string) func(t testing.TB, db *gorm.DB) []outboxtest.Row {
 	}
 }
 
-// quoteTable quotes a validated, optionally schema-qualified table name.
-func quoteTable(name string) string {
-	parts := strings.Split(name, ".")
-	for i, p := range parts {
-		parts[i] = `"` + p + `"`
+// quoteTable quotes a validated, optionally schema-qualified table name
+// for db's database.
+func quoteTable(db *gorm.DB, name string) string {
+	d, _ := sqlschema.DialectOf(db)
+	t, err := sqlschema.ParseTable(name, sqlschema.MaxIdentLen)
+	if err != nil {
+		panic(err)
 	}
-	return strings.Join(parts, ".")
+	return d.Quote(t)
 }
 
 // uniqueSchema returns the name of a PostgreSQL schema no other test uses,
@@ -115,10 +129,10 @@ func uniqueSchema(t *testing.T, db *gorm.DB) string {
 }
 
 // TestRelayConformance runs the relay contract suite on the native table:
-// PostgreSQL and SQLite, deleting delivered rows and keeping them.
+// PostgreSQL, SQLite and MySQL, deleting delivered rows and keeping them.
 func TestRelayConformance(t *testing.T) {
 	t.Parallel()
-	for _, d := range testdb.Dialects {
+	for _, d := range storeDialects {
 		for _, keep := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/keep_delivered=%v", d, keep), func(t *testing.T) {
 				t.Parallel()

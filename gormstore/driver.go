@@ -22,8 +22,9 @@ type driver interface {
 	// migrationLock keeps concurrent migrations apart
 	// (sqlschema.Migration.Lock); nil for none.
 	migrationLock() func(tx *gorm.DB) (func() error, error)
-	// insert returns the statement that saves records, and its arguments.
-	insert(records []outbox.Record) (string, []any, error)
+	// insert returns a statement that saves the first n of records, and
+	// its arguments; Save calls it until every record is saved.
+	insert(ctx context.Context, records []outbox.Record) (q string, args []any, n int, err error)
 	// nowArgs are the arguments of the statement "now" (the current time)
 	// where the database has no clock the rows share.
 	nowArgs() []any
@@ -57,6 +58,8 @@ func newDriver(s *Store) (driver, error) {
 		return newPostgresDriver(s)
 	case sqlschema.SQLite:
 		return newSQLiteDriver(s)
+	case sqlschema.MySQL:
+		return newMySQLDriver(s)
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedDialect, s.db.Dialector.Name())
 	}

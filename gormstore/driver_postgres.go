@@ -48,10 +48,6 @@ type postgresDriver struct {
 	channel  string
 }
 
-// hasDueWindow bounds the rows whose keys HasDue tries: when all of them
-// are held, the forwarder waits for the next wake-up or poll.
-const hasDueWindow = 1000
-
 func newPostgresDriver(s *Store) (*postgresDriver, error) {
 	d := &postgresDriver{s: s}
 	d.notify.send = d.sendNotify
@@ -88,14 +84,14 @@ func (d *postgresDriver) nowArgs() []any { return nil }
 func (d *postgresDriver) cutoffArg(olderThan time.Duration) any { return olderThan.Microseconds() }
 
 // insert saves records with one statement of one array per column.
-func (d *postgresDriver) insert(records []outbox.Record) (string, []any, error) {
+func (d *postgresDriver) insert(_ context.Context, records []outbox.Record) (string, []any, int, error) {
 	n := len(records)
 	uuids, topics, keys, mds := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	payloads := make([][]byte, n)
 	var buf []byte
 	for i, r := range records {
 		if r.Message == nil {
-			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
+			return "", nil, 0, fmt.Errorf("gormstore: record %d has no message", i)
 		}
 		uuids[i], topics[i], keys[i] = r.Message.UUID, r.Topic, r.PartitionKey
 		payloads[i] = []byte(r.Message.Payload)
@@ -105,7 +101,7 @@ func (d *postgresDriver) insert(records []outbox.Record) (string, []any, error) 
 		buf = appendMetadata(buf[:0], r.Message.Metadata)
 		mds[i] = string(buf)
 	}
-	return d.s.sql["insert"], []any{uuids, topics, keys, payloads, mds}, nil
+	return d.s.sql["insert"], []any{uuids, topics, keys, payloads, mds}, n, nil
 }
 
 func (d *postgresDriver) retryable(err error) bool { return retryablePostgres(err) }

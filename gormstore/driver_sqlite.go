@@ -61,14 +61,14 @@ func (d *sqliteDriver) missingTable(err error) bool {
 
 // insert builds one multi-row INSERT. SQLite has no column default for
 // the times, so they are set here, in UTC.
-func (d *sqliteDriver) insert(records []outbox.Record) (string, []any, error) {
+func (d *sqliteDriver) insert(_ context.Context, records []outbox.Record) (string, []any, int, error) {
 	var b strings.Builder
 	b.WriteString(d.s.sql["insert"])
 	args := make([]any, 0, len(records)*7)
 	now := time.Now().UTC()
 	for i, r := range records {
 		if r.Message == nil {
-			return "", nil, fmt.Errorf("gormstore: record %d has no message", i)
+			return "", nil, 0, fmt.Errorf("gormstore: record %d has no message", i)
 		}
 		payload := []byte(r.Message.Payload)
 		if payload == nil {
@@ -81,7 +81,7 @@ func (d *sqliteDriver) insert(records []outbox.Record) (string, []any, error) {
 		}
 		b.WriteString("(?,?,?,?,?,?,?)")
 	}
-	return b.String(), args, nil
+	return b.String(), args, len(records), nil
 }
 
 // hasDue runs has_due: SQLite claims are serialised, so every due row is

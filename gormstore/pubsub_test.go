@@ -72,8 +72,15 @@ func pubSubFeatures() tests.Features {
 // each would exhaust PostgreSQL. TestSubscriberWakesOnNotify covers LISTEN.
 func TestPubSub(t *testing.T) {
 	t.Parallel()
-	newPubSub := newTopicPubSubs(t)
+	newPubSub := newTopicPubSubs(t, testdb.Postgres)
 	tests.TestPubSub(t, pubSubFeatures(), newPubSub, noConsumerGroups)
+}
+
+// TestPubSubMySQL runs the same suite on MySQL/MariaDB, whose subscribers
+// always poll (MySQL has no LISTEN).
+func TestPubSubMySQL(t *testing.T) {
+	t.Parallel()
+	tests.TestPubSub(t, pubSubFeatures(), newTopicPubSubs(t, testdb.MySQL), noConsumerGroups)
 }
 
 // TestPubSubStress runs Watermill's stress variant of the universal suite:
@@ -84,13 +91,13 @@ func TestPubSubStress(t *testing.T) {
 		t.Skipf("set %s=1 (make test-full) to run the stress suite", fullTestsEnv)
 	}
 	t.Parallel()
-	tests.TestPubSubStressTest(t, pubSubFeatures(), newTopicPubSubs(t), noConsumerGroups)
+	tests.TestPubSubStressTest(t, pubSubFeatures(), newTopicPubSubs(t, testdb.Postgres), noConsumerGroups)
 }
 
 // newTopicPubSubs returns the suite's Pub/Sub constructor: Pub/Subs on
-// tables of one new schema, a table per topic.
-func newTopicPubSubs(t *testing.T) tests.PubSubConstructor {
-	db := testdb.Open(t, testdb.Postgres)
+// tables of one new database of d, a table per topic.
+func newTopicPubSubs(t *testing.T, d testdb.Dialect) tests.PubSubConstructor {
+	db := testdb.Open(t, d)
 	sqlDB, err := db.DB()
 	require.NoError(t, err)
 	sqlDB.SetMaxOpenConns(32)

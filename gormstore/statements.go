@@ -36,7 +36,6 @@ type sqlVars struct {
 	Exclude   bool   // leave out the keys of parameter $2
 	Window    string // the rows a window reads
 	Where     string // the condition a variant of requeue or discard adds
-	Returning bool   // requeue, discard: return the ids changed
 }
 
 // stmt is one statement a store runs: its name in Store.sql (and in
@@ -51,13 +50,11 @@ type stmt struct {
 var sharedStatements = []stmt{
 	{name: "insert"}, {name: "delivered"}, {name: "fail"}, {name: "stats"},
 	{name: "purge"}, {name: "count_delivered"},
-	{name: "list_failed"}, {name: "get_failed"},
+	{name: "list_failed"}, {name: "get_failed"}, {name: "parked_ids"},
 	{"requeue", "", func(v *sqlVars) { v.Where = "id IN ?" }},
-	{"requeue_ids", "requeue", func(v *sqlVars) { v.Where, v.Returning = "id IN ?", true }},
 	{"requeue_topic", "requeue", func(v *sqlVars) { v.Where = "topic = ?" }},
 	{"requeue_all", "requeue", func(v *sqlVars) { v.Where = "1 = 1" }},
 	{"discard", "", func(v *sqlVars) { v.Where = "id IN ?" }},
-	{"discard_ids", "discard", func(v *sqlVars) { v.Where, v.Returning = "id IN ?", true }},
 	{"discard_topic", "discard", func(v *sqlVars) { v.Where = "topic = ?" }},
 	{"discard_all", "discard", func(v *sqlVars) { v.Where = "1 = 1" }},
 }

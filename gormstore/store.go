@@ -76,7 +76,8 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	t, _ := parseTableName(cmp.Or(cfg.Table, DefaultTable))
-	s := &Store{db: db, cfg: cfg, table: t, quoted: t.Quoted()}
+	d, _ := sqlschema.DialectOf(db)
+	s := &Store{db: db, cfg: cfg, table: t, quoted: d.Quote(t)}
 	drv, err := newDriver(s)
 	if err != nil {
 		return nil, err
@@ -105,12 +106,12 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 	if _, ok := tx.Statement.ConnPool.(gorm.TxCommitter); !ok {
 		return errSaveOutsideTx
 	}
-	for start := 0; start < len(records); start += saveChunk {
-		end := min(start+saveChunk, len(records))
-		query, args, err := s.drv.insert(records[start:end])
+	for len(records) > 0 {
+		query, args, n, err := s.drv.insert(ctx, records[:min(saveChunk, len(records))])
 		if err != nil {
 			return err
 		}
+		records = records[n:]
 		if _, err := tx.Statement.ConnPool.ExecContext(ctx, query, args...); err != nil {
 			if s.drv.missingTable(err) {
 				return fmt.Errorf("gormstore: insert into %s: %w (create the table first: gormstore.Migrate, Store.Migrate, or the CLI's \"txoutbox migrate\")", s.table, err)

@@ -383,7 +383,7 @@ func TestSchemaQualifiedTable(t *testing.T) {
 	require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
 		return s.Save(ctx, tx, []outbox.Record{record("a", "k", "1"), record("b", "k", "2")})
 	}))
-	rows := nativeRows(quoteTable(schema+".events"))(t, db)
+	rows := nativeRows(quoteTable(db, schema+".events"))(t, db)
 	require.Len(t, rows, 2)
 	require.Equal(t, "a", rows[0].Topic)
 	require.Equal(t, "b", rows[1].Topic)

@@ -10,6 +10,8 @@ pickSQL writes a claim's limits in. The final text of each statement is
 in ../testdata/sql/postgres; driver_postgres.go says why each is as it is.
 */}}
 
+{{define "lock_rows"}} FOR UPDATE{{end}}
+
 {{define "now"}}now(){{end}}
 
 {{/* The delivered_at before which a delivered row is older than the

@@ -3,7 +3,7 @@ Statements every database shares, parsed with each database's file
 (postgres.sql, sqlite.sql), which defines "now": the SQL of the current
 time, the database clock where there is one, else a parameter the driver
 binds first (driver.nowArgs). Data: .T the quoted table, .Where the
-condition a variant adds, .Returning whether it returns the changed ids.
+condition a variant adds.
 The final text of each statement is in ../testdata/sql/<database>.
 */}}
 
@@ -22,8 +22,12 @@ FROM {{.T}} WHERE {{template "parked"}} AND id > ? ORDER BY id LIMIT ?{{end}}
 FROM {{.T}} WHERE {{template "parked"}} AND id = ?{{end}}
 
 {{define "requeue"}}UPDATE {{.T}} SET failed_at = NULL, attempts = 0, next_attempt_at = {{template "now"}}
-WHERE {{template "parked"}} AND {{.Where}}{{if .Returning}} RETURNING id{{end}}{{end}}
+WHERE {{template "parked"}} AND {{.Where}}{{end}}
 
-{{define "discard"}}DELETE FROM {{.T}} WHERE {{template "parked"}} AND {{.Where}}{{if .Returning}} RETURNING id{{end}}{{end}}
+{{define "discard"}}DELETE FROM {{.T}} WHERE {{template "parked"}} AND {{.Where}}{{end}}
+
+{{/* The given rows that are parked, locked until the transaction ends
+(lock_rows: FOR UPDATE where the database has it). */}}
+{{define "parked_ids"}}SELECT id FROM {{.T}} WHERE {{template "parked"}} AND id IN ? ORDER BY id{{template "lock_rows"}}{{end}}
 
 {{define "count_delivered"}}SELECT count(*) FROM {{.T}} WHERE delivered_at IS NOT NULL AND delivered_at < {{template "cutoff"}}{{end}}

@@ -7,6 +7,8 @@ outbox.Row. The final text of each statement is in
 ../testdata/sql/sqlite.
 */}}
 
+{{define "lock_rows"}}{{end}}
+
 {{define "now"}}?{{end}}
 
 {{define "cutoff"}}?{{end}}

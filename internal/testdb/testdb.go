@@ -43,7 +43,7 @@ const (
 )
 
 // Dialects lists every dialect, for tests that run on all of them.
-var Dialects = []Dialect{Postgres, SQLite}
+var Dialects = []Dialect{Postgres, SQLite, MySQL}
 
 // URL returns the PostgreSQL test database URL.
 func URL() string { return cmp.Or(os.Getenv("TEST_DATABASE_URL"), DefaultURL) }

@@ -1,0 +1,66 @@
+{{/*
+Statements on MySQL 8.0+ and MariaDB 10.6+, rendered once per store
+(statements.go), with the statements of shared.sql. Times are UTC, from
+the database clock (UTC_TIMESTAMP). Data: .T the quoted table, .Keep
+KeepDelivered, .Topics a claim of some topics, .Cols the columns of an
+outbox.Row. Lists whose length a call decides are written in at the call
+({ids}, {keys}, {topics}, {exclude}; see mysqlDriver.expand), as are a
+claim's limits ({window}, {limit}). The final text of each statement is
+in ../testdata/sql/mysql; driver_mysql.go says why each is as it is.
+*/}}
+
+{{define "now"}}UTC_TIMESTAMP(6){{end}}
+
+{{define "cutoff"}}UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND{{end}}
+
+{{define "lock_rows"}} FOR UPDATE{{end}}
+
+{{/* The head of the multi-row INSERT; the driver adds a tuple per row. */}}
+{{define "insert"}}INSERT INTO {{.T}} (uuid, topic, partition_key, payload, metadata, created_at, next_attempt_at) VALUES {{end}}
+
+{{define "delivered"}}{{if .Keep}}UPDATE {{.T}} SET delivered_at = UTC_TIMESTAMP(6) WHERE id IN ({ids}){{else}}DELETE FROM {{.T}} WHERE id IN ({ids}){{end}}{{end}}
+
+{{define "fail"}}UPDATE {{.T}} SET attempts = attempts + 1, last_error = ?,
+	next_attempt_at = CASE WHEN ? THEN next_attempt_at ELSE UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND END,
+	failed_at = CASE WHEN ? THEN UTC_TIMESTAMP(6) END
+WHERE id = ?{{end}}
+
+{{/* A due row: pending, past its retry time, and of a key that does not
+wait (blocked_idx holds only the rows that may stop their key). */}}
+{{define "due"}}delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= UTC_TIMESTAMP(6)
+	  AND partition_key NOT IN (
+		SELECT blocked_key FROM {{.T}} WHERE blocked_key IS NOT NULL
+		  AND (failed_at IS NOT NULL OR next_attempt_at > UTC_TIMESTAMP(6))){{if .Topics}}
+	  AND topic IN ({topics}){{end}}{{end}}
+
+{{/* The oldest due rows, from pending_idx (topic_idx for one topic). */}}
+{{define "window"}}SELECT id, partition_key FROM {{.T}}
+WHERE {{template "due" .}}{exclude}
+ORDER BY id LIMIT {window}{{end}}
+
+{{/* A claim's rows, read after its locks were granted: the due rows of
+the keys it holds, and the unordered rows it holds, oldest first. */}}
+{{define "take"}}SELECT {{.Cols}} FROM {{.T}}
+WHERE (partition_key IN ({keys}) OR (partition_key = '' AND id IN ({ids})))
+	  AND {{template "due" .}}
+ORDER BY id LIMIT {limit}{{end}}
+
+{{/* Whether a claim would find a row: one of the oldest due rows whose
+lock (see mysqlDriver.lockName; the parameter is the prefix) no session
+holds. */}}
+{{define "has_due"}}SELECT EXISTS (SELECT 1 FROM (
+	SELECT id, partition_key FROM {{.T}} WHERE {{template "due" .}}
+	ORDER BY id LIMIT {{.Window}}
+) w WHERE IS_FREE_LOCK(CONCAT(?, CASE WHEN partition_key = '' THEN CONCAT('#', id) ELSE SHA1(partition_key) END)) = 1){{end}}
+
+{{define "stats"}}SELECT topic,
+	SUM(failed_at IS NULL) AS pending,
+	SUM(failed_at IS NOT NULL) AS failed,
+	TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN failed_at IS NULL THEN created_at END), UTC_TIMESTAMP(6)) / 1e6 AS age_secs
+FROM {{.T}} WHERE delivered_at IS NULL GROUP BY topic{{end}}
+
+{{/* pending_idx leads with delivered_at, so the batch is read in
+delivery order from the index. */}}
+{{define "purge"}}DELETE FROM {{.T}}
+WHERE delivered_at IS NOT NULL AND delivered_at < {{template "cutoff"}}
+ORDER BY delivered_at LIMIT ?{{end}}

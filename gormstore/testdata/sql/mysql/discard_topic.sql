@@ -1,0 +1,2 @@
+-- discard_topic: mysql, default table
+DELETE FROM `txoutbox_outbox` WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND topic = ?

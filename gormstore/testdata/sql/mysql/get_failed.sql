@@ -1,0 +1,3 @@
+-- get_failed: mysql, default table
+SELECT id, uuid, topic, partition_key, attempts, coalesce(last_error, '') AS last_error, created_at, failed_at, metadata, payload
+FROM `txoutbox_outbox` WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND id = ?

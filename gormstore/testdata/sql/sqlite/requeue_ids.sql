@@ -1,3 +1,0 @@
--- requeue_ids: sqlite, default table
-UPDATE "txoutbox_outbox" SET failed_at = NULL, attempts = 0, next_attempt_at = ?
-WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND id IN ? RETURNING id
