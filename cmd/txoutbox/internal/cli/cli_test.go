@@ -337,6 +337,10 @@ func TestMigrate(t *testing.T) {
 func TestMigrateMySQL(t *testing.T) {
 	t.Parallel()
 	db, url := mysqlDB(t)
+	r := run(t, nil, "--database-url", url, "failed", "list")
+	require.Equal(t, cli.ExitFailure, r.code, r.stderr)
+	require.Contains(t, r.stderr, "run txoutbox migrate first", "a missing table is named with what to do")
+
 	require.Equal(t, "migrated outbox table txoutbox_outbox\n", ok(t, url, "migrate", "outbox"))
 	require.True(t, db.Migrator().HasTable(outboxTable))
 	require.False(t, db.Migrator().HasTable(inboxTable), "migrate outbox leaves the inbox alone")
