@@ -4,6 +4,8 @@
 package dburl
 
 import (
+	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -182,6 +184,31 @@ func parseMySQL(raw string) (Target, error) {
 		cfg.InterpolateParams = true
 	}
 	return Target{Kind: MySQL, URL: raw, DSN: cfg.FormatDSN()}, nil
+}
+
+// OpenMySQL opens a pool on the go-sql-driver/mysql DSN dsn and waits up
+// to timeout for its first connection. gorm.io/driver/mysql asks a new pool
+// for the server version without a deadline, which waits forever on a
+// server that accepts the connection and never greets; handed this pool
+// (mysql.Config.Conn), it reuses the connection made here. The caller
+// closes the pool.
+func OpenMySQL(ctx context.Context, dsn string, timeout time.Duration) (*sql.DB, error) {
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	connector, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(connector)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 func sqliteFile(raw, path, params string) (Target, error) {

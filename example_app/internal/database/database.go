@@ -132,7 +132,13 @@ func Open(ctx context.Context, cfg Config, timeout time.Duration) (*gorm.DB, err
 		if derr != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidURL, cfg, derr)
 		}
-		db, err = gorm.Open(gormmysql.Open(dsn), gcfg)
+		pool, perr := dburl.OpenMySQL(ctx, dsn, timeout)
+		if perr != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, cfg, perr)
+		}
+		if db, err = gorm.Open(gormmysql.New(gormmysql.Config{DSN: dsn, Conn: pool}), gcfg); err != nil {
+			_ = pool.Close()
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown dialect %q", ErrInvalidURL, cfg.Dialect)
 	}

@@ -1,6 +1,7 @@
 package database
 
 import (
+	"net"
 	"net/url"
 	"path/filepath"
 	"testing"
@@ -137,6 +138,32 @@ func TestOpenMySQL(t *testing.T) {
 
 	start := time.Now()
 	cfg, err = ParseURL("mysql://root@127.0.0.1:1/x", "")
+	require.NoError(t, err)
+	_, err = Open(t.Context(), cfg, time.Second)
+	require.ErrorIs(t, err, ErrUnreachable)
+	require.Less(t, time.Since(start), 5*time.Second)
+
+	// A server that accepts the connection and never greets.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	start = time.Now()
+	cfg, err = ParseURL("mysql://root@"+ln.Addr().String()+"/x", "")
 	require.NoError(t, err)
 	_, err = Open(t.Context(), cfg, time.Second)
 	require.ErrorIs(t, err, ErrUnreachable)

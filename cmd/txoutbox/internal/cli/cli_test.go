@@ -925,4 +925,11 @@ func TestConnectTimeout(t *testing.T) {
 	require.Equal(t, cli.ExitFailure, r.code, r.stderr)
 	require.Contains(t, r.stderr, "cannot reach database")
 	require.Less(t, time.Since(start), 8*time.Second, "the connect timeout bounds the wait")
+
+	// A MySQL server that accepts the connection and never greets.
+	start = time.Now()
+	r = run(t, nil, "status", "--connect-timeout", "1s", "--database-url", "mysql://root@"+addr+"/x")
+	require.Equal(t, cli.ExitFailure, r.code, r.stderr)
+	require.Contains(t, r.stderr, "cannot reach database mysql://root@"+addr+"/x")
+	require.Less(t, time.Since(start), 8*time.Second, "the connect timeout bounds the wait")
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net/url"
 	"os"
@@ -102,17 +103,27 @@ func (t dbTarget) open(ctx context.Context, timeout time.Duration, create bool) 
 		}
 	}
 	cfg := &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true}
-	var dialector gorm.Dialector
+	var (
+		dialector gorm.Dialector
+		pool      *sql.DB // MySQL's, opened here
+	)
 	switch t.kind {
 	case dburl.Postgres:
 		dialector = postgres.Open(t.dsn)
 	case dburl.MySQL:
-		dialector = gormmysql.Open(t.dsn)
+		var err error
+		if pool, err = dburl.OpenMySQL(ctx, t.dsn, timeout); err != nil {
+			return nil, connectError(t.display, err)
+		}
+		dialector = gormmysql.New(gormmysql.Config{DSN: t.dsn, Conn: pool})
 	default:
 		dialector = sqlite.Open(t.dsn)
 	}
 	db, err := gorm.Open(dialector, cfg)
 	if err != nil {
+		if pool != nil {
+			_ = pool.Close()
+		}
 		return nil, connectError(t.display, err)
 	}
 	sqlDB, err := db.DB()
