@@ -142,8 +142,8 @@ such row; retry and discard changed the others and name the unmatched ones).`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	f := root.PersistentFlags()
 	f.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL or MySQL URL, or SQLite file (default $"+EnvDatabaseURL+")")
-	f.StringVar(&o.table, "table", gormstore.DefaultTable, "outbox table, optionally schema-qualified on PostgreSQL (schema.table)")
-	f.StringVar(&o.inboxTable, "inbox-table", inbox.DefaultTable, "inbox table, optionally schema-qualified on PostgreSQL")
+	f.StringVar(&o.table, "table", gormstore.DefaultTable, "outbox table, optionally qualified: schema.table on PostgreSQL, database.table on MySQL")
+	f.StringVar(&o.inboxTable, "inbox-table", inbox.DefaultTable, "inbox table, optionally qualified like --table")
 	f.BoolVar(&o.json, "json", false, "print JSON instead of a table")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", DefaultConnectTimeout, "give up connecting to the database after this long")
 

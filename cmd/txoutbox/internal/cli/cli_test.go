@@ -355,6 +355,13 @@ func TestMigrateMySQL(t *testing.T) {
 		require.True(t, db.Migrator().HasTable(table), table)
 	}
 	require.Equal(t, "outbox events: 0 pending, 0 failed, oldest pending -\n", ok(t, url, "status", "--table", "events", "--inbox-table", "seen"))
+
+	// A database-qualified name.
+	u, err := neturl.Parse(url)
+	require.NoError(t, err)
+	qualified := strings.TrimPrefix(u.Path, "/") + ".qualified"
+	require.Equal(t, "migrated outbox table "+qualified+"\n", ok(t, url, "migrate", "outbox", "--table", qualified))
+	require.True(t, db.Migrator().HasTable("qualified"))
 }
 
 func TestStatus(t *testing.T) {
