@@ -142,8 +142,8 @@ func parseMySQL(raw string) (Target, error) {
 	if db == "" {
 		return bad("no database (use mysql://user@host:3306/db)")
 	}
-	if strings.Contains(db, "/") {
-		return bad("database name %q contains '/' (use mysql://user@host:3306/db)", db)
+	if strings.ContainsAny(db, "/?") {
+		return bad("database name %q contains '/' or '?' (use mysql://user@host:3306/db)", db)
 	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
