@@ -42,6 +42,7 @@ func TestParse(t *testing.T) {
 		"mysql://u:secret@db:3306":                 "no database",
 		"mysql://u:secret@db:3306/":                "no database",
 		"mysql://u:secret@db/a/b":                  "contains '/'",
+		"mysql://u:secret@db/a%3Fb":                "or '?'",
 		"mysql://u:secret@db:x/app":                "invalid port",
 		"mysql://u:secret@db/app?parseTime=false":  "parseTime is always true",
 		"mysql://u:secret@db/app?loc=Local":        "loc is always UTC",
