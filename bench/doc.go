@@ -31,6 +31,17 @@
 //	                                 back to back; nothing decoded or published
 //	backend=native-claims-and-sink   those claims, and at the same time as many ready
 //	                                 messages published to the GoChannel
+//	backend=mysql-native             outbox.Forwarder on gormstore's MySQL/MariaDB store
+//	backend=mysql-watermill-sql-forwarder
+//	                                 components/forwarder over a watermill-sql/v3
+//	                                 Subscriber of DefaultMySQLSchema (batch 100, poll 10 ms)
+//	backend=mysql-floor              per batch of 2,000, one transaction that reads the
+//	                                 oldest rows (SELECT ... ORDER BY id LIMIT ... FOR
+//	                                 UPDATE) and deletes them by ID range; no publish
+//	backend=mysql-native-200k        mysql-native with 200,000 events
+//
+// The MySQL/MariaDB rows need the MySQL test server (testdb.MySQLURL) and
+// report mysql-cpu-us/event in place of pg-cpu-us/event.
 //
 // BenchmarkCommitToPublish dispatches 1,000 commands/s for 10 s through the
 // transactional middleware (8 producers, one event each) and reports the

@@ -92,6 +92,49 @@ func TestFillMatchesEncoder(t *testing.T) {
 		// Filled by concurrent transactions: no order to check.
 		checkMessages(t, got.msgs, wantKeys, false)
 	})
+
+	t.Run("mysql-native", func(t *testing.T) {
+		t.Parallel()
+		db, store := nativeStoreMySQL(t, gormstore.Config{})
+		fillNative(t, db, store.Table(), n)
+
+		var got received
+		slogger, _ := newLogs(t)
+		s := newSink(t, n, got.add)
+		fw, err := outbox.NewForwarder(store, s.pubSub, outbox.ForwarderConfig{Logger: slogger})
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		runErr := make(chan error, 1)
+		go func() { runErr <- fw.Run(ctx) }()
+		s.wait(t, time.Minute)
+		cancel()
+		require.NoError(t, <-runErr)
+
+		checkMessages(t, got.msgs, wantKeys, true)
+		require.Zero(t, testdb.Count(t, db, store.Table(), ""))
+	})
+
+	t.Run("mysql-watermill-sql-forwarder", func(t *testing.T) {
+		t.Parallel()
+		db, _ := testdb.OpenMySQL(t)
+		sqlDB, err := db.DB()
+		require.NoError(t, err)
+		_, wlog := newLogs(t)
+		// More than one fill transaction.
+		fillStockMySQL(t, sqlDB, wlog, stockMySQLFillBatch+n)
+		require.EqualValues(t, stockMySQLFillBatch+n, testdb.Count(t, db, stockMySQLTable, ""))
+
+		var got received
+		s := newSink(t, stockMySQLFillBatch+n, got.add)
+		fwd := newStockForwarderMySQL(t, sqlDB, s.pubSub, wlog)
+		runErr := make(chan error, 1)
+		go func() { runErr <- fwd.Run(context.Background()) }()
+		s.wait(t, time.Minute)
+		require.NoError(t, fwd.Close())
+		require.NoError(t, <-runErr)
+
+		checkMessages(t, got.msgs, wantKeys, true)
+	})
 }
 
 // checkMessages checks that msgs are events 1..len(msgs), each once, with

@@ -81,7 +81,7 @@ func newOrder(i int) OrderPlaced {
 	}
 }
 
-// nativeStore opens a fresh schema and returns it with a store of cfg
+// nativeStore opens a fresh PostgreSQL schema and returns it with a store of cfg
 // whose table is created.
 func nativeStore(tb testing.TB, cfg gormstore.Config) (*gorm.DB, *gormstore.Store) {
 	tb.Helper()
@@ -106,6 +106,10 @@ const nativePayloadSQL = `format('{"order_id":"order-%s","customer_id":"customer
 // newOrder(i) and the metadata keys the outbox.Encoder sets.
 func fillNative(tb testing.TB, db *gorm.DB, table string, n int) {
 	tb.Helper()
+	if isMySQL(db) {
+		fillNativeMySQL(tb, db, table, n)
+		return
+	}
 	q := `INSERT INTO ` + table + ` (uuid, topic, partition_key, payload, metadata)
 SELECT u, '` + eventTopic + `', k, convert_to(` + nativePayloadSQL + `, 'UTF8'),
 	jsonb_build_object('name', '` + eventName + `', 'correlation_id', c, 'causation_id', c,
@@ -192,9 +196,14 @@ func fillStock(tb testing.TB, schema string, wlog watermill.LoggerAdapter, n int
 
 // settle vacuums and analyzes a freshly filled table, so every backend
 // starts from the same settled table (hint bits set, statistics known), as
-// a backlog that built up over time would be.
+// a backlog that built up over time would be. On MySQL/MariaDB it runs
+// ANALYZE TABLE (settleMySQL).
 func settle(tb testing.TB, db *gorm.DB, table string) {
 	tb.Helper()
+	if isMySQL(db) {
+		settleMySQL(tb, db, table)
+		return
+	}
 	if err := db.Exec("VACUUM (ANALYZE) " + table).Error; err != nil {
 		tb.Fatalf("vacuum %s: %v", table, err)
 	}

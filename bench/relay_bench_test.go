@@ -12,6 +12,7 @@ import (
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
 )
 
 // drainTimeout bounds one drain; a relay slower than this has failed.
@@ -22,7 +23,7 @@ const drainTimeout = 10 * time.Minute
 const floorBatch = outbox.DefaultBatchSize
 
 // drainResult is one timed drain: wall time, and the CPU time this process
-// and the PostgreSQL server used meanwhile.
+// and the database server (PostgreSQL or MySQL/MariaDB) used meanwhile.
 type drainResult struct {
 	elapsed time.Duration
 	cpu     cpuSample
@@ -36,6 +37,12 @@ type drainResult struct {
 // when it is near 0. Each iteration is one full drain of a fresh schema, filled and
 // settled (VACUUM ANALYZE) with the timer stopped; run it with
 // -benchtime 1x.
+//
+// The backend=mysql-* rows drain the same backlog from a fresh
+// MySQL/MariaDB database (settled with ANALYZE TABLE) and report the
+// server's CPU per event as mysql-cpu-us/event in place of
+// pg-cpu-us/event: the threads of this process's connections and the
+// server's own threads (see sampleMySQLCPU).
 func BenchmarkRelay(b *testing.B) {
 	cases := []struct {
 		name   string
@@ -51,6 +58,10 @@ func BenchmarkRelay(b *testing.B) {
 		{"backend=native-200k", 200_000, func(b *testing.B, n int) drainResult { return drainNative(b, n, 0) }},
 		{"backend=native-claims", 50_000, func(b *testing.B, n int) drainResult { return drainClaims(b, n, false) }},
 		{"backend=native-claims-and-sink", 50_000, func(b *testing.B, n int) drainResult { return drainClaims(b, n, true) }},
+		{"backend=mysql-native", 50_000, func(b *testing.B, n int) drainResult { return drainNativeOn(b, nativeStoreMySQL, n, 0) }},
+		{"backend=mysql-watermill-sql-forwarder", 50_000, drainStockMySQL},
+		{"backend=mysql-floor", 50_000, drainFloorMySQL},
+		{"backend=mysql-native-200k", 200_000, func(b *testing.B, n int) drainResult { return drainNativeOn(b, nativeStoreMySQL, n, 0) }},
 	}
 	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) { reportDrains(b, bc.events, bc.drain) })
@@ -83,6 +94,8 @@ func reportDrains(b *testing.B, events int, drain func(b *testing.B, events int)
 		total += r.elapsed
 		cpu.goCPU += r.cpu.goCPU
 		cpu.pgCPU += r.cpu.pgCPU
+		cpu.dbCPU += r.cpu.dbCPU
+		cpu.mysql = cpu.mysql || r.cpu.mysql
 		cpu.mallocs += r.cpu.mallocs
 		cpu.others += r.cpu.others
 	}
@@ -91,7 +104,11 @@ func reportDrains(b *testing.B, events int, drain func(b *testing.B, events int)
 	b.ReportMetric(n/total.Seconds(), "events/s")
 	b.ReportMetric(float64(total.Nanoseconds())/n, "ns/event")
 	b.ReportMetric(us(cpu.goCPU), "go-cpu-us/event")
-	b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
+	if cpu.mysql {
+		b.ReportMetric(us(cpu.dbCPU), "mysql-cpu-us/event")
+	} else {
+		b.ReportMetric(us(cpu.pgCPU), "pg-cpu-us/event")
+	}
 	b.ReportMetric(float64(cpu.mallocs)/n, "allocs/event")
 	b.ReportMetric(cpu.othersShare(total), "others-cpu-%")
 	b.ReportMetric(0, "ns/op")
@@ -102,7 +119,13 @@ func reportDrains(b *testing.B, events int, drain func(b *testing.B, events int)
 // from Run until Run returned after the last message arrived (its last
 // batch finished).
 func drainNative(b *testing.B, events, batchSize int) drainResult {
-	db, gs := nativeStore(b, gormstore.Config{})
+	return drainNativeOn(b, nativeStore, events, batchSize)
+}
+
+// drainNativeOn is drainNative on the database and store that open
+// returns: nativeStore (PostgreSQL) or nativeStoreMySQL.
+func drainNativeOn(b *testing.B, open func(testing.TB, gormstore.Config) (*gorm.DB, *gormstore.Store), events, batchSize int) drainResult {
+	db, gs := open(b, gormstore.Config{})
 	store := &timedStore{Store: gs}
 	fillNative(b, db, store.Table(), events)
 	slogger, _ := newLogs(b)
@@ -113,9 +136,10 @@ func drainNative(b *testing.B, events, batchSize int) drainResult {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	sample := cpuSampler(b, db)
 	runtime.GC()
 
-	cpu := sampleCPU()
+	cpu := sample()
 	b.StartTimer()
 	start := time.Now()
 	runErr := make(chan error, 1)
@@ -125,7 +149,7 @@ func drainNative(b *testing.B, events, batchSize int) drainResult {
 	err = <-runErr
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	r := drainResult{elapsed, sample().sub(cpu)}
 
 	if err != nil {
 		b.Fatalf("Run: %v", err)
@@ -135,6 +159,19 @@ func drainNative(b *testing.B, events, batchSize int) drainResult {
 	}
 	b.Log(store.summary())
 	return r
+}
+
+// cpuSampler returns the sampler of a drain on db: sampleCPU on
+// PostgreSQL, sampleMySQLCPU on MySQL/MariaDB.
+func cpuSampler(tb testing.TB, db *gorm.DB) func() cpuSample {
+	if !isMySQL(db) {
+		return sampleCPU
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return func() cpuSample { return sampleMySQLCPU(tb, sqlDB) }
 }
 
 // drainClaims drains the native backlog through the store alone: claims of

@@ -23,8 +23,9 @@ type driver interface {
 	// (sqlschema.Migration.Lock); nil for none.
 	migrationLock() func(tx *gorm.DB) (func() error, error)
 	// insert returns a statement that saves the first n of records, and
-	// its arguments; Save calls it until every record is saved.
-	insert(ctx context.Context, records []outbox.Record) (q string, args []any, n int, err error)
+	// its arguments; Save calls it until every record is saved, and runs
+	// the statement on conn, the transaction's connection.
+	insert(ctx context.Context, conn gorm.ConnPool, records []outbox.Record) (q string, args []any, n int, err error)
 	// nowArgs are the arguments of the statement "now" (the current time)
 	// where the database has no clock the rows share.
 	nowArgs() []any

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
@@ -41,10 +42,8 @@ import (
 // woken after commit (TransactionalConfig.Wake), others poll.
 type mysqlDriver struct {
 	s *Store
-	// maxPacket is the server's max_allowed_packet, read once (packetOnce).
-	packetOnce sync.Once
-	maxPacket  int
-	packetErr  error
+	// maxPacket is the server's max_allowed_packet, once read.
+	maxPacket atomic.Int64
 	// lockPrefix is the prefix of the claims' lock names (lockName), read
 	// once.
 	prefixMu   sync.Mutex
@@ -106,14 +105,18 @@ func (d *mysqlDriver) missingTable(err error) bool {
 }
 
 // packetLimit returns the server's max_allowed_packet, the most bytes one
-// statement may carry.
-func (d *mysqlDriver) packetLimit(ctx context.Context) (int, error) {
-	d.packetOnce.Do(func() {
-		var n int64
-		d.packetErr = d.s.db.WithContext(ctx).Raw("SELECT @@max_allowed_packet").Scan(&n).Error
-		d.maxPacket = int(n)
-	})
-	return d.maxPacket, d.packetErr
+// statement may carry, read on conn (the transaction's connection: a
+// pooled one could wait for a pool that Save's callers hold).
+func (d *mysqlDriver) packetLimit(ctx context.Context, conn gorm.ConnPool) (int, error) {
+	if n := d.maxPacket.Load(); n > 0 {
+		return int(n), nil
+	}
+	var n int64
+	if err := conn.QueryRowContext(ctx, "SELECT @@max_allowed_packet").Scan(&n); err != nil {
+		return 0, err
+	}
+	d.maxPacket.Store(n)
+	return int(n), nil
 }
 
 // insertRowOverhead bounds the bytes of one row's tuple besides its
@@ -126,8 +129,8 @@ const (
 // insert builds one multi-row INSERT of the records that fit in the
 // server's max_allowed_packet. A record that cannot fit alone is refused,
 // naming the limit, before anything is written.
-func (d *mysqlDriver) insert(ctx context.Context, records []outbox.Record) (string, []any, int, error) {
-	limit, err := d.packetLimit(ctx)
+func (d *mysqlDriver) insert(ctx context.Context, conn gorm.ConnPool, records []outbox.Record) (string, []any, int, error) {
+	limit, err := d.packetLimit(ctx, conn)
 	if err != nil {
 		return "", nil, 0, fmt.Errorf("gormstore: read max_allowed_packet: %w", err)
 	}
@@ -159,7 +162,7 @@ func (d *mysqlDriver) insert(ctx context.Context, records []outbox.Record) (stri
 		if n > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString("(?,?,?,?,?,UTC_TIMESTAMP(6),UTC_TIMESTAMP(6))")
+		b.WriteString("(?,?,?,?,?)")
 		n++
 	}
 	return b.String(), args, n, nil
@@ -276,9 +279,9 @@ func (c *mysqlClaim) take(ctx context.Context, p outbox.ClaimParams, prefix stri
 	for _, t := range p.Topics {
 		topicArgs = append(topicArgs, t)
 	}
-	window, take := d.s.sql["window"], d.s.sql["take"]
+	window, takeSQL := d.s.sql["window"], d.s.sql["take"]
 	if len(p.Topics) > 0 {
-		window, take = d.s.sql["window_topics"], d.s.sql["take_topics"]
+		window, takeSQL = d.s.sql["window_topics"], d.s.sql["take_topics"]
 	}
 	exclude := ""
 	args := slices.Clone(topicArgs)
@@ -295,8 +298,8 @@ func (c *mysqlClaim) take(ctx context.Context, p outbox.ClaimParams, prefix stri
 	}
 	var (
 		cands []candidate
-		seen  = map[string]int{} // key → index in cands
-		count = map[string]int{} // key → rows in the window
+		seen  = map[string]int{}     // key → index in cands
+		ids   = map[string][]int64{} // key → its rows in the window
 	)
 	for rows.Next() {
 		var id int64
@@ -313,7 +316,7 @@ func (c *mysqlClaim) take(ctx context.Context, p outbox.ClaimParams, prefix stri
 			seen[key] = len(cands)
 			cands = append(cands, candidate{key: key, id: id, lock: lockName(prefix, key, 0)})
 		}
-		count[key]++
+		ids[key] = append(ids[key], id)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -323,7 +326,7 @@ func (c *mysqlClaim) take(ctx context.Context, p outbox.ClaimParams, prefix stri
 	before := 0
 	n := 0
 	for n < len(cands) && before < p.Limit {
-		before += max(count[cands[n].key], 1)
+		before += max(len(ids[cands[n].key]), 1)
 		n++
 	}
 	cands = cands[:n]
@@ -334,29 +337,23 @@ func (c *mysqlClaim) take(ctx context.Context, p outbox.ClaimParams, prefix stri
 	if err != nil {
 		return err
 	}
-	var keys []any
-	var ids []any
+	var take []any
 	for i, cd := range cands {
-		if !got[i] {
-			continue
-		}
-		if cd.key == "" {
-			ids = append(ids, cd.id)
-		} else {
-			keys = append(keys, cd.key)
+		switch {
+		case !got[i]:
+		case cd.key == "":
+			take = append(take, cd.id)
+		default:
+			for _, id := range ids[cd.key] {
+				take = append(take, id)
+			}
 		}
 	}
-	if len(keys)+len(ids) == 0 {
+	if len(take) == 0 {
 		return nil
 	}
-	if len(keys) == 0 {
-		keys = append(keys, "") // partition_key IN ('') matches no keyed row
-	}
-	if len(ids) == 0 {
-		ids = append(ids, int64(0))
-	}
-	q = expand(take, "{keys}", marks(len(keys)), "{ids}", marks(len(ids)), "{topics}", marks(len(p.Topics)), "{limit}", strconv.Itoa(p.Limit))
-	rs, err := c.conn.QueryContext(ctx, q, append(append(keys, ids...), topicArgs...)...)
+	q = expand(takeSQL, "{ids}", marks(len(take)), "{topics}", marks(len(p.Topics)), "{limit}", strconv.Itoa(p.Limit))
+	rs, err := c.conn.QueryContext(ctx, q, append(take, topicArgs...)...)
 	if err != nil {
 		return err
 	}

@@ -84,7 +84,7 @@ func (d *postgresDriver) nowArgs() []any { return nil }
 func (d *postgresDriver) cutoffArg(olderThan time.Duration) any { return olderThan.Microseconds() }
 
 // insert saves records with one statement of one array per column.
-func (d *postgresDriver) insert(_ context.Context, records []outbox.Record) (string, []any, int, error) {
+func (d *postgresDriver) insert(_ context.Context, _ gorm.ConnPool, records []outbox.Record) (string, []any, int, error) {
 	n := len(records)
 	uuids, topics, keys, mds := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	payloads := make([][]byte, n)

@@ -61,7 +61,7 @@ func (d *sqliteDriver) missingTable(err error) bool {
 
 // insert builds one multi-row INSERT. SQLite has no column default for
 // the times, so they are set here, in UTC.
-func (d *sqliteDriver) insert(_ context.Context, records []outbox.Record) (string, []any, int, error) {
+func (d *sqliteDriver) insert(_ context.Context, _ gorm.ConnPool, records []outbox.Record) (string, []any, int, error) {
 	var b strings.Builder
 	b.WriteString(d.s.sql["insert"])
 	args := make([]any, 0, len(records)*7)

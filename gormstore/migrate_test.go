@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"gorm.io/gorm"
 )
@@ -39,7 +40,17 @@ func TestMigrateIdempotent(t *testing.T) {
 
 func TestMigrateConcurrent(t *testing.T) {
 	t.Parallel()
-	db := testdb.Open(t, testdb.Postgres)
+	for _, d := range []testdb.Dialect{testdb.Postgres, testdb.MySQL} {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			migrateConcurrently(t, testdb.Open(t, d))
+		})
+	}
+}
+
+// migrateConcurrently runs Migrate four times at once on db: the
+// migration lock lets one in at a time.
+func migrateConcurrently(t *testing.T, db *gorm.DB) {
 	ctx := context.Background()
 	const n = 4
 	errs := make(chan error, n)
@@ -54,7 +65,7 @@ func TestMigrateConcurrent(t *testing.T) {
 	for range n {
 		require.NoError(t, <-errs)
 	}
-	require.Equal(t, wantIndexes(t, gormstore.DefaultTable), indexNames(t, db, "", gormstore.DefaultTable))
+	require.Equal(t, wantIndexes(t, db, gormstore.DefaultTable), indexNames(t, db, "", gormstore.DefaultTable))
 }
 
 func TestMigrateCanceledContext(t *testing.T) {
@@ -74,12 +85,12 @@ func TestMigrationFiles(t *testing.T) {
 	t.Parallel()
 	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
 		t.Parallel()
-		dir := string(testdb.Postgres)
-		if db.Dialector.Name() == "sqlite" {
-			dir = string(testdb.SQLite)
-		}
+		d, _ := sqlschema.DialectOf(db)
+		dir := d.String()
 		// A migration tool runs each file as one multi-statement script:
-		// the up files in order, the down files in reverse order.
+		// the up files in order, the down files in reverse order. On
+		// MySQL that needs multiStatements=true in the tool's DSN; here
+		// the file's statements run one by one.
 		ups, err := fs.Glob(gormstore.Migrations, "migrations/"+dir+"/*.up.sql")
 		require.NoError(t, err)
 		require.NotEmpty(t, ups)
@@ -87,8 +98,14 @@ func TestMigrationFiles(t *testing.T) {
 			for _, f := range files {
 				b, err := fs.ReadFile(gormstore.Migrations, f)
 				require.NoError(t, err)
-				if err := db.Exec(string(b)).Error; err != nil {
-					return fmt.Errorf("%s: %w", f, err)
+				stmts := []string{string(b)}
+				if d == sqlschema.MySQL {
+					stmts = sqlschema.Split(string(b))
+				}
+				for _, st := range stmts {
+					if err := db.Exec(st).Error; err != nil {
+						return fmt.Errorf("%s: %w", f, err)
+					}
 				}
 			}
 			return nil
@@ -165,6 +182,35 @@ func describeTable(t *testing.T, db *gorm.DB, table string) []string {
 		require.NoError(t, db.Raw(`SELECT name, COALESCE(sql, '') AS sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? ORDER BY name`, table).Scan(&idx).Error)
 		for _, i := range idx {
 			out = append(out, "index "+i.Name+" "+strings.Join(strings.Fields(i.SQL), " "))
+		}
+		return out
+	}
+	if db.Dialector.Name() == "mysql" {
+		var cols []struct {
+			OrdinalPosition      int
+			ColumnName           string
+			ColumnType           string
+			IsNullable           string
+			ColumnDefault        *string
+			Extra                string
+			GenerationExpression *string
+		}
+		require.NoError(t, db.Raw(`SELECT ordinal_position, column_name, column_type, is_nullable, column_default, extra, generation_expression
+			FROM information_schema.columns WHERE table_schema = database() AND table_name = ? ORDER BY ordinal_position`, table).Scan(&cols).Error)
+		for _, c := range cols {
+			out = append(out, fmt.Sprintf("column %d %s %s nullable=%s default=%v extra=%s generated=%v",
+				c.OrdinalPosition, c.ColumnName, c.ColumnType, c.IsNullable, deref(c.ColumnDefault), c.Extra, deref(c.GenerationExpression)))
+		}
+		var idx []struct {
+			IndexName  string
+			NonUnique  int
+			SeqInIndex int
+			ColumnName string
+		}
+		require.NoError(t, db.Raw(`SELECT index_name, non_unique, seq_in_index, column_name FROM information_schema.statistics
+			WHERE table_schema = database() AND table_name = ? ORDER BY index_name, seq_in_index`, table).Scan(&idx).Error)
+		for _, i := range idx {
+			out = append(out, fmt.Sprintf("index %s unique=%v %d %s", i.IndexName, i.NonUnique == 0, i.SeqInIndex, i.ColumnName))
 		}
 		return out
 	}

@@ -40,6 +40,15 @@ func seedRows(t *testing.T, db *gorm.DB, prefix, state string, n int, age time.D
 SELECT ? || '-' || g, 'orders', 'key-' || (g % 7), '\x00', ts, ts, 0, ` + col(delivered) + `, ` + col(failed) + `
 FROM generate_series(1, ?) AS g, LATERAL (SELECT now() - ?::bigint * interval '1 microsecond' - g * interval '1 millisecond' AS ts) AS t`
 		args = []any{prefix, n, age.Microseconds()}
+	} else if db.Dialector.Name() == "mysql" {
+		// Numbers 1..n from digits: MySQL bounds recursive CTEs at 1,000 rows.
+		q = `INSERT INTO txoutbox_outbox (uuid, topic, partition_key, payload, created_at, next_attempt_at, attempts, delivered_at, failed_at)
+SELECT CONCAT(?, '-', g), 'orders', CONCAT('key-', g % 7), x'00', ts, ts, 0, ` + col(delivered) + `, ` + col(failed) + `
+FROM (SELECT g, UTC_TIMESTAMP(6) - INTERVAL (? + 1000 * g) MICROSECOND AS ts FROM (
+	SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 1 AS g
+	FROM ` + digits("a") + `, ` + digits("b") + `, ` + digits("c") + `, ` + digits("e") + `, ` + digits("f") + `
+) n WHERE g <= ?) t`
+		args = []any{prefix, age.Microseconds(), n}
 	} else {
 		q = `WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < ?),
 t AS (SELECT g, strftime('%Y-%m-%d %H:%M:%f+00:00', ?, '-' || g || ' seconds') AS ts FROM s)
@@ -48,6 +57,12 @@ SELECT ? || '-' || g, 'orders', 'key-' || (g % 7), x'00', ts, ts, 0, ` + col(del
 		args = []any{n, time.Now().UTC().Add(-age).Format("2006-01-02 15:04:05.000"), prefix}
 	}
 	require.NoError(t, db.Exec(q, args...).Error)
+}
+
+// digits is a derived table of the digits 0-9 in column d, named name.
+func digits(name string) string {
+	return `(SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4
+	UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) AS ` + name
 }
 
 // purgeAll calls PurgeDeliveredBatch until a batch comes back short and

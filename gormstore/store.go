@@ -19,8 +19,8 @@ var (
 	// ErrInvalidConfig wraps every Config problem.
 	ErrInvalidConfig = errors.New("gormstore: invalid config")
 	// ErrUnsupportedDialect is returned for a GORM dialect other than
-	// postgres or sqlite.
-	ErrUnsupportedDialect = errors.New("gormstore: unsupported database (use gorm.io/driver/postgres or github.com/glebarez/sqlite)")
+	// postgres, sqlite or mysql.
+	ErrUnsupportedDialect = errors.New("gormstore: unsupported database (use gorm.io/driver/postgres, github.com/glebarez/sqlite or gorm.io/driver/mysql)")
 )
 
 // errSaveOutsideTx is returned by Save for a *gorm.DB that is not a
@@ -107,7 +107,7 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 		return errSaveOutsideTx
 	}
 	for len(records) > 0 {
-		query, args, n, err := s.drv.insert(ctx, records[:min(saveChunk, len(records))])
+		query, args, n, err := s.drv.insert(ctx, tx.Statement.ConnPool, records[:min(saveChunk, len(records))])
 		if err != nil {
 			return err
 		}

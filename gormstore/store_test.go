@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
@@ -225,12 +226,12 @@ func TestNewWithoutDatabase(t *testing.T) {
 	}
 }
 
-// otherDialector stands for a database gormstore does not support (MySQL,
+// otherDialector stands for a database gormstore does not support (Oracle,
 // SQL Server, ...): none of their drivers is a dependency of this module,
 // and New looks only at the dialector's name.
 type otherDialector struct{ gorm.Dialector }
 
-func (otherDialector) Name() string              { return "mysql" }
+func (otherDialector) Name() string              { return "oracle" }
 func (otherDialector) Initialize(*gorm.DB) error { return nil }
 
 func TestNewUnsupportedDialect(t *testing.T) {
@@ -239,7 +240,7 @@ func TestNewUnsupportedDialect(t *testing.T) {
 	require.NoError(t, err)
 	s, err := gormstore.New(db, gormstore.Config{})
 	require.ErrorIs(t, err, gormstore.ErrUnsupportedDialect)
-	require.ErrorContains(t, err, `"mysql"`)
+	require.ErrorContains(t, err, `"oracle"`)
 	require.Nil(t, s)
 }
 
@@ -344,11 +345,11 @@ func TestCustomTable(t *testing.T) {
 			}
 			return def.Save(ctx, tx, []outbox.Record{record("d1", "", "3")})
 		}))
-		require.Equal(t, int64(2), testdb.Count(t, db, `"Events"`, ""))
+		require.Equal(t, int64(2), testdb.Count(t, db, quoteTable(db, "Events"), ""))
 		require.Equal(t, int64(1), testdb.Count(t, db, gormstore.DefaultTable, ""))
 
-		require.Equal(t, wantIndexes(t, "Events"), indexNames(t, db, "", "Events"))
-		require.Equal(t, wantIndexes(t, gormstore.DefaultTable), indexNames(t, db, "", gormstore.DefaultTable))
+		require.Equal(t, wantIndexes(t, db, "Events"), indexNames(t, db, "", "Events"))
+		require.Equal(t, wantIndexes(t, db, gormstore.DefaultTable), indexNames(t, db, "", gormstore.DefaultTable))
 	})
 }
 
@@ -358,7 +359,7 @@ func TestLongestTableName(t *testing.T) {
 	t.Parallel()
 	name := strings.Repeat("a", 48)
 	_, db := migrated(t, testdb.Postgres, gormstore.Config{Table: name})
-	require.Equal(t, wantIndexes(t, name), indexNames(t, db, "", name))
+	require.Equal(t, wantIndexes(t, db, name), indexNames(t, db, "", name))
 }
 
 // TestSchemaQualifiedTable runs a schema-qualified table on PostgreSQL
@@ -388,7 +389,7 @@ func TestSchemaQualifiedTable(t *testing.T) {
 	require.Equal(t, "a", rows[0].Topic)
 	require.Equal(t, "b", rows[1].Topic)
 
-	require.Equal(t, wantIndexes(t, "events"), indexNames(t, db, schema, "events"))
+	require.Equal(t, wantIndexes(t, db, "events"), indexNames(t, db, schema, "events"))
 	var inOwn int64
 	require.NoError(t, db.Raw(`SELECT count(*) FROM pg_tables WHERE schemaname = ?`, ownSchema).Scan(&inOwn).Error)
 	require.Zero(t, inOwn, "nothing may be created in the search_path schema")
@@ -398,10 +399,12 @@ func TestSchemaQualifiedTable(t *testing.T) {
 // create for the default table, renamed for table: "<table>_<suffix>". Both
 // dialects' files must create the same ones, among them the UUID key and
 // the partial index on pending rows.
-func wantIndexes(t *testing.T, table string) []string {
+func wantIndexes(t *testing.T, db *gorm.DB, table string) []string {
 	t.Helper()
-	re := regexp.MustCompile(`CREATE (?:UNIQUE )?INDEX IF NOT EXISTS "` + gormstore.DefaultTable + `_(\w+)"`)
-	var per [][]string
+	// CREATE [UNIQUE] INDEX IF NOT EXISTS "..." (PostgreSQL, SQLite), or
+	// [UNIQUE] KEY `+"`...`"+` in CREATE TABLE (MySQL).
+	re := regexp.MustCompile(`(?:CREATE (?:UNIQUE )?INDEX IF NOT EXISTS "|KEY ` + "`" + `)` + gormstore.DefaultTable + `_(\w+)["` + "`" + `]`)
+	per := map[testdb.Dialect][]string{}
 	for _, d := range testdb.Dialects {
 		var names []string
 		files, err := fs.Glob(gormstore.Migrations, "migrations/"+string(d)+"/*.up.sql")
@@ -414,12 +417,13 @@ func wantIndexes(t *testing.T, table string) []string {
 			}
 		}
 		slices.Sort(names)
-		per = append(per, names)
+		require.Contains(t, names, table+"_uuid_key", string(d))
+		require.Contains(t, names, table+"_pending_idx", string(d))
+		per[d] = names
 	}
-	require.Equal(t, per[0], per[1], "PostgreSQL and SQLite migrations create the same indexes")
-	require.Contains(t, per[0], table+"_uuid_key")
-	require.Contains(t, per[0], table+"_pending_idx")
-	return per[0]
+	require.Equal(t, per[testdb.Postgres], per[testdb.SQLite], "PostgreSQL and SQLite migrations create the same indexes")
+	d, _ := sqlschema.DialectOf(db)
+	return per[testdb.Dialect(d.String())]
 }
 
 // indexNames lists the non-primary-key indexes of table, sorted. schema ""
@@ -430,6 +434,9 @@ func indexNames(t *testing.T, db *gorm.DB, schema, table string) []string {
 	var err error
 	if db.Dialector.Name() == "sqlite" {
 		err = db.Raw(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL ORDER BY name`, table).Scan(&names).Error
+	} else if db.Dialector.Name() == "mysql" {
+		err = db.Raw(`SELECT DISTINCT index_name FROM information_schema.statistics
+			WHERE table_schema = coalesce(nullif(?, ''), database()) AND table_name = ? AND index_name <> 'PRIMARY' ORDER BY index_name`, schema, table).Scan(&names).Error
 	} else if schema == "" {
 		err = db.Raw(`SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ? AND indexname NOT LIKE '%\_pkey' ORDER BY indexname`, table).Scan(&names).Error
 	} else {

@@ -57,7 +57,11 @@ func otherTopicBacklog(t *testing.T, s *gormstore.Store, db *gorm.DB, rows int) 
 		recs = append(recs, record("mine", fmt.Sprintf("mine-%d", i%2), "{}"))
 	}
 	require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return s.Save(context.Background(), tx, recs) }))
-	require.NoError(t, db.Exec(`ANALYZE txoutbox_outbox`).Error)
+	analyze := "ANALYZE txoutbox_outbox"
+	if db.Dialector.Name() == "mysql" {
+		analyze = "ANALYZE TABLE txoutbox_outbox"
+	}
+	require.NoError(t, db.Exec(analyze).Error)
 }
 
 // A claim for some topics reads their rows from the topic index, with the

@@ -38,6 +38,13 @@ type publisherKey struct{}
 // stockForwarderTopic is the topic the stock forwarder publisher writes to.
 const stockForwarderTopic = "forwarder_topic"
 
+// mysqlOrdersDDL is ordersDDL on MySQL/MariaDB, where a TEXT column
+// cannot be a primary key.
+const mysqlOrdersDDL = `CREATE TABLE orders (
+	id     VARCHAR(64) PRIMARY KEY,
+	amount INTEGER NOT NULL
+)`
+
 // BenchmarkDispatch measures the write path on PostgreSQL: one command that
 // inserts one business row, with and without the outbox. Each sub-benchmark
 // runs 8 concurrent commands (b.SetParallelism(4) on 2 cores): a single
@@ -53,8 +60,83 @@ const stockForwarderTopic = "forwarder_topic"
 // and diagnostics: outbox=1event,nonotify and outbox=10events,nonotify
 // (gormstore.Config{NoNotify: true}), outbox=off,2rows (the baseline with a
 // second business INSERT).
+//
+// db=mysql/ holds the four main sub-benchmarks on MySQL/MariaDB (a fresh
+// database of testdb.OpenMySQL), the stock one with DefaultMySQLSchema.
 func BenchmarkDispatch(b *testing.B) {
 	db, _ := testdb.OpenPostgres(b)
+	env := newDispatchEnv(b, db, wsql.DefaultPostgreSQLSchema{}, ordersDDL)
+	// The same without the store's NOTIFY, which serialises the commits of
+	// notifying transactions in PostgreSQL.
+	quietStore, err := gormstore.New(db, gormstore.Config{NoNotify: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmQuiet, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: quietStore})
+	if err != nil {
+		b.Fatal(err)
+	}
+	variants := append(env.main(),
+		// Diagnostics: the outbox without the store's NOTIFY, and the
+		// baseline with a second business INSERT (the round trip and row
+		// the outbox adds, without the outbox).
+		dispatchVariant{"outbox=1event,nonotify", tmQuiet.Middleware(), outbox.Emit, 1, 0},
+		dispatchVariant{"outbox=10events,nonotify", tmQuiet.Middleware(), outbox.Emit, 10, 0},
+		dispatchVariant{"outbox=off,2rows", env.plainTx, nil, 0, 1},
+	)
+	var seq atomic.Int64
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) { env.run(b, v, &seq) })
+	}
+	b.Run("db=mysql", func(b *testing.B) {
+		db, _ := testdb.OpenMySQL(b)
+		env := newDispatchEnv(b, db, wsql.DefaultMySQLSchema{}, mysqlOrdersDDL)
+		for _, v := range env.main() {
+			b.Run(v.name, func(b *testing.B) { env.run(b, v, &seq) })
+		}
+	})
+}
+
+// dispatchVariant is a sub-benchmark of BenchmarkDispatch: the middleware
+// around the handler, how it emits, and what each command does.
+type dispatchVariant struct {
+	name   string
+	mw     bus.Middleware
+	emit   func(ctx context.Context, events ...any) error
+	events int
+	extra  int
+}
+
+// dispatchEnv is BenchmarkDispatch's database, with the orders table, the
+// native outbox table and the stock watermill-sql table created, and the
+// middlewares of its variants.
+type dispatchEnv struct {
+	db *gorm.DB
+	// tables are emptied before each sub-benchmark.
+	tables []string
+	// tm is Transactional on gormstore at defaults.
+	tm *middleware.Transactional
+	// plainTx is the baseline: a GORM transaction per command, reachable
+	// with outbox.Tx like under Transactional, and nothing else.
+	plainTx bus.Middleware
+	// stockTx is plainTx plus the stock watermill-sql outbox publisher,
+	// created on the transaction for each command; stockEmit publishes
+	// through it.
+	stockTx   bus.Middleware
+	stockEmit func(ctx context.Context, events ...any) error
+}
+
+// stockSchema is a watermill-sql/v3 schema that names its table, as
+// DefaultPostgreSQLSchema and DefaultMySQLSchema do.
+type stockSchema interface {
+	wsql.SchemaAdapter
+	MessagesTable(topic string) string
+}
+
+// newDispatchEnv creates the tables on db (orders with ordersDDL, the stock
+// table of stockSchema) and the middlewares.
+func newDispatchEnv(b *testing.B, db *gorm.DB, stockSchema stockSchema, ordersDDL string) *dispatchEnv {
+	b.Helper()
 	ctx := context.Background()
 	if err := gormstore.Migrate(ctx, db); err != nil {
 		b.Fatal(err)
@@ -62,7 +144,6 @@ func BenchmarkDispatch(b *testing.B) {
 	if err := db.Exec(ordersDDL).Error; err != nil {
 		b.Fatal(err)
 	}
-	stockSchema := wsql.DefaultPostgreSQLSchema{}
 	for _, q := range stockSchema.SchemaInitializingQueries(stockForwarderTopic) {
 		if err := db.Exec(q.Query, q.Args...).Error; err != nil {
 			b.Fatal(err)
@@ -76,30 +157,20 @@ func BenchmarkDispatch(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The same without the store's NOTIFY, which serialises the commits of
-	// notifying transactions in PostgreSQL.
-	quietStore, err := gormstore.New(db, gormstore.Config{NoNotify: true})
-	if err != nil {
-		b.Fatal(err)
+	e := &dispatchEnv{
+		db:     db,
+		tables: []string{"orders", gormstore.DefaultTable, stockSchema.MessagesTable(stockForwarderTopic)},
+		tm:     tm,
 	}
-	tmQuiet, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: quietStore})
-	if err != nil {
-		b.Fatal(err)
-	}
-
-	// plainTx is the baseline: a GORM transaction per command, reachable
-	// with outbox.Tx like under Transactional, and nothing else.
-	plainTx := func(next bus.Handler) bus.Handler {
+	e.plainTx = func(next bus.Handler) bus.Handler {
 		return func(ctx context.Context, cmd any) error {
 			return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 				return next(outbox.WithTx(ctx, tx), cmd)
 			})
 		}
 	}
-	// stockTx is plainTx plus the stock watermill-sql outbox publisher,
-	// created on the transaction for each command.
 	stockLogger := watermill.NopLogger{}
-	stockTx := func(next bus.Handler) bus.Handler {
+	e.stockTx = func(next bus.Handler) bus.Handler {
 		return func(ctx context.Context, cmd any) error {
 			return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 				sqlTx, ok := tx.Statement.ConnPool.(*sql.Tx)
@@ -117,7 +188,7 @@ func BenchmarkDispatch(b *testing.B) {
 		}
 	}
 	stockMarshaler := cqrs.JSONMarshaler{NewUUID: outbox.NewUUID, GenerateName: cqrs.StructName}
-	stockEmit := func(ctx context.Context, events ...any) error {
+	e.stockEmit = func(ctx context.Context, events ...any) error {
 		pub, _ := ctx.Value(publisherKey{}).(message.Publisher)
 		if pub == nil {
 			return errors.New("no stock publisher in context")
@@ -133,65 +204,58 @@ func BenchmarkDispatch(b *testing.B) {
 		}
 		return nil
 	}
+	return e
+}
 
-	// handler is the same for every variant; only emit differs.
-	handler := func(emit func(ctx context.Context, events ...any) error) bus.HandlerFunc[benchPlaceOrder] {
-		return func(ctx context.Context, cmd benchPlaceOrder) error {
-			tx, err := outbox.Tx(ctx)
-			if err != nil {
-				return err
-			}
-			if err := tx.Exec("INSERT INTO orders (id, amount) VALUES (?, ?)", cmd.ID, cmd.Amount).Error; err != nil {
-				return err
-			}
-			for i := range cmd.Extra {
-				if err := tx.Exec("INSERT INTO orders (id, amount) VALUES (?, ?)", cmd.ID+"-"+strconv.Itoa(i), cmd.Amount).Error; err != nil {
-					return err
-				}
-			}
-			for i := range cmd.Events {
-				if err := emit(ctx, OrderPlaced{OrderID: cmd.ID, Amount: cmd.Amount + i}); err != nil {
-					return err
-				}
-			}
-			return nil
+// main returns the main variants, those that BenchmarkDispatch runs on
+// every database.
+func (e *dispatchEnv) main() []dispatchVariant {
+	return []dispatchVariant{
+		{"outbox=off", e.plainTx, nil, 0, 0},
+		{"outbox=1event", e.tm.Middleware(), outbox.Emit, 1, 0},
+		{"outbox=10events", e.tm.Middleware(), outbox.Emit, 10, 0},
+		{"stock=watermill-sql", e.stockTx, e.stockEmit, 1, 0},
+	}
+}
+
+// run runs variant v from empty tables.
+func (e *dispatchEnv) run(b *testing.B, v dispatchVariant, seq *atomic.Int64) {
+	for _, t := range e.tables {
+		if err := e.db.Exec("TRUNCATE TABLE " + t).Error; err != nil {
+			b.Fatal(err)
 		}
 	}
-
-	variants := []struct {
-		name   string
-		mw     bus.Middleware
-		emit   func(ctx context.Context, events ...any) error
-		events int
-		extra  int
-	}{
-		{"outbox=off", plainTx, nil, 0, 0},
-		{"outbox=1event", tm.Middleware(), outbox.Emit, 1, 0},
-		{"outbox=10events", tm.Middleware(), outbox.Emit, 10, 0},
-		{"stock=watermill-sql", stockTx, stockEmit, 1, 0},
-		// Diagnostics: the outbox without the store's NOTIFY, and the
-		// baseline with a second business INSERT (the round trip and row
-		// the outbox adds, without the outbox).
-		{"outbox=1event,nonotify", tmQuiet.Middleware(), outbox.Emit, 1, 0},
-		{"outbox=10events,nonotify", tmQuiet.Middleware(), outbox.Emit, 10, 0},
-		{"outbox=off,2rows", plainTx, nil, 0, 1},
+	cb := bus.New(v.mw)
+	if err := bus.Register(cb, benchHandler(v.emit)); err != nil {
+		b.Fatal(err)
 	}
-	var seq atomic.Int64
-	for _, v := range variants {
-		b.Run(v.name, func(b *testing.B) {
-			// Every run starts from empty tables.
-			if err := db.Exec(`TRUNCATE orders, ` + gormstore.DefaultTable + `, "watermill_` + stockForwarderTopic + `"`).Error; err != nil {
-				b.Fatal(err)
+	dispatchParallel(b, cb, seq, benchPlaceOrder{Amount: 1, Events: v.events, Extra: v.extra})
+	if v.events > 0 {
+		b.ReportMetric(float64(b.N*v.events)/b.Elapsed().Seconds(), "events/s")
+	}
+}
+
+// benchHandler is the handler of every variant; only emit differs.
+func benchHandler(emit func(ctx context.Context, events ...any) error) bus.HandlerFunc[benchPlaceOrder] {
+	return func(ctx context.Context, cmd benchPlaceOrder) error {
+		tx, err := outbox.Tx(ctx)
+		if err != nil {
+			return err
+		}
+		if err := tx.Exec("INSERT INTO orders (id, amount) VALUES (?, ?)", cmd.ID, cmd.Amount).Error; err != nil {
+			return err
+		}
+		for i := range cmd.Extra {
+			if err := tx.Exec("INSERT INTO orders (id, amount) VALUES (?, ?)", cmd.ID+"-"+strconv.Itoa(i), cmd.Amount).Error; err != nil {
+				return err
 			}
-			cb := bus.New(v.mw)
-			if err := bus.Register(cb, handler(v.emit)); err != nil {
-				b.Fatal(err)
+		}
+		for i := range cmd.Events {
+			if err := emit(ctx, OrderPlaced{OrderID: cmd.ID, Amount: cmd.Amount + i}); err != nil {
+				return err
 			}
-			dispatchParallel(b, cb, &seq, benchPlaceOrder{Amount: 1, Events: v.events, Extra: v.extra})
-			if v.events > 0 {
-				b.ReportMetric(float64(b.N*v.events)/b.Elapsed().Seconds(), "events/s")
-			}
-		})
+		}
+		return nil
 	}
 }
 

@@ -9,12 +9,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
+	gormmysql "gorm.io/driver/mysql"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 )
 
 func TestValidateReportsEveryProblem(t *testing.T) {
@@ -72,33 +76,153 @@ func TestValidateAcceptsSupportedConfigs(t *testing.T) {
 	require.NotNil(t, tm)
 }
 
+// txProbe reads the isolation level and read-only flag of the transaction
+// tx is in, in the dialect's words.
+type txProbe func(t *testing.T, tx *gorm.DB) (level string, readOnly bool)
+
+// probePostgres reads the transaction's settings.
+func probePostgres(t *testing.T, tx *gorm.DB) (string, bool) {
+	t.Helper()
+	var level, ro string
+	require.NoError(t, tx.Raw("SHOW transaction_isolation").Scan(&level).Error)
+	require.NoError(t, tx.Raw("SHOW transaction_read_only").Scan(&ro).Error)
+	return level, ro == "on"
+}
+
+// mysqlProbe returns a probe of MySQL transactions on db, which it sets up.
+// MySQL has no statement that names the current transaction's level (the
+// session variables name the next transactions'; information_schema's
+// innodb_trx is a cache refreshed at most every 100 ms), so the probe tells
+// them apart by what they do, next to transactions of a second pool: a
+// write is refused in a read-only transaction; SERIALIZABLE locks the rows
+// it reads; READ UNCOMMITTED sees a write not yet committed; READ
+// COMMITTED sees a commit made after its first read, REPEATABLE READ does
+// not.
+func mysqlProbe(t *testing.T, db *gorm.DB) txProbe {
+	t.Helper()
+	require.NoError(t, db.Exec("CREATE TABLE probe (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)").Error)
+	require.NoError(t, db.Exec("INSERT INTO probe VALUES (1, 0), (2, 0)").Error)
+	other, err := gorm.Open(gormmysql.Open(testdb.MySQLDSN(t, db.Migrator().CurrentDatabase())), &gorm.Config{Logger: logger.Discard})
+	require.NoError(t, err)
+	otherDB, err := other.DB()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = otherDB.Close() })
+
+	read := func(tx *gorm.DB, id int) int {
+		var v int
+		require.NoError(t, tx.Raw("SELECT v FROM probe WHERE id = ?", id).Scan(&v).Error)
+		return v
+	}
+	return func(t *testing.T, tx *gorm.DB) (string, bool) {
+		t.Helper()
+		var readOnly bool
+		if err := tx.Exec("UPDATE probe SET v = v WHERE 1 = 0").Error; err != nil {
+			var myErr *mysql.MySQLError
+			require.ErrorAs(t, err, &myErr)
+			require.Equal(t, uint16(1792), myErr.Number, "ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION")
+			readOnly = true
+		}
+		before := read(tx, 1)
+
+		locked := other.Transaction(func(otx *gorm.DB) error {
+			var v int
+			return otx.Raw("SELECT v FROM probe WHERE id = 1 FOR UPDATE NOWAIT").Scan(&v).Error
+		})
+		if locked != nil {
+			return "SERIALIZABLE", readOnly
+		}
+
+		errRollback := errors.New("rollback")
+		var dirty int
+		require.ErrorIs(t, other.Transaction(func(otx *gorm.DB) error {
+			require.NoError(t, otx.Exec("UPDATE probe SET v = v + 1 WHERE id = 2").Error)
+			dirty = read(tx, 2) - read(otx, 2)
+			return errRollback
+		}), errRollback)
+		if dirty == 0 {
+			return "READ UNCOMMITTED", readOnly
+		}
+
+		require.NoError(t, other.Exec("UPDATE probe SET v = v + 1 WHERE id = 1").Error)
+		if read(tx, 1) != before {
+			return "READ COMMITTED", readOnly
+		}
+		return "REPEATABLE READ", readOnly
+	}
+}
+
+// TestIsolationLevelIsApplied: each command's transaction runs at the
+// configured level and read-only setting, and a command leaves them on
+// its connection to nobody: a plain transaction on the same connection
+// afterwards has the database's defaults.
 func TestIsolationLevelIsApplied(t *testing.T) {
 	t.Parallel()
-	db := testdb.Open(t, testdb.Postgres)
-	cases := map[sql.IsolationLevel]string{
-		sql.LevelDefault:        "read committed",
-		sql.LevelReadCommitted:  "read committed",
-		sql.LevelRepeatableRead: "repeatable read",
-		sql.LevelSerializable:   "serializable",
+	dialects := map[testdb.Dialect]struct {
+		probe func(t *testing.T, db *gorm.DB) txProbe
+		want  map[sql.IsolationLevel]string
+	}{
+		testdb.Postgres: {func(*testing.T, *gorm.DB) txProbe { return probePostgres }, map[sql.IsolationLevel]string{
+			sql.LevelReadCommitted:  "read committed",
+			sql.LevelRepeatableRead: "repeatable read",
+			sql.LevelSerializable:   "serializable",
+		}},
+		testdb.MySQL: {mysqlProbe, map[sql.IsolationLevel]string{
+			sql.LevelReadUncommitted: "READ UNCOMMITTED",
+			sql.LevelReadCommitted:   "READ COMMITTED",
+			sql.LevelRepeatableRead:  "REPEATABLE READ",
+			sql.LevelSerializable:    "SERIALIZABLE",
+		}},
 	}
-	store, err := gormstore.New(db, gormstore.Config{})
-	require.NoError(t, err)
-	for iso, want := range cases {
-		for _, readOnly := range []bool{false, true} {
-			tm, err := middleware.NewTransactional(middleware.TransactionalConfig{
-				DB: db, Store: store, Isolation: iso, ReadOnly: readOnly,
-			})
+	for d, tc := range dialects {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			db := testdb.Open(t, d)
+			require.NoError(t, gormstore.Migrate(context.Background(), db))
+			sqlDB, err := db.DB()
 			require.NoError(t, err)
-			var level, ro string
-			require.NoError(t, tm.Run(context.Background(), "Probe", func(ctx context.Context) error {
-				tx, err := outbox.Tx(ctx)
-				require.NoError(t, err)
-				require.NoError(t, tx.Raw("SHOW transaction_isolation").Scan(&level).Error)
-				return tx.Raw("SHOW transaction_read_only").Scan(&ro).Error
-			}))
-			require.Equal(t, want, level, iso.String())
-			require.Equal(t, map[bool]string{false: "off", true: "on"}[readOnly], ro)
-		}
+			sqlDB.SetMaxOpenConns(1) // every transaction on one connection
+			probe := tc.probe(t, db)
+			store, err := gormstore.New(db, gormstore.Config{})
+			require.NoError(t, err)
+
+			plain := func() (string, bool) {
+				var level string
+				var ro bool
+				require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+					level, ro = probe(t, tx)
+					return nil
+				}))
+				return level, ro
+			}
+			defaultLevel, ro := plain()
+			require.False(t, ro)
+			want := map[sql.IsolationLevel]string{sql.LevelDefault: defaultLevel}
+			for iso, level := range tc.want {
+				want[iso] = level
+			}
+			for iso, level := range want {
+				for _, readOnly := range []bool{false, true} {
+					tm, err := middleware.NewTransactional(middleware.TransactionalConfig{
+						DB: db, Store: store, Isolation: iso, ReadOnly: readOnly,
+					})
+					require.NoError(t, err)
+					var gotLevel string
+					var gotRO bool
+					require.NoError(t, tm.Run(context.Background(), "Probe", func(ctx context.Context) error {
+						tx, err := outbox.Tx(ctx)
+						require.NoError(t, err)
+						gotLevel, gotRO = probe(t, tx)
+						return nil
+					}))
+					require.Equal(t, level, gotLevel, "%v read-only=%v", iso, readOnly)
+					require.Equal(t, readOnly, gotRO, "%v read-only=%v", iso, readOnly)
+
+					afterLevel, afterRO := plain()
+					require.Equal(t, defaultLevel, afterLevel, "the next transaction after %v read-only=%v", iso, readOnly)
+					require.False(t, afterRO, "the next transaction after %v read-only=%v", iso, readOnly)
+				}
+			}
+		})
 	}
 }
 
@@ -138,7 +262,8 @@ func TestReadOnly(t *testing.T) {
 		require.ErrorIs(t, err, outbox.ErrReadOnly)
 		require.Zero(t, f.outboxCount(t))
 
-		// Business writes: PostgreSQL enforces the read-only transaction;
+		// Business writes: PostgreSQL and MySQL enforce the read-only
+		// transaction;
 		// the SQLite driver (glebarez/sqlite) accepts ReadOnly but does not
 		// enforce it (it begins a deferred transaction), so the write
 		// commits. TransactionalConfig.ReadOnly documents this.
@@ -150,6 +275,11 @@ func TestReadOnly(t *testing.T) {
 			var pgErr *pgconn.PgError
 			require.ErrorAs(t, err, &pgErr)
 			require.Equal(t, "25006", pgErr.Code, "read_only_sql_transaction")
+			require.Zero(t, f.orderCount(t, "id = 'o-2'"))
+		case testdb.MySQL:
+			var myErr *mysql.MySQLError
+			require.ErrorAs(t, err, &myErr)
+			require.Equal(t, uint16(1792), myErr.Number, "ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION")
 			require.Zero(t, f.orderCount(t, "id = 'o-2'"))
 		case testdb.SQLite:
 			require.NoError(t, err)

@@ -19,7 +19,13 @@
 // collector of its own. If it succeeds, its events join the caller's
 // collector and are saved once, at the caller's commit. If it fails, the
 // savepoint is rolled back: its writes and its events are discarded, and the
-// caller may handle the error and still commit. A context that carries a
+// caller may handle the error and still commit. If the savepoint cannot be
+// rolled back because the transaction ended under the nested command (MySQL
+// ends a deadlock victim's whole transaction, savepoints included), the
+// top-level command fails even if its handler ignores the error: later
+// statements through its transaction fail instead of running in autocommit
+// mode, nothing is saved, and the command is run again when its error is
+// retryable. A context that carries a
 // transaction started by the application (outbox.WithTx) is joined the
 // same way; the events are then saved into that transaction, and committing
 // it is the application's job.
@@ -33,8 +39,9 @@
 // # Retries
 //
 // A top-level command whose transaction fails with a PostgreSQL
-// serialization failure (SQLSTATE 40001) or deadlock (40P01), in the handler
-// or at commit, is run again from the start in a new transaction, up to
+// serialization failure (SQLSTATE 40001) or deadlock (40P01), or a MySQL
+// deadlock (1213) or lock wait timeout (1205), in the handler or at commit,
+// is run again from the start in a new transaction, up to
 // TransactionalConfig.MaxRetries times. Events emitted by failed attempts are
 // discarded. Handlers must therefore have no side effects outside the
 // transaction (emit events instead).

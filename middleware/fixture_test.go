@@ -84,7 +84,7 @@ func withOuter(mw ...bus.Middleware) fixtureOption {
 }
 
 const ordersDDL = `CREATE TABLE orders (
-	id     TEXT PRIMARY KEY,
+	id     VARCHAR(64) PRIMARY KEY,
 	amount INTEGER NOT NULL
 )`
 

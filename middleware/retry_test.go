@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/bus"
@@ -55,33 +56,58 @@ type Attempted struct {
 // conflict is a command of the serialization tests.
 type conflict struct{ Name string }
 
-// serializableFixture runs two conflicting commands, "a" and "b", on
-// PostgreSQL at SERIALIZABLE. handler runs one attempt; it must call
-// readDone after its reads, which holds the first attempt of each command
-// until both have read, so their transactions overlap for certain.
-type serializableFixture struct {
+// conflictDialects are the databases whose concurrent transactions fail
+// with an error the store calls retryable. SQLite lets one writer in at a
+// time and has none.
+var conflictDialects = []testdb.Dialect{testdb.Postgres, testdb.MySQL}
+
+// isConflict reports whether err is the error dialect d fails one of two
+// conflicting transactions with: at SERIALIZABLE, PostgreSQL's
+// serialization failure (SQLSTATE 40001) or deadlock (40P01); on MySQL an
+// InnoDB deadlock (1213), which is how SERIALIZABLE's shared read locks end
+// when both transactions then write.
+func isConflict(d testdb.Dialect, err error) bool {
+	switch d {
+	case testdb.Postgres:
+		var pgErr *pgconn.PgError
+		return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+	case testdb.MySQL:
+		var myErr *mysql.MySQLError
+		return errors.As(err, &myErr) && myErr.Number == 1213
+	}
+	return false
+}
+
+// conflictFixture runs two conflicting commands, "a" and "b", at isolation
+// level iso, with the store's Retryable. handler runs one attempt; it must
+// call readDone after its first statements, which holds the first attempt
+// of each command until both have run them, so their transactions overlap
+// for certain.
+type conflictFixture struct {
 	*fixture
 	attempts map[string]*atomic.Int32
 	seen     chan error // errors given to Retryable
 }
 
-func newSerializableFixture(t *testing.T, maxRetries int, setup string,
+func newConflictFixture(t *testing.T, d testdb.Dialect, iso sql.IsolationLevel, maxRetries int, setup []string,
 	handler func(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error),
-) *serializableFixture {
+) *conflictFixture {
 	t.Helper()
-	sf := &serializableFixture{
+	sf := &conflictFixture{
 		attempts: map[string]*atomic.Int32{"a": {}, "b": {}},
 		seen:     make(chan error, 100),
 	}
-	sf.fixture = newFixture(t, testdb.Postgres, withConfig(func(c *middleware.TransactionalConfig) {
-		c.Isolation = sql.LevelSerializable
+	sf.fixture = newFixture(t, d, withConfig(func(c *middleware.TransactionalConfig) {
+		c.Isolation = iso
 		c.MaxRetries = maxRetries
 		c.Retryable = func(err error) bool {
 			sf.seen <- err
 			return sf.fixture.store.Retryable(err)
 		}
 	}))
-	require.NoError(t, sf.db.Exec(setup).Error)
+	for _, q := range setup {
+		require.NoError(t, sf.db.Exec(q).Error)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -104,8 +130,15 @@ func newSerializableFixture(t *testing.T, maxRetries int, setup string,
 	return sf
 }
 
+func newSerializableFixture(t *testing.T, d testdb.Dialect, maxRetries int, setup []string,
+	handler func(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error),
+) *conflictFixture {
+	t.Helper()
+	return newConflictFixture(t, d, sql.LevelSerializable, maxRetries, setup, handler)
+}
+
 // dispatchBoth dispatches "a" and "b" concurrently and returns their errors.
-func (sf *serializableFixture) dispatchBoth() map[string]error {
+func (sf *conflictFixture) dispatchBoth() map[string]error {
 	var mu sync.Mutex
 	errs := map[string]error{}
 	var wg sync.WaitGroup
@@ -121,7 +154,7 @@ func (sf *serializableFixture) dispatchBoth() map[string]error {
 	return errs
 }
 
-func (sf *serializableFixture) events(t *testing.T) map[string]Attempted {
+func (sf *conflictFixture) events(t *testing.T) map[string]Attempted {
 	t.Helper()
 	out := map[string]Attempted{}
 	for _, r := range sf.outbox(t) {
@@ -134,23 +167,47 @@ func (sf *serializableFixture) events(t *testing.T) map[string]Attempted {
 	return out
 }
 
-func (sf *serializableFixture) serializationFailures() int {
+// conflicts returns how many of the errors given to Retryable were the
+// dialect's conflict errors (isConflict).
+func (sf *conflictFixture) conflicts() int {
 	close(sf.seen)
 	n := 0
 	for err := range sf.seen {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "40001" {
+		if isConflict(sf.dialect, err) {
 			n++
 		}
 	}
 	return n
 }
 
-// Concurrent update: both read the counter, then both write it. The second
-// writer waits for the first one's row lock and, once that commits, fails
-// with "could not serialize access due to concurrent update".
-const counterSetup = `CREATE TABLE counters (id TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT INTO counters VALUES ('c', 0);`
+// requireRetriedToCompletion checks that both commands committed, at least
+// one of them after a conflict and a rerun, and that only the final attempt
+// of each left its event.
+func (sf *conflictFixture) requireRetriedToCompletion(t *testing.T, errs map[string]error, maxRetries int32) map[string]Attempted {
+	t.Helper()
+	require.NoError(t, errs["a"])
+	require.NoError(t, errs["b"])
+	a, b := sf.attempts["a"].Load(), sf.attempts["b"].Load()
+	require.Greater(t, a+b, int32(2), "no command was retried")
+	require.LessOrEqual(t, a, 1+maxRetries)
+	require.LessOrEqual(t, b, 1+maxRetries)
+	require.Positive(t, sf.conflicts(), "no conflict error reached Retryable")
+	evs := sf.events(t)
+	require.Len(t, evs, 2)
+	require.Equal(t, a, evs["a"].Attempt)
+	require.Equal(t, b, evs["b"].Attempt)
+	return evs
+}
+
+// Concurrent update: both read the counter, then both write it. On
+// PostgreSQL the second writer waits for the first one's row lock and, once
+// that commits, fails with "could not serialize access due to concurrent
+// update". On MySQL both reads took shared locks, so each write waits for
+// the other's: InnoDB breaks the deadlock by rolling one back.
+var counterSetup = []string{
+	`CREATE TABLE counters (id VARCHAR(64) PRIMARY KEY, value INTEGER NOT NULL)`,
+	`INSERT INTO counters VALUES ('c', 0)`,
+}
 
 func counterHandler(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error) {
 	tx, err := outbox.Tx(ctx)
@@ -172,9 +229,13 @@ func counterHandler(ctx context.Context, name string, attempt int32, readDone fu
 
 // Write skew: two doctors on call; each goes off call if the other is still
 // on call. Each reads both rows and writes only its own, so no row lock
-// conflicts: SSI detects the dangerous structure and aborts one of them.
-const doctorsSetup = `CREATE TABLE doctors (name TEXT PRIMARY KEY, on_call BOOLEAN NOT NULL);
-INSERT INTO doctors VALUES ('a', true), ('b', true);`
+// conflicts on PostgreSQL: SSI detects the dangerous structure and aborts
+// one of them. On MySQL the reads took shared locks on both rows, and each
+// write waits for the other's: a deadlock.
+var doctorsSetup = []string{
+	`CREATE TABLE doctors (name VARCHAR(64) PRIMARY KEY, on_call BOOLEAN NOT NULL)`,
+	`INSERT INTO doctors VALUES ('a', true), ('b', true)`,
+}
 
 func doctorsHandler(ctx context.Context, name string, attempt int32, readDone func() error) (Attempted, error) {
 	tx, err := outbox.Tx(ctx)
@@ -197,86 +258,116 @@ func doctorsHandler(ctx context.Context, name string, attempt int32, readDone fu
 	return Attempted{Outcome: "left"}, nil
 }
 
+// eachConflictDialect runs fn as a parallel subtest per conflict dialect.
+func eachConflictDialect(t *testing.T, fn func(t *testing.T, d testdb.Dialect)) {
+	t.Helper()
+	for _, d := range conflictDialects {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			fn(t, d)
+		})
+	}
+}
+
 func TestSerializationFailureIsRetried(t *testing.T) {
 	t.Parallel()
 	const maxRetries = 3
-	t.Run("concurrent update", func(t *testing.T) {
-		t.Parallel()
-		sf := newSerializableFixture(t, maxRetries, counterSetup, counterHandler)
-		errs := sf.dispatchBoth()
-		require.NoError(t, errs["a"])
-		require.NoError(t, errs["b"])
+	eachConflictDialect(t, func(t *testing.T, d testdb.Dialect) {
+		t.Run("concurrent update", func(t *testing.T) {
+			t.Parallel()
+			sf := newSerializableFixture(t, d, maxRetries, counterSetup, counterHandler)
+			evs := sf.requireRetriedToCompletion(t, sf.dispatchBoth(), maxRetries)
 
-		a, b := sf.attempts["a"].Load(), sf.attempts["b"].Load()
-		require.Greater(t, a+b, int32(2), "no command was retried")
-		require.LessOrEqual(t, a, int32(1+maxRetries))
-		require.LessOrEqual(t, b, int32(1+maxRetries))
-		require.Positive(t, sf.serializationFailures(), "no SQLSTATE 40001 was seen")
+			var v int
+			require.NoError(t, sf.db.Raw("SELECT value FROM counters").Scan(&v).Error)
+			require.Equal(t, 2, v, "an increment was lost")
+			// The failed attempt's event ("counter=1" by the loser) was
+			// discarded.
+			require.ElementsMatch(t, []string{"counter=1", "counter=2"}, []string{evs["a"].Outcome, evs["b"].Outcome})
+		})
+		t.Run("write skew", func(t *testing.T) {
+			t.Parallel()
+			sf := newSerializableFixture(t, d, maxRetries, doctorsSetup, doctorsHandler)
+			evs := sf.requireRetriedToCompletion(t, sf.dispatchBoth(), maxRetries)
 
-		var v int
-		require.NoError(t, sf.db.Raw("SELECT value FROM counters").Scan(&v).Error)
-		require.Equal(t, 2, v, "an increment was lost")
-
-		// Only the final attempt of each command left its event; the
-		// failed attempt's ("counter=1" by the loser) was discarded.
-		evs := sf.events(t)
-		require.Len(t, evs, 2)
-		require.Equal(t, a, evs["a"].Attempt)
-		require.Equal(t, b, evs["b"].Attempt)
-		outcomes := []string{evs["a"].Outcome, evs["b"].Outcome}
-		require.ElementsMatch(t, []string{"counter=1", "counter=2"}, outcomes)
+			var onCall int
+			require.NoError(t, sf.db.Raw("SELECT count(*) FROM doctors WHERE on_call").Scan(&onCall).Error)
+			require.Equal(t, 1, onCall, "write skew: both doctors went off call")
+			require.ElementsMatch(t, []string{"left", "stayed"}, []string{evs["a"].Outcome, evs["b"].Outcome})
+		})
 	})
-	t.Run("write skew", func(t *testing.T) {
-		t.Parallel()
-		sf := newSerializableFixture(t, maxRetries, doctorsSetup, doctorsHandler)
+}
+
+// Crossed updates: "a" updates row x and then y, "b" y and then x, at the
+// default isolation level. Each holds the row the other wants next: a
+// deadlock, which the database breaks by failing one of them (InnoDB error
+// 1213, PostgreSQL SQLSTATE 40P01).
+var accountsSetup = []string{
+	`CREATE TABLE accounts (id VARCHAR(64) PRIMARY KEY, balance INTEGER NOT NULL)`,
+	`INSERT INTO accounts VALUES ('x', 0), ('y', 0)`,
+}
+
+func crossedHandler(ctx context.Context, name string, attempt int32, firstDone func() error) (Attempted, error) {
+	tx, err := outbox.Tx(ctx)
+	if err != nil {
+		return Attempted{}, err
+	}
+	order := map[string][2]string{"a": {"x", "y"}, "b": {"y", "x"}}[name]
+	if err := tx.Exec("UPDATE accounts SET balance = balance + 1 WHERE id = ?", order[0]).Error; err != nil {
+		return Attempted{}, err
+	}
+	if err := firstDone(); err != nil {
+		return Attempted{}, err
+	}
+	if err := tx.Exec("UPDATE accounts SET balance = balance + 1 WHERE id = ?", order[1]).Error; err != nil {
+		return Attempted{}, err
+	}
+	return Attempted{Outcome: "moved"}, nil
+}
+
+// TestDeadlockLoserIsRerun: of two commands that deadlock, the one the
+// database fails is run again by the middleware, with the store's
+// Retryable, and both commit their writes and events once.
+func TestDeadlockLoserIsRerun(t *testing.T) {
+	t.Parallel()
+	const maxRetries = 3
+	eachConflictDialect(t, func(t *testing.T, d testdb.Dialect) {
+		sf := newConflictFixture(t, d, sql.LevelDefault, maxRetries, accountsSetup, crossedHandler)
 		errs := sf.dispatchBoth()
-		require.NoError(t, errs["a"])
-		require.NoError(t, errs["b"])
+		sf.requireRetriedToCompletion(t, errs, maxRetries)
 
-		a, b := sf.attempts["a"].Load(), sf.attempts["b"].Load()
-		require.Greater(t, a+b, int32(2), "no command was retried")
-		require.LessOrEqual(t, a, int32(1+maxRetries))
-		require.LessOrEqual(t, b, int32(1+maxRetries))
-		require.Positive(t, sf.serializationFailures(), "no SQLSTATE 40001 was seen")
-
-		var onCall int
-		require.NoError(t, sf.db.Raw("SELECT count(*) FROM doctors WHERE on_call").Scan(&onCall).Error)
-		require.Equal(t, 1, onCall, "write skew: both doctors went off call")
-
-		evs := sf.events(t)
-		require.Len(t, evs, 2)
-		require.Equal(t, a, evs["a"].Attempt)
-		require.Equal(t, b, evs["b"].Attempt)
-		require.ElementsMatch(t, []string{"left", "stayed"}, []string{evs["a"].Outcome, evs["b"].Outcome})
+		var balances []int
+		require.NoError(t, sf.db.Raw("SELECT balance FROM accounts ORDER BY id").Scan(&balances).Error)
+		require.Equal(t, []int{2, 2}, balances, "each command's updates committed once")
 	})
 }
 
 func TestSerializationFailureWithRetriesDisabled(t *testing.T) {
 	t.Parallel()
-	sf := newSerializableFixture(t, -1, counterSetup, counterHandler)
-	errs := sf.dispatchBoth()
+	eachConflictDialect(t, func(t *testing.T, d testdb.Dialect) {
+		sf := newSerializableFixture(t, d, -1, counterSetup, counterHandler)
+		errs := sf.dispatchBoth()
 
-	var winner, loser string
-	switch {
-	case errs["a"] == nil && errs["b"] != nil:
-		winner, loser = "a", "b"
-	case errs["b"] == nil && errs["a"] != nil:
-		winner, loser = "b", "a"
-	default:
-		t.Fatalf("want exactly one failure, got a=%v b=%v", errs["a"], errs["b"])
-	}
-	var pgErr *pgconn.PgError
-	require.ErrorAs(t, errs[loser], &pgErr)
-	require.Equal(t, "40001", pgErr.Code)
-	require.Equal(t, int32(1), sf.attempts["a"].Load())
-	require.Equal(t, int32(1), sf.attempts["b"].Load())
+		var winner, loser string
+		switch {
+		case errs["a"] == nil && errs["b"] != nil:
+			winner, loser = "a", "b"
+		case errs["b"] == nil && errs["a"] != nil:
+			winner, loser = "b", "a"
+		default:
+			t.Fatalf("want exactly one failure, got a=%v b=%v", errs["a"], errs["b"])
+		}
+		require.True(t, isConflict(d, errs[loser]), "the loser fails with the database's conflict error, got %v", errs[loser])
+		require.Equal(t, int32(1), sf.attempts["a"].Load())
+		require.Equal(t, int32(1), sf.attempts["b"].Load())
 
-	var v int
-	require.NoError(t, sf.db.Raw("SELECT value FROM counters").Scan(&v).Error)
-	require.Equal(t, 1, v)
-	evs := sf.events(t)
-	require.Len(t, evs, 1, "the failed command's event was saved")
-	require.Contains(t, evs, winner)
+		var v int
+		require.NoError(t, sf.db.Raw("SELECT value FROM counters").Scan(&v).Error)
+		require.Equal(t, 1, v)
+		evs := sf.events(t)
+		require.Len(t, evs, 1, "the failed command's event was saved")
+		require.Contains(t, evs, winner)
+	})
 }
 
 // serializationError is what PostgreSQL returns for a serialization failure.

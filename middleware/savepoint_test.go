@@ -22,7 +22,7 @@ func TestNestedRollbackWithGORMNestedTransactionsDisabled(t *testing.T) {
 	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
 		ctx := context.Background()
 		db = db.Session(&gorm.Session{DisableNestedTransaction: true})
-		require.NoError(t, db.Exec("CREATE TABLE notes (id TEXT PRIMARY KEY)").Error)
+		require.NoError(t, db.Exec("CREATE TABLE notes (id VARCHAR(64) PRIMARY KEY)").Error)
 		st, err := gormstore.New(db, gormstore.Config{})
 		require.NoError(t, err)
 		require.NoError(t, st.Migrate(ctx))

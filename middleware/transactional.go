@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
@@ -42,16 +43,18 @@ type TransactionalConfig struct {
 	Encoder *outbox.Encoder
 	// Isolation is the transaction isolation level. Optional; default
 	// sql.LevelDefault, the database's default (READ COMMITTED on
-	// PostgreSQL). One of LevelDefault, LevelReadUncommitted,
-	// LevelReadCommitted, LevelRepeatableRead, LevelSerializable.
+	// PostgreSQL, REPEATABLE READ on MySQL). One of LevelDefault,
+	// LevelReadUncommitted, LevelReadCommitted, LevelRepeatableRead,
+	// LevelSerializable.
 	Isolation sql.IsolationLevel
 	// ReadOnly runs commands in read-only transactions. A command that
 	// emits an event then fails with outbox.ErrReadOnly, on every database.
-	// PostgreSQL also rejects the handler's writes (SQLSTATE 25006). The
-	// SQLite driver (github.com/glebarez/sqlite) accepts read-only
-	// transactions but does not enforce them: it begins a deferred
-	// transaction instead of the configured _txlock one, and business
-	// writes still commit. Optional; default false.
+	// PostgreSQL and MySQL also reject the handler's writes (SQLSTATE
+	// 25006, MySQL error 1792). The SQLite driver
+	// (github.com/glebarez/sqlite) accepts read-only transactions but does
+	// not enforce them: it begins a deferred transaction instead of the
+	// configured _txlock one, and business writes still commit. Optional;
+	// default false.
 	ReadOnly bool
 	// MaxRetries bounds how many times a top-level command is run again
 	// after an error Retryable accepts. Optional; 0 means
@@ -64,7 +67,7 @@ type TransactionalConfig struct {
 	// Retryable reports whether a failed command may be run again.
 	// Optional; default the Store's Retryable when it is an
 	// outbox.RetryClassifier (gormstore.Store: PostgreSQL 40001 and
-	// 40P01), else no retries.
+	// 40P01, MySQL 1213 and 1205), else no retries.
 	Retryable func(error) bool
 	// CommandName names a command for event metadata (outbox.MetadataCommand).
 	// Optional; default cqrs.StructName ("PlaceOrder").
@@ -203,8 +206,15 @@ func (t *Transactional) join(ctx context.Context, parent *gorm.DB, cmd outbox.Co
 	panicked := true
 	defer func() {
 		if panicked || err != nil {
-			if rbErr := parent.RollbackTo(sp).Error; rbErr != nil && err != nil {
-				err = errors.Join(err, fmt.Errorf("middleware: rollback to savepoint: %w", rbErr))
+			if rbErr := parent.RollbackTo(sp).Error; rbErr != nil {
+				if err != nil {
+					err = errors.Join(err, fmt.Errorf("middleware: rollback to savepoint: %w", rbErr))
+				}
+				// The savepoint is gone, so the transaction it was in is
+				// too: MySQL ends a transaction it picks as a deadlock's
+				// victim, savepoints and all. The caller must not carry
+				// on as if only this command had failed.
+				breakTop(ctx, parent, fmt.Errorf("middleware: nested command %s failed and the transaction ended with it: %w", cmd.Name, cmp.Or(err, rbErr)))
 			}
 		}
 	}()
@@ -229,8 +239,12 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 		var recs []outbox.Record
 		err := t.cfg.DB.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 			col := outbox.NewCollector(t.cfg.ReadOnly)
-			if err := t.call(ctx, tx, col, cmd, fn); err != nil {
+			top := &topTx{tx: tx}
+			if err := t.call(context.WithValue(ctx, topKey{}, top), tx, col, cmd, fn); err != nil {
 				return err
+			}
+			if err := top.err(); err != nil {
+				return err // the handler went on after the transaction ended
 			}
 			var err error
 			recs, err = t.save(ctx, tx, col)
@@ -257,6 +271,40 @@ func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(
 		if !ctxtime.Sleep(ctx, t.backoff(attempt)) {
 			return err
 		}
+	}
+}
+
+type topKey struct{}
+
+// topTx is the transaction of a top-level command, as the nested commands
+// that join it see it.
+type topTx struct {
+	tx     *gorm.DB
+	mu     sync.Mutex
+	broken error
+}
+
+func (t *topTx) err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.broken
+}
+
+// breakTop records that the top-level transaction in ctx, if parent is in
+// it, ended under a nested command. The command then fails with err, even
+// if its handler ignores the nested command's error, and every later
+// statement through its transaction fails with err instead of running
+// outside any transaction (in autocommit mode) on that connection.
+func breakTop(ctx context.Context, parent *gorm.DB, err error) {
+	top, ok := ctx.Value(topKey{}).(*topTx)
+	if !ok || top.tx.Statement.ConnPool != parent.Statement.ConnPool {
+		return // a transaction of the application's: its caller decides
+	}
+	top.mu.Lock()
+	defer top.mu.Unlock()
+	if top.broken == nil {
+		top.broken = err
+		_ = top.tx.AddError(err)
 	}
 }
 

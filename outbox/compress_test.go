@@ -162,7 +162,7 @@ func TestForwarderDecompresses(t *testing.T) {
 			seq += 2
 		}
 		var stored []string
-		require.NoError(t, db.Raw("SELECT CAST(metadata AS TEXT) FROM txoutbox_outbox ORDER BY id").Scan(&stored).Error)
+		require.NoError(t, db.Raw("SELECT metadata FROM txoutbox_outbox ORDER BY id").Scan(&stored).Error)
 		encodings := make([]string, len(stored))
 		for i, s := range stored {
 			var md map[string]string

@@ -25,6 +25,18 @@ func quietConfig(cfg outbox.ForwarderConfig) outbox.ForwarderConfig {
 	return cfg
 }
 
+// eachServer runs fn as a parallel subtest on each database server,
+// for tests of forwarders that share a table across connections.
+func eachServer(t *testing.T, fn func(t *testing.T, d testdb.Dialect)) {
+	t.Helper()
+	for _, d := range []testdb.Dialect{testdb.Postgres, testdb.MySQL} {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			fn(t, d)
+		})
+	}
+}
+
 func TestForwarder_DeliversEverythingInKeyOrder(t *testing.T) {
 	t.Parallel()
 	testdb.Each(t, func(t *testing.T, db *gorm.DB) {
@@ -62,22 +74,24 @@ func TestForwarder_RandomPublishFailures(t *testing.T) {
 
 func TestForwarder_FourForwardersExactlyOnceInOrder(t *testing.T) {
 	t.Parallel()
-	db := testdb.Open(t, testdb.Postgres)
-	st := newStore(t, db, gormstore.Config{})
-	counts := fill(t, db, st, "orders", 50, 400) // 20,000 events
-	pub := newRecordingPublisher()
-	for range 4 {
-		// Separate stores on one table, as separate processes would have.
-		st, err := gormstore.New(db, gormstore.Config{})
-		require.NoError(t, err)
-		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{BatchSize: 200, PollInterval: 10 * time.Millisecond}))
-		require.NoError(t, err)
-		runForwarder(t, f)
-	}
-	got := pub.waitUnique(t, 20000, 120*time.Second)
-	require.Len(t, got, 20000, "each event published exactly once")
-	requireKeyOrder(t, got, counts)
-	require.Equal(t, int64(0), pending(t, db, ""))
+	eachServer(t, func(t *testing.T, d testdb.Dialect) {
+		db := testdb.Open(t, d)
+		st := newStore(t, db, gormstore.Config{})
+		counts := fill(t, db, st, "orders", 50, 400) // 20,000 events
+		pub := newRecordingPublisher()
+		for range 4 {
+			// Separate stores on one table, as separate processes would have.
+			st, err := gormstore.New(db, gormstore.Config{})
+			require.NoError(t, err)
+			f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{BatchSize: 200, PollInterval: 10 * time.Millisecond}))
+			require.NoError(t, err)
+			runForwarder(t, f)
+		}
+		got := pub.waitUnique(t, 20000, 120*time.Second)
+		require.Len(t, got, 20000, "each event published exactly once")
+		requireKeyOrder(t, got, counts)
+		require.Equal(t, int64(0), pending(t, db, ""))
+	})
 }
 
 // slowPublisher stands for a broker that takes perMessage to accept each
@@ -239,34 +253,36 @@ func (p publisherPair) Close() error { return nil }
 
 func TestForwarder_OutOfOrderCommitsAreNotSkipped(t *testing.T) {
 	t.Parallel()
-	db := testdb.Open(t, testdb.Postgres)
-	st := newStore(t, db, gormstore.Config{})
-	enc := outbox.NewEncoder(outbox.EncoderConfig{})
-	rec := func(key string, seq int) []outbox.Record {
-		r, err := enc.EncodeAll([]outbox.Entry{{Event: seqEvent{Key: key, Seq: seq}}})
+	eachServer(t, func(t *testing.T, d testdb.Dialect) {
+		db := testdb.Open(t, d)
+		st := newStore(t, db, gormstore.Config{})
+		enc := outbox.NewEncoder(outbox.EncoderConfig{})
+		rec := func(key string, seq int) []outbox.Record {
+			r, err := enc.EncodeAll([]outbox.Entry{{Event: seqEvent{Key: key, Seq: seq}}})
+			require.NoError(t, err)
+			return r
+		}
+		pub := newRecordingPublisher()
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: 10 * time.Millisecond}))
 		require.NoError(t, err)
-		return r
-	}
-	pub := newRecordingPublisher()
-	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{PollInterval: 10 * time.Millisecond}))
-	require.NoError(t, err)
-	runForwarder(t, f)
+		runForwarder(t, f)
 
-	// Transaction A takes the lower id but commits last.
-	txA := db.Begin()
-	require.NoError(t, txA.Error)
-	require.NoError(t, st.Save(context.Background(), txA, rec("a", 0)))
-	require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
-		return st.Save(context.Background(), tx, rec("b", 0))
-	}))
-	got := pub.waitUnique(t, 1, 10*time.Second)
-	require.Equal(t, "b", got[0].ev.Key)
-	// Give the forwarder rounds of claims while A is still open.
-	time.Sleep(100 * time.Millisecond)
-	require.NoError(t, txA.Commit().Error)
-	got = pub.waitUnique(t, 2, 10*time.Second)
-	require.Equal(t, "a", got[1].ev.Key, "the row committed out of id order was relayed")
-	require.Eventually(t, func() bool { return pending(t, db, "") == 0 }, 10*time.Second, 10*time.Millisecond)
+		// Transaction A takes the lower id but commits last.
+		txA := db.Begin()
+		require.NoError(t, txA.Error)
+		require.NoError(t, st.Save(context.Background(), txA, rec("a", 0)))
+		require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+			return st.Save(context.Background(), tx, rec("b", 0))
+		}))
+		got := pub.waitUnique(t, 1, 10*time.Second)
+		require.Equal(t, "b", got[0].ev.Key)
+		// Give the forwarder rounds of claims while A is still open.
+		time.Sleep(100 * time.Millisecond)
+		require.NoError(t, txA.Commit().Error)
+		got = pub.waitUnique(t, 2, 10*time.Second)
+		require.Equal(t, "a", got[1].ev.Key, "the row committed out of id order was relayed")
+		require.Eventually(t, func() bool { return pending(t, db, "") == 0 }, 10*time.Second, 10*time.Millisecond)
+	})
 }
 
 func TestForwarder_KeyOrderAcrossTopics(t *testing.T) {
@@ -435,21 +451,23 @@ func TestForwarder_ShutdownReleasesNextBatchToo(t *testing.T) {
 
 func TestForwarder_ShutdownFinishesBatchInFlight(t *testing.T) {
 	t.Parallel()
-	db := testdb.Open(t, testdb.Postgres)
-	st := newStore(t, db, gormstore.Config{})
-	fill(t, db, st, "orders", 2, 5)
-	pub := &blockingPublisher{started: make(chan struct{}), release: make(chan struct{})}
-	f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{ShutdownTimeout: 10 * time.Second}))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	<-pub.started
-	cancel()
-	time.Sleep(50 * time.Millisecond)
-	close(pub.release) // the publish completes within the shutdown timeout
-	require.NoError(t, <-done)
-	require.Equal(t, int64(0), pending(t, db, ""), "the batch in flight was finished")
+	eachServer(t, func(t *testing.T, d testdb.Dialect) {
+		db := testdb.Open(t, d)
+		st := newStore(t, db, gormstore.Config{})
+		fill(t, db, st, "orders", 2, 5)
+		pub := &blockingPublisher{started: make(chan struct{}), release: make(chan struct{})}
+		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{ShutdownTimeout: 10 * time.Second}))
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- f.Run(ctx) }()
+		<-pub.started
+		cancel()
+		time.Sleep(50 * time.Millisecond)
+		close(pub.release) // the publish completes within the shutdown timeout
+		require.NoError(t, <-done)
+		require.Equal(t, int64(0), pending(t, db, ""), "the batch in flight was finished")
+	})
 }
 
 func TestForwarder_WakesOnNotifyFromAnotherConnection(t *testing.T) {
@@ -590,23 +608,25 @@ func TestForwarder_FailingKeyDoesNotStallLaterKeys(t *testing.T) {
 // must still hold among first deliveries.
 func TestForwarder_FourForwardersWithFailuresKeepKeyOrder(t *testing.T) {
 	t.Parallel()
-	db := testdb.Open(t, testdb.Postgres)
-	st := newStore(t, db, gormstore.Config{})
-	counts := fill(t, db, st, "orders", 20, 150) // 3,000 events
-	pub := newRecordingPublisher()
-	pub.fail = failOneIn(20, 3)
-	for range 4 {
-		st, err := gormstore.New(db, gormstore.Config{})
-		require.NoError(t, err)
-		f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
-			BatchSize: 40, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
-			MaxAttempts: 1000, PollInterval: 5 * time.Millisecond,
-		}))
-		require.NoError(t, err)
-		runForwarder(t, f)
-	}
-	got := pub.waitUnique(t, 3000, 120*time.Second)
-	requireKeyOrder(t, got, counts)
+	eachServer(t, func(t *testing.T, d testdb.Dialect) {
+		db := testdb.Open(t, d)
+		st := newStore(t, db, gormstore.Config{})
+		counts := fill(t, db, st, "orders", 20, 150) // 3,000 events
+		pub := newRecordingPublisher()
+		pub.fail = failOneIn(20, 3)
+		for range 4 {
+			st, err := gormstore.New(db, gormstore.Config{})
+			require.NoError(t, err)
+			f, err := outbox.NewForwarder(st, pub, quietConfig(outbox.ForwarderConfig{
+				BatchSize: 40, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+				MaxAttempts: 1000, PollInterval: 5 * time.Millisecond,
+			}))
+			require.NoError(t, err)
+			runForwarder(t, f)
+		}
+		got := pub.waitUnique(t, 3000, 120*time.Second)
+		requireKeyOrder(t, got, counts)
+	})
 }
 
 // countingStore counts a forwarder's claims, the claims that found

@@ -15,8 +15,9 @@ in ../testdata/sql/mysql; driver_mysql.go says why each is as it is.
 
 {{define "lock_rows"}} FOR UPDATE{{end}}
 
-{{/* The head of the multi-row INSERT; the driver adds a tuple per row. */}}
-{{define "insert"}}INSERT INTO {{.T}} (uuid, topic, partition_key, payload, metadata, created_at, next_attempt_at) VALUES {{end}}
+{{/* The head of the multi-row INSERT; the driver adds a tuple per row.
+created_at and next_attempt_at default to UTC_TIMESTAMP(6). */}}
+{{define "insert"}}INSERT INTO {{.T}} (uuid, topic, partition_key, payload, metadata) VALUES {{end}}
 
 {{define "delivered"}}{{if .Keep}}UPDATE {{.T}} SET delivered_at = UTC_TIMESTAMP(6) WHERE id IN ({ids}){{else}}DELETE FROM {{.T}} WHERE id IN ({ids}){{end}}{{end}}
 
@@ -38,10 +39,13 @@ wait (blocked_idx holds only the rows that may stop their key). */}}
 WHERE {{template "due" .}}{exclude}
 ORDER BY id LIMIT {window}{{end}}
 
-{{/* A claim's rows, read after its locks were granted: the due rows of
-the keys it holds, and the unordered rows it holds, oldest first. */}}
+{{/* A claim's rows, read after its locks were granted: those of its
+window's rows (by primary key) that are of the keys and unordered rows it
+holds and are still due, oldest first. A key's window rows are its oldest
+due rows; one whose previous holder failed a row is blocked now, and left
+out whole. */}}
 {{define "take"}}SELECT {{.Cols}} FROM {{.T}}
-WHERE (partition_key IN ({keys}) OR (partition_key = '' AND id IN ({ids})))
+WHERE id IN ({ids})
 	  AND {{template "due" .}}
 ORDER BY id LIMIT {limit}{{end}}
 

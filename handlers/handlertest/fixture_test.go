@@ -53,7 +53,7 @@ type Unmarshalable struct {
 }
 
 const ordersDDL = `CREATE TABLE orders (
-	id     TEXT PRIMARY KEY,
+	id     VARCHAR(64) PRIMARY KEY,
 	amount INTEGER NOT NULL
 )`
 
@@ -166,9 +166,9 @@ func requirePassed(t *testing.T, res inner) {
 	require.True(t, res.finished)
 }
 
-// modes are the kit's modes the tests run in: no database, PostgreSQL and
-// SQLite.
-var modes = []string{"nodb", string(testdb.Postgres), string(testdb.SQLite)}
+// modes are the kit's modes the tests run in: no database, and each
+// database.
+var modes = []string{"nodb", string(testdb.Postgres), string(testdb.SQLite), string(testdb.MySQL)}
 
 // eachMode runs f as a parallel subtest per mode with a database (nil
 // without one).

@@ -66,19 +66,24 @@ func TestDatabaseMode(t *testing.T) {
 	}
 }
 
-// Two parallel tests on one PostgreSQL database do not see each other's
-// writes.
+// Two parallel tests on one PostgreSQL or MySQL database do not see each
+// other's writes.
 func TestParallelKitsAreIsolated(t *testing.T) {
 	t.Parallel()
-	db := openDB(t, testdb.Postgres)
-	for _, id := range []string{"a", "b", "c"} {
-		t.Run(id, func(t *testing.T) {
+	for _, d := range []testdb.Dialect{testdb.Postgres, testdb.MySQL} {
+		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
-			k := handlertest.New(t, handlertest.Config{DB: db})
-			rec := handlertest.Call(k, placeOrder, PlaceOrder{OrderID: id, Amount: 1})
-			handlertest.EmittedNames(t, rec, "OrderPlaced", "AuditLogged")
-			require.EqualValues(t, 1, testdb.Count(t, k.Tx(), "orders", ""))
-			require.EqualValues(t, 2, testdb.Count(t, k.Tx(), gormstore.DefaultTable, ""))
+			db := openDB(t, d)
+			for _, id := range []string{"a", "b", "c"} {
+				t.Run(id, func(t *testing.T) {
+					t.Parallel()
+					k := handlertest.New(t, handlertest.Config{DB: db})
+					rec := handlertest.Call(k, placeOrder, PlaceOrder{OrderID: id, Amount: 1})
+					handlertest.EmittedNames(t, rec, "OrderPlaced", "AuditLogged")
+					require.EqualValues(t, 1, testdb.Count(t, k.Tx(), "orders", ""))
+					require.EqualValues(t, 2, testdb.Count(t, k.Tx(), gormstore.DefaultTable, ""))
+				})
+			}
 		})
 	}
 }

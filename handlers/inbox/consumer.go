@@ -884,13 +884,8 @@ func (c *Consumer) record(tx *gorm.DB, batch []*item, now time.Time) (map[string
 	// Sorted and unique: concurrent batches lock the rows in one order.
 	slices.Sort(uuids)
 	uuids = slices.Compact(uuids)
-	args := make([]any, 0, 3*len(uuids))
-	at := c.in.drv.timeArg(now)
-	for _, u := range uuids {
-		args = append(args, c.cfg.Name, u, at)
-	}
-	var inserted []string
-	if err := tx.Raw(c.in.sql.recordMany(len(uuids)), args...).Scan(&inserted).Error; err != nil {
+	inserted, err := c.in.drv.record(tx, &c.in.sql, c.cfg.Name, uuids, c.in.drv.timeArg(now))
+	if err != nil {
 		return nil, fmt.Errorf("inbox: record %d messages in %s: %w", len(uuids), c.in.table, err)
 	}
 	fresh := make(map[string]bool, len(inserted))

@@ -205,6 +205,7 @@ func TestConsumerParksPoisonAndHoldsItsKey(t *testing.T) {
 		require.Equal(t, "bad", rows[0].PartitionKey)
 		require.Equal(t, "t", rows[0].Topic)
 		require.Equal(t, []byte("poison"), rows[0].Payload)
+		require.WithinDuration(t, time.Now(), rows[0].FailedAt, time.Minute)
 		require.Equal(t, "bad", rows[0].Metadata.Get(outbox.MetadataPartitionKey))
 		for i, m := range behind {
 			require.Equal(t, m.UUID, rows[i+1].UUID)
@@ -251,34 +252,36 @@ func TestConsumerParksPoisonAndHoldsItsKey(t *testing.T) {
 
 func TestConsumerKeyContinueAndDiscard(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, testdb.Postgres, inbox.Config{})
-	pubsub := newGoChannel(t)
-	handler := func(msg *message.Message) error {
-		if string(msg.Payload) == "poison" {
-			return inbox.Permanent(errors.New("never"))
+	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
+		f := newFixture(t, d, inbox.Config{})
+		pubsub := newGoChannel(t)
+		handler := func(msg *message.Message) error {
+			if string(msg.Payload) == "poison" {
+				return inbox.Permanent(errors.New("never"))
+			}
+			return effectHandler(msg)
 		}
-		return effectHandler(msg)
-	}
-	c := startConsumer(t, f, pubsub, inbox.ConsumerConfig{Handler: handler, AfterPark: inbox.KeyContinue, RedrivePoll: 20 * time.Millisecond})
-	poison := keyed("k", "poison")
-	require.NoError(t, pubsub.Publish("t", poison))
-	require.Eventually(t, func() bool { return c.Stats().Parked == 1 }, 10*time.Second, time.Millisecond)
-	require.Equal(t, int64(1), c.Stats().Failures, "a permanent error is not retried")
-	later := keyed("k", "ok")
-	require.NoError(t, pubsub.Publish("t", later))
-	require.Eventually(t, func() bool { return f.effects(t, later.UUID) == 1 }, 10*time.Second, time.Millisecond)
-	require.Zero(t, c.Stats().Held)
+		c := startConsumer(t, f, pubsub, inbox.ConsumerConfig{Handler: handler, AfterPark: inbox.KeyContinue, RedrivePoll: 20 * time.Millisecond})
+		poison := keyed("k", "poison")
+		require.NoError(t, pubsub.Publish("t", poison))
+		require.Eventually(t, func() bool { return c.Stats().Parked == 1 }, 10*time.Second, time.Millisecond)
+		require.Equal(t, int64(1), c.Stats().Failures, "a permanent error is not retried")
+		later := keyed("k", "ok")
+		require.NoError(t, pubsub.Publish("t", later))
+		require.Eventually(t, func() bool { return f.effects(t, later.UUID) == 1 }, 10*time.Second, time.Millisecond)
+		require.Zero(t, c.Stats().Held)
 
-	n, err := f.in.Discard(context.Background(), consumerName, poison.UUID)
-	require.NoError(t, err)
-	require.Equal(t, int64(1), n)
-	rows, err := f.in.ListFailed(context.Background(), consumerName, 0, 10)
-	require.NoError(t, err)
-	require.Empty(t, rows)
-	// Still a duplicate after the discard: the inbox row stays.
-	require.NoError(t, pubsub.Publish("t", poison))
-	require.Eventually(t, func() bool { return c.Stats().Duplicates == 1 }, 10*time.Second, time.Millisecond)
-	require.Equal(t, int64(1), c.Stats().Parked)
+		n, err := f.in.Discard(context.Background(), consumerName, poison.UUID)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), n)
+		rows, err := f.in.ListFailed(context.Background(), consumerName, 0, 10)
+		require.NoError(t, err)
+		require.Empty(t, rows)
+		// Still a duplicate after the discard: the inbox row stays.
+		require.NoError(t, pubsub.Publish("t", poison))
+		require.Eventually(t, func() bool { return c.Stats().Duplicates == 1 }, 10*time.Second, time.Millisecond)
+		require.Equal(t, int64(1), c.Stats().Parked)
+	})
 }
 
 func TestConsumerUnknownEvents(t *testing.T) {
@@ -294,28 +297,30 @@ func TestConsumerUnknownEvents(t *testing.T) {
 	for _, policy := range []inbox.UnknownPolicy{inbox.UnknownPark, inbox.UnknownSkip} {
 		t.Run(fmt.Sprint(policy), func(t *testing.T) {
 			t.Parallel()
-			f := newFixture(t, testdb.Postgres, inbox.Config{})
-			pubsub := newGoChannel(t)
-			reg := handlers.NewRegistry(handlers.RegistryConfig{})
-			require.NoError(t, handlers.RegisterEvent[Known](reg))
-			handler := reg.HandlerFunc(func(msg *message.Message, _ any) error { return effectHandler(msg) })
-			c := startConsumer(t, f, pubsub, inbox.ConsumerConfig{Handler: handler, UnknownEvents: policy})
-			unknown, noName, known := encode(Unknown{1}), message.NewMessage(watermill.NewUUID(), []byte("{}")), encode(Known{2})
-			require.NoError(t, pubsub.Publish("t", unknown, noName, known))
-			require.Eventually(t, func() bool { return c.Stats().InFlight == 0 && c.Stats().Processed == 1 }, 10*time.Second, time.Millisecond)
-			require.Equal(t, int64(1), f.effects(t, known.UUID))
-			rows, err := f.in.ListFailed(context.Background(), consumerName, 0, 10)
-			require.NoError(t, err)
-			st := c.Stats()
-			if policy == inbox.UnknownSkip {
-				require.Equal(t, int64(2), st.Skipped)
-				require.Empty(t, rows)
-			} else {
-				require.Equal(t, int64(2), st.Parked)
-				require.Equal(t, int64(2), st.Failures, "parked at the first attempt")
-				require.Len(t, rows, 2)
-				require.Contains(t, rows[0].Error, "unknown event")
-			}
+			eachDialect(t, func(t *testing.T, d testdb.Dialect) {
+				f := newFixture(t, d, inbox.Config{})
+				pubsub := newGoChannel(t)
+				reg := handlers.NewRegistry(handlers.RegistryConfig{})
+				require.NoError(t, handlers.RegisterEvent[Known](reg))
+				handler := reg.HandlerFunc(func(msg *message.Message, _ any) error { return effectHandler(msg) })
+				c := startConsumer(t, f, pubsub, inbox.ConsumerConfig{Handler: handler, UnknownEvents: policy})
+				unknown, noName, known := encode(Unknown{1}), message.NewMessage(watermill.NewUUID(), []byte("{}")), encode(Known{2})
+				require.NoError(t, pubsub.Publish("t", unknown, noName, known))
+				require.Eventually(t, func() bool { return c.Stats().InFlight == 0 && c.Stats().Processed == 1 }, 10*time.Second, time.Millisecond)
+				require.Equal(t, int64(1), f.effects(t, known.UUID))
+				rows, err := f.in.ListFailed(context.Background(), consumerName, 0, 10)
+				require.NoError(t, err)
+				st := c.Stats()
+				if policy == inbox.UnknownSkip {
+					require.Equal(t, int64(2), st.Skipped)
+					require.Empty(t, rows)
+				} else {
+					require.Equal(t, int64(2), st.Parked)
+					require.Equal(t, int64(2), st.Failures, "parked at the first attempt")
+					require.Len(t, rows, 2)
+					require.Contains(t, rows[0].Error, "unknown event")
+				}
+			})
 		})
 	}
 }

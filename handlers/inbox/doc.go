@@ -55,8 +55,9 @@
 // What it does:
 //
 //   - Batches: a worker processes up to BatchSize messages in one
-//     transaction: one statement records their inbox rows (the duplicates
-//     are acked without running the handler), the handlers run, and the
+//     transaction: one statement records their inbox rows (on MySQL a
+//     second one reads back which were new; the duplicates are acked
+//     without running the handler), the handlers run, and the
 //     batch is acked after the commit. When a handler fails, the
 //     transaction is rolled back and the batch runs again with each
 //     handler in a savepoint of its own (and so do the worker's next 16
@@ -103,10 +104,11 @@
 // # The tables
 //
 // [Inbox.Migrate] or [Migrate] creates the table (default "txoutbox_inbox",
-// configurable, optionally schema-qualified on PostgreSQL) and the failed
-// table (its name followed by "_failed", in the same schema); the same DDL
-// ships as plain SQL files in [Migrations] (golang-migrate layout).
-// PostgreSQL and SQLite (github.com/glebarez/sqlite) are supported. Rows are
+// configurable, optionally schema-qualified on PostgreSQL and MySQL) and the
+// failed table (its name followed by "_failed", in the same schema); the
+// same DDL ships as plain SQL files in [Migrations] (golang-migrate layout).
+// PostgreSQL, MySQL 8.0+ and MariaDB 10.6+ (gorm.io/driver/mysql) and SQLite
+// (github.com/glebarez/sqlite) are supported. Rows are
 // kept until [Inbox.Cleanup] deletes those older than a retention window,
 // in small batches; the window must exceed the longest time a duplicate can
 // arrive ([DefaultRetention] is a conservative start).

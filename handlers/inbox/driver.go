@@ -28,12 +28,29 @@ type driver interface {
 	// migrationLock keeps concurrent migrations apart
 	// (sqlschema.Migration.Lock); nil for none.
 	migrationLock() func(tx *gorm.DB) (func() error, error)
+	// ownStatements names the statements only the database's file
+	// defines; newStatements renders them into statements.own.
+	ownStatements() []string
+	// record inserts the inbox rows (consumer, uuid, at) of uuids, sorted
+	// and unique, in tx and returns the UUIDs it inserted: the others were
+	// recorded before, or by a transaction that committed while the
+	// insert waited for it. A UUID is returned to one transaction at a
+	// time: another one recording it waits for that one and gets it back
+	// only if it rolled back.
+	record(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error)
+	// changedUUIDs runs query (retry_uuids or discard_uuids) with args on
+	// db and returns the UUIDs of the failed-table rows it changed. Where
+	// the database cannot return them from the change, query selects and
+	// locks the rows the change would change, and change then changes
+	// them, in the same transaction.
+	changedUUIDs(db *gorm.DB, query string, args []any, change func(tx *gorm.DB, uuids []string) error) ([]string, error)
 }
 
 // drivers are the supported databases' drivers.
 var drivers = map[sqlschema.Dialect]driver{
 	sqlschema.Postgres: postgresDriver{},
 	sqlschema.SQLite:   sqliteDriver{},
+	sqlschema.MySQL:    mysqlDriver{},
 }
 
 // sqlFiles holds the statements of every database, as templates.
@@ -49,9 +66,10 @@ func parseSQL(file string) *template.Template {
 
 // statements are an Inbox's statements, rendered once per Inbox with its
 // tables' names from the templates byName lists. recordValues is
-// record_many with {values} in place of its rows; see recordMany.
+// record_many with {values} in place of its rows, recordRow the
+// placeholders of one row; see recordMany.
 type statements struct {
-	record, recordValues, unrecord, cleanup, countCleanup string
+	recordValues, recordRow, unrecord, cleanup, countCleanup string
 
 	listFailed, listFailedOf, failedCounts  string
 	retry, retryUUIDs, retryAll, retryAllOf string
@@ -59,12 +77,15 @@ type statements struct {
 
 	deleteFailed, failAgain, insertFailed, heldKeys        string
 	redrive, redriveUnkeyed, redriveKeyHeads, redriveKeyed string
+
+	// own are the statements of driver.ownStatements, by name.
+	own map[string]string
 }
 
-// byName maps each statement's template name to its field.
+// byName maps each shared statement's template name to its field.
 func (s *statements) byName() map[string]*string {
 	return map[string]*string{
-		"record": &s.record, "record_many": &s.recordValues, "unrecord": &s.unrecord,
+		"record_many": &s.recordValues, "record_row": &s.recordRow, "unrecord": &s.unrecord,
 		"cleanup": &s.cleanup, "count_cleanup": &s.countCleanup,
 		"list_failed": &s.listFailed, "list_failed_of": &s.listFailedOf, "failed_counts": &s.failedCounts,
 		"retry": &s.retry, "retry_uuids": &s.retryUUIDs, "retry_all": &s.retryAll, "retry_all_of": &s.retryAllOf,
@@ -76,17 +97,51 @@ func (s *statements) byName() map[string]*string {
 }
 
 // newStatements renders d's statements for the inbox table t and the
-// failed table f.
+// failed table f, quoted for d's database.
 func newStatements(d driver, t, f sqlschema.Table) (statements, error) {
-	var s statements
-	data := struct{ T, F string }{T: t.Quoted(), F: f.Quoted()}
-	if err := sqltmpl.Render(d.templates(), data, s.byName()); err != nil {
+	s := statements{own: map[string]string{}}
+	q := d.dialect()
+	data := struct{ T, F string }{T: q.Quote(t), F: q.Quote(f)}
+	dst := s.byName()
+	own := make([]string, len(d.ownStatements()))
+	for i, name := range d.ownStatements() {
+		dst[name] = &own[i]
+	}
+	if err := sqltmpl.Render(d.templates(), data, dst); err != nil {
 		return statements{}, fmt.Errorf("inbox: statements: %w", err)
+	}
+	for i, name := range d.ownStatements() {
+		s.own[name] = own[i]
 	}
 	return s, nil
 }
 
 // recordMany returns the statement that records n messages, n > 0.
 func (s *statements) recordMany(n int) string {
-	return strings.Replace(s.recordValues, "{values}", strings.Repeat("(?, ?, ?), ", n-1)+"(?, ?, ?)", 1)
+	return strings.Replace(s.recordValues, "{values}", strings.Repeat(s.recordRow+", ", n-1)+s.recordRow, 1)
+}
+
+// recordReturning is driver.record on a database whose INSERT skips
+// recorded rows (ON CONFLICT DO NOTHING) and returns the inserted ones
+// (RETURNING): one statement.
+func recordReturning(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error) {
+	args := make([]any, 0, 3*len(uuids))
+	for _, u := range uuids {
+		args = append(args, consumer, u, at)
+	}
+	var inserted []string
+	if err := tx.Raw(s.recordMany(len(uuids)), args...).Scan(&inserted).Error; err != nil {
+		return nil, err
+	}
+	return inserted, nil
+}
+
+// changedReturning is driver.changedUUIDs on a database whose UPDATE and
+// DELETE return the changed rows (RETURNING): query is the change.
+func changedReturning(db *gorm.DB, query string, args []any, _ func(*gorm.DB, []string) error) ([]string, error) {
+	uuids := []string{}
+	if err := db.Raw(query, args...).Scan(&uuids).Error; err != nil {
+		return nil, err
+	}
+	return uuids, nil
 }

@@ -30,3 +30,13 @@ func (postgresDriver) timeArg(t time.Time) any { return t }
 func (postgresDriver) migrationLock() func(*gorm.DB) (func() error, error) {
 	return sqlschema.PostgresLock(migrateLockKey)
 }
+
+func (postgresDriver) ownStatements() []string { return nil }
+
+func (postgresDriver) record(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error) {
+	return recordReturning(tx, s, consumer, uuids, at)
+}
+
+func (postgresDriver) changedUUIDs(db *gorm.DB, query string, args []any, change func(*gorm.DB, []string) error) ([]string, error) {
+	return changedReturning(db, query, args, change)
+}

@@ -34,3 +34,13 @@ func (sqliteDriver) timeArg(t time.Time) any { return t.UTC().Format(sqliteTimeF
 
 // migrationLock is nil: SQLite runs one write transaction at a time.
 func (sqliteDriver) migrationLock() func(*gorm.DB) (func() error, error) { return nil }
+
+func (sqliteDriver) ownStatements() []string { return nil }
+
+func (sqliteDriver) record(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error) {
+	return recordReturning(tx, s, consumer, uuids, at)
+}
+
+func (sqliteDriver) changedUUIDs(db *gorm.DB, query string, args []any, change func(*gorm.DB, []string) error) ([]string, error) {
+	return changedReturning(db, query, args, change)
+}

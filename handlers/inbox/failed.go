@@ -107,9 +107,10 @@ func (in *Inbox) scanFailed(tx *gorm.DB, query string, args ...any) ([]FailedMes
 	return out, nil
 }
 
-// parseTime reads a time column scanned into a string. Both databases'
-// text is RFC 3339: SQLite's stored text (sqliteTimeFormat), and
-// PostgreSQL's timestamptz as database/sql formats it.
+// parseTime reads a time column scanned into a string. Every database's
+// text is RFC 3339: SQLite's stored text (sqliteTimeFormat), PostgreSQL's
+// timestamptz as database/sql formats it, and MySQL's DATETIME as
+// failed_columns formats it (sql/mysql.sql).
 func parseTime(s string) time.Time {
 	t, _ := time.Parse(time.RFC3339Nano, s)
 	return t
@@ -187,7 +188,9 @@ func (in *Inbox) RetryUUIDs(ctx context.Context, consumer string, uuids ...strin
 	if len(uuids) == 0 {
 		return []string{}, nil
 	}
-	return in.changedUUIDs(ctx, "retry", in.sql.retryUUIDs, StatusRetry, consumer, uuids, StatusFailed)
+	return in.changedUUIDs(ctx, "retry", in.sql.retryUUIDs, []any{StatusRetry, consumer, uuids, StatusFailed}, func(tx *gorm.DB, locked []string) error {
+		return tx.Exec(in.sql.retry, StatusRetry, consumer, locked, StatusFailed).Error
+	})
 }
 
 // RetryAll marks every failed message of consumer (every consumer's when
@@ -237,15 +240,23 @@ func (in *Inbox) DiscardUUIDs(ctx context.Context, consumer string, uuids ...str
 	if len(uuids) == 0 {
 		return []string{}, nil
 	}
-	return in.changedUUIDs(ctx, "discard", in.sql.discardUUIDs, consumer, uuids)
+	return in.changedUUIDs(ctx, "discard", in.sql.discardUUIDs, []any{consumer, uuids}, func(tx *gorm.DB, locked []string) error {
+		return tx.Exec(in.sql.discard, consumer, locked).Error
+	})
 }
 
-// changedUUIDs runs a statement ending in RETURNING message_uuid and
-// returns the UUIDs, sorted (RETURNING promises no order).
-func (in *Inbox) changedUUIDs(ctx context.Context, verb, query string, args ...any) ([]string, error) {
-	uuids := []string{}
-	if err := in.db.WithContext(ctx).Raw(query, args...).Scan(&uuids).Error; err != nil {
+// changedUUIDs runs query, retry_uuids or discard_uuids, with args and
+// returns the UUIDs of the rows it changed, sorted (neither RETURNING nor
+// a select promises an order). change is the same change of the given
+// rows, with the plain statement (retry, discard): see
+// driver.changedUUIDs.
+func (in *Inbox) changedUUIDs(ctx context.Context, verb, query string, args []any, change func(tx *gorm.DB, uuids []string) error) ([]string, error) {
+	uuids, err := in.drv.changedUUIDs(in.db.WithContext(ctx), query, args, change)
+	if err != nil {
 		return nil, fmt.Errorf("inbox: %s rows of %s: %w", verb, in.failed, err)
+	}
+	if uuids == nil {
+		uuids = []string{}
 	}
 	slices.Sort(uuids)
 	return uuids, nil

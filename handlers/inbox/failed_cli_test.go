@@ -13,8 +13,7 @@ import (
 // seedFailed inserts a failed-table row for consumer.
 func (f *fixture) seedFailed(t *testing.T, consumer, uuid string, status inbox.Status) {
 	t.Helper()
-	// Fixed-width UTC text: what SQLite stores, and a timestamptz literal.
-	at := time.Now().UTC().Format("2006-01-02T15:04:05.000000000Z")
+	at := timeArg(f.dialect, time.Now())
 	require.NoError(t, f.db.Exec(`INSERT INTO `+f.in.FailedTable()+` (consumer, message_uuid, topic, partition_key, payload, metadata, status, error, attempts, failed_at)
 VALUES (?, ?, 'orders', 'k', ?, '{}', ?, 'boom', 1, ?)`, consumer, uuid, []byte("p"), string(status), at).Error)
 }
@@ -60,10 +59,7 @@ func TestCountCleanup(t *testing.T) {
 		f := newFixture(t, d, inbox.Config{})
 		ctx := context.Background()
 		for i, age := range []time.Duration{40 * 24 * time.Hour, 40 * 24 * time.Hour, 2 * time.Hour} {
-			var at any = time.Now().UTC().Add(-age)
-			if d == testdb.SQLite {
-				at = time.Now().UTC().Add(-age).Format("2006-01-02T15:04:05.000000000Z")
-			}
+			at := timeArg(d, time.Now().Add(-age))
 			require.NoError(t, f.db.Exec(`INSERT INTO `+f.in.Table()+` (consumer, message_uuid, received_at) VALUES ('c', ?, ?)`, string(rune('a'+i)), at).Error)
 		}
 		n, err := f.in.CountCleanup(ctx, 30*24*time.Hour)

@@ -3,6 +3,7 @@ package inbox
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,8 +32,8 @@ var (
 	// ErrInvalidConfig wraps every Config problem and invalid argument.
 	ErrInvalidConfig = errors.New("inbox: invalid config")
 	// ErrUnsupportedDialect is returned for a GORM dialect other than
-	// postgres or sqlite.
-	ErrUnsupportedDialect = errors.New("inbox: unsupported database (use gorm.io/driver/postgres or github.com/glebarez/sqlite)")
+	// postgres, mysql (MySQL and MariaDB) or sqlite.
+	ErrUnsupportedDialect = errors.New("inbox: unsupported database (use gorm.io/driver/postgres, gorm.io/driver/mysql or github.com/glebarez/sqlite)")
 	// ErrNoConsumer is returned when a message is processed without a
 	// consumer name: Process with "", or Middleware("") outside a Watermill
 	// router handler.
@@ -45,8 +46,9 @@ var (
 // Config configures an [Inbox]. The zero value is valid.
 type Config struct {
 	// Table is the inbox table, optionally schema-qualified ("app.inbox",
-	// PostgreSQL only). Each part must be a plain SQL identifier.
-	// Optional; default DefaultTable ("txoutbox_inbox").
+	// PostgreSQL and MySQL, where the schema is a database). Each part
+	// must be a plain SQL identifier. Optional; default DefaultTable
+	// ("txoutbox_inbox").
 	Table string
 	// Logger receives a debug entry for each duplicate the middleware acks.
 	// Optional; default slog.Default().
@@ -137,11 +139,11 @@ func (in *Inbox) Process(ctx context.Context, consumer, messageUUID string, fn f
 		return false, fmt.Errorf("%w: nil function for consumer %s", ErrInvalidConfig, consumer)
 	}
 	run := func(tx *gorm.DB) error {
-		res := tx.Exec(in.sql.record, consumer, messageUUID, in.drv.timeArg(in.cfg.Now()))
-		if res.Error != nil {
-			return fmt.Errorf("inbox: record message %s for consumer %s in %s: %w", messageUUID, consumer, in.table, res.Error)
+		fresh, err := in.drv.record(tx, &in.sql, consumer, []string{messageUUID}, in.drv.timeArg(in.cfg.Now()))
+		if err != nil {
+			return fmt.Errorf("inbox: record message %s for consumer %s in %s: %w", messageUUID, consumer, in.table, err)
 		}
-		if res.RowsAffected == 0 {
+		if len(fresh) == 0 {
 			duplicate = true
 			return nil
 		}
@@ -233,7 +235,7 @@ func (in *Inbox) Cleanup(ctx context.Context, olderThan time.Duration, batch int
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		res := db.Exec(in.sql.cleanup, cutoff, batch, cutoff)
+		res := db.Exec(in.sql.cleanup, sql.Named("cutoff", cutoff), sql.Named("batch", batch))
 		if res.Error != nil {
 			return total, fmt.Errorf("inbox: clean up %s: %w", in.table, res.Error)
 		}

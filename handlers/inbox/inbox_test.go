@@ -40,7 +40,8 @@ func newFixture(t *testing.T, d testdb.Dialect, cfg inbox.Config) *fixture {
 	return &fixture{dialect: d, db: db, in: in}
 }
 
-// eachDialect runs f as a parallel subtest per database.
+// eachDialect runs f as a parallel subtest per database the inbox
+// supports.
 func eachDialect(t *testing.T, f func(t *testing.T, d testdb.Dialect)) {
 	t.Helper()
 	for _, d := range testdb.Dialects {
@@ -49,6 +50,25 @@ func eachDialect(t *testing.T, f func(t *testing.T, d testdb.Dialect)) {
 			f(t, d)
 		})
 	}
+}
+
+// quoteIdent quotes name for d: with backticks on MySQL, which reads a
+// double-quoted name as a string.
+func quoteIdent(d testdb.Dialect, name string) string {
+	if d == testdb.MySQL {
+		return "`" + name + "`"
+	}
+	return `"` + name + `"`
+}
+
+// timeArg returns t as a statement argument for a time column of d: the
+// fixed-width UTC text SQLite stores, t itself elsewhere (the MySQL test
+// DSN writes times in UTC).
+func timeArg(d testdb.Dialect, t time.Time) any {
+	if d == testdb.SQLite {
+		return t.UTC().Format("2006-01-02T15:04:05.000000000Z")
+	}
+	return t.UTC()
 }
 
 // writeEffect is the handlers' business write, in the inbox transaction.
@@ -269,6 +289,27 @@ func TestConsumersAreIndependent(t *testing.T) {
 		}
 		require.EqualValues(t, 1, testdb.Count(t, f.db, "effects", "consumer = ? AND message_uuid = ?", "billing", id))
 		require.EqualValues(t, 1, testdb.Count(t, f.db, "effects", "consumer = ? AND message_uuid = ?", "shipping", id))
+	})
+}
+
+// Consumers and UUIDs compare byte for byte: no case folding, and no
+// padding (MySQL's utf8mb4_bin takes 'm' and 'm ' for one).
+func TestKeysCompareExactly(t *testing.T) {
+	t.Parallel()
+	eachDialect(t, func(t *testing.T, d testdb.Dialect) {
+		f := newFixture(t, d, inbox.Config{})
+		ctx := context.Background()
+		nop := func(context.Context) error { return nil }
+		for i, want := range []bool{false, true} {
+			for _, consumer := range []string{"c", "c ", "C"} {
+				for _, id := range []string{"m", "m ", "M", "é", "e\u0301"} {
+					dup, err := f.in.Process(ctx, consumer, id, nop)
+					require.NoError(t, err)
+					require.Equal(t, want, dup, "pass %d, consumer %q, message %q", i, consumer, id)
+				}
+			}
+		}
+		require.EqualValues(t, 15, testdb.Count(t, f.db, f.in.Table(), ""))
 	})
 }
 

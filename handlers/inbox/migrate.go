@@ -12,8 +12,8 @@ import (
 
 // Migrations holds the DDL of the inbox table and its failed table as plain
 // SQL files in golang-migrate layout: postgres/NNNNNN_name.up.sql and
-// .down.sql, and the same for sqlite/. They use the default table names
-// "txoutbox_inbox" and "txoutbox_inbox_failed".
+// .down.sql, and the same for mysql/ (MySQL and MariaDB) and sqlite/. They
+// use the default table names "txoutbox_inbox" and "txoutbox_inbox_failed".
 //
 //go:embed migrations
 var Migrations embed.FS
@@ -30,7 +30,8 @@ func Migrate(ctx context.Context, db *gorm.DB) error {
 
 // Migrate creates or upgrades the inbox table. It is idempotent and safe to
 // run from several processes at once: every statement is written to be
-// re-run, and on PostgreSQL the run holds an advisory lock.
+// re-run, and the run holds a lock on PostgreSQL (an advisory lock) and
+// MySQL (a user lock, GET_LOCK).
 func (in *Inbox) Migrate(ctx context.Context) error {
 	m := sqlschema.Migration{
 		FS:           Migrations,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
+	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
 )
@@ -65,7 +66,7 @@ func TestCustomTable(t *testing.T) {
 			_, err := in.Process(ctx, "c", id, func(context.Context) error { return nil })
 			require.NoError(t, err)
 		}
-		require.EqualValues(t, 1, testdb.Count(t, db, `"select"`, ""))
+		require.EqualValues(t, 1, testdb.Count(t, db, quoteIdent(d, "select"), ""))
 		n, err := in.Cleanup(ctx, 1, 0)
 		require.NoError(t, err)
 		require.EqualValues(t, 1, n)
@@ -114,15 +115,21 @@ func TestInvalidConfig(t *testing.T) {
 // and dialect, all on the default table.
 func TestMigrationFiles(t *testing.T) {
 	t.Parallel()
-	for _, d := range []string{"postgres", "sqlite"} {
-		entries, err := fs.ReadDir(inbox.Migrations, path.Join("migrations", d))
+	for _, d := range testdb.Dialects {
+		entries, err := fs.ReadDir(inbox.Migrations, path.Join("migrations", string(d)))
 		require.NoError(t, err)
 		ups, downs := map[string]bool{}, map[string]bool{}
 		for _, e := range entries {
-			b, err := fs.ReadFile(inbox.Migrations, path.Join("migrations", d, e.Name()))
+			b, err := fs.ReadFile(inbox.Migrations, path.Join("migrations", string(d), e.Name()))
 			require.NoError(t, err)
-			if !strings.Contains(string(b), `"`+inbox.DefaultTable+`"`) {
-				require.Contains(t, string(b), `"`+inbox.DefaultTable+`_failed"`)
+			// Quoted as the dialect quotes: Migrate replaces the names so.
+			if !strings.Contains(string(b), quoteIdent(d, inbox.DefaultTable)) {
+				require.Contains(t, string(b), quoteIdent(d, inbox.DefaultTable+"_failed"))
+			}
+			if d == testdb.MySQL {
+				for _, st := range sqlschema.Split(string(b)) {
+					require.NotContains(t, st, `"`, "%s: MySQL reads a double-quoted name as a string", e.Name())
+				}
 			}
 			switch {
 			case strings.HasSuffix(e.Name(), ".up.sql"):

@@ -2,7 +2,9 @@ package inbox
 
 import (
 	"flag"
+	"maps"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/txoutbox/txoutbox/internal/sqltmpl/sqltmpltest"
@@ -13,20 +15,27 @@ var updateSQL = flag.Bool("update-sql", false, "rewrite handlers/inbox/testdata/
 
 // TestStatements keeps the final text of every inbox statement in
 // handlers/inbox/testdata/sql/<database>/NAME.sql, record_many as it
-// records two messages. The files show what runs, and a change to a
-// statement shows in review as a change to its file (go test
-// ./handlers/inbox -run TestStatements -update-sql rewrites them).
+// records two messages, with the database's own statements. The files
+// show what runs, and a change to a statement shows in review as a change
+// to its file (go test ./handlers/inbox -run TestStatements -update-sql
+// rewrites them).
 func TestStatements(t *testing.T) {
 	for _, d := range testdb.Dialects {
 		in, err := New(testdb.Open(t, d), Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		files := map[string]string{}
+		texts := map[string]string{}
 		for name, q := range in.sql.byName() {
-			text := *q
-			if name == "record_many" {
-				text = in.sql.recordMany(2)
+			texts[name] = *q
+		}
+		maps.Copy(texts, in.sql.own)
+		texts["record_many"] = in.sql.recordMany(2)
+		delete(texts, "record_row") // a part of record_many
+		files := map[string]string{}
+		for name, text := range texts {
+			if d == testdb.MySQL && strings.Contains(text, `"`) {
+				t.Errorf("%s on MySQL has a double quote: MySQL reads a double-quoted name as a string", name)
 			}
 			files[name+".sql"] = "-- " + name + ": " + string(d) + ", default tables\n" + text + "\n"
 		}

@@ -1,13 +1,16 @@
 {{/*
 Inbox statements that are the same on every database, rendered once per
 Inbox by newStatements. Data: .T the quoted inbox table, .F the quoted
-failed table. A database's own file (postgres.sql, sqlite.sql) defines the
-statements that differ, and may redefine any of these. {values} stays in
-record_many until statements.recordMany writes a batch's rows in. The
-final text of each statement is in ../testdata/sql/<database>.
+failed table, each quoted for the database. A database's own file
+(postgres.sql, sqlite.sql, mysql.sql) defines the statements that differ,
+and may redefine any of these. {values} stays in record_many until
+statements.recordMany writes a batch's rows in, record_row for each.
+cleanup, which every database defines, takes the named arguments @cutoff
+and @batch (Inbox.Cleanup), so that a statement binds each where it needs
+it. The final text of each statement is in ../testdata/sql/<database>.
 */}}
 
-{{define "record"}}INSERT INTO {{.T}} (consumer, message_uuid, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING{{end}}
+{{define "record_row"}}(?, ?, ?){{end}}
 
 {{define "record_many"}}INSERT INTO {{.T}} (consumer, message_uuid, received_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING message_uuid{{end}}
 

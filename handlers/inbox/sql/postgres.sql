@@ -9,4 +9,4 @@ there for the data. The final text of each statement is in
 batch, as IN (SELECT ... LIMIT) can. Rows are never updated, so a ctid
 read in the subquery still names the same row.
 */}}
-{{define "cleanup"}}DELETE FROM {{.T}} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {{.T}} WHERE received_at < ? LIMIT ?)) AND received_at < ?{{end}}
+{{define "cleanup"}}DELETE FROM {{.T}} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {{.T}} WHERE received_at < @cutoff LIMIT @batch)) AND received_at < @cutoff{{end}}

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS `txoutbox_inbox_failed`;

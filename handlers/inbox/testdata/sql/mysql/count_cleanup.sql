@@ -1,0 +1,2 @@
+-- count_cleanup: mysql, default tables
+SELECT count(*) FROM `txoutbox_inbox` WHERE received_at < ?

@@ -1,0 +1,2 @@
+-- redrive_keyed: mysql, default tables
+SELECT id, consumer, message_uuid, topic, partition_key, payload, metadata, status, error, attempts, DATE_FORMAT(failed_at, '%Y-%m-%dT%H:%i:%s.%fZ') AS failed_at FROM `txoutbox_inbox_failed` WHERE consumer = ? AND partition_key IN ? ORDER BY id

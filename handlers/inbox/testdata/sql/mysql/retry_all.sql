@@ -1,0 +1,2 @@
+-- retry_all: mysql, default tables
+UPDATE `txoutbox_inbox_failed` SET status = ? WHERE status = ?

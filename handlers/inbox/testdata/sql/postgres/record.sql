@@ -1,2 +1,0 @@
--- record: postgres, default tables
-INSERT INTO "txoutbox_inbox" (consumer, message_uuid, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING
