@@ -1,33 +1,36 @@
 # txoutbox developer tasks. `make` runs the tests.
 #
-#   make test        ensure PostgreSQL, RabbitMQ, NATS and Redis are up, then run
-#                    every test with -race, then the chaos tests (test-chaos)
+#   make test        ensure PostgreSQL, MariaDB, RabbitMQ, NATS and Redis are
+#                    up, then run every test with -race, then the chaos tests
+#                    (test-chaos)
 #   make test-full   like test, plus the long variants: Watermill's Pub/Sub
 #                    stress suite on the outbox table (TXOUTBOX_TEST_FULL=1,
 #                    about two more minutes)
 #   make test-chaos  only the chaos tests (internal/chaos, build tag chaos):
 #                    they restart PostgreSQL and stop RabbitMQ, so they run
 #                    after the other tests and alone
-#   make bench       ensure PostgreSQL and the brokers are up, then run the
-#                    benchmarks only
+#   make bench       ensure PostgreSQL, MariaDB and the brokers are up, then
+#                    run the benchmarks only
 #   make plots       redraw the plots of docs/benchmarks.md (docs/img/*.svg) from
 #                    the bench output in bench/results/; needs no database
 #   make cover       like test, with a coverage profile and a summary
 #   make smoke       the example app's demo (go run ./example_app demo) on
 #                    SQLite + GoChannel, then on PostgreSQL with RabbitMQ,
 #                    NATS JetStream, Redis Streams and Kafka (an in-process
-#                    kfake broker, scripts/with-devkafka.sh); .ci/run runs
-#                    it after make test
+#                    kfake broker, scripts/with-devkafka.sh), then on MariaDB
+#                    with RabbitMQ; .ci/run runs it after make test
 #   make lint        gofmt and go vet
 #   make tidy-check  fail if go.mod or go.sum are not tidy
 #
 # The tests use PostgreSQL at TEST_DATABASE_URL
-# (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable); the
-# chaos tests also RabbitMQ at TEST_AMQP_URL
-# (default amqp://guest:guest@127.0.0.1:5672/), both on this machine. The
-# example app's tests and make smoke also use NATS JetStream at TEST_NATS_URL
-# (default nats://127.0.0.1:4222) and Redis at TEST_REDIS_URL
-# (default redis://127.0.0.1:6379/0).
+# (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable) and
+# MariaDB 10.6+ or MySQL 8.0+ at TEST_MYSQL_URL
+# (default mysql://root@127.0.0.1:3306/test; each test creates a database of
+# its own there). The chaos tests also use RabbitMQ at TEST_AMQP_URL
+# (default amqp://guest:guest@127.0.0.1:5672/), and PostgreSQL and RabbitMQ
+# must run on this machine for them. The example app's tests and make smoke
+# also use NATS JetStream at TEST_NATS_URL (default nats://127.0.0.1:4222) and
+# Redis at TEST_REDIS_URL (default redis://127.0.0.1:6379/0).
 
 GO          ?= go
 PKGS        ?= ./...
@@ -47,7 +50,7 @@ SHELL       := bash
 .PHONY: test test-full test-chaos bench cover lint tidy-check services services-chaos services-example smoke
 
 services:
-	scripts/ensure-services.sh postgres
+	scripts/ensure-services.sh postgres mariadb
 
 services-chaos:
 	scripts/ensure-services.sh postgres rabbitmq
@@ -59,14 +62,14 @@ services-chaos:
 services-example:
 	scripts/ensure-services.sh postgres rabbitmq nats redis
 
-test: services-chaos services-example
+test: services services-chaos services-example
 	$(GO) test -race -count=1 $(TEST_FLAGS) $(PKGS)
 	$(MAKE) --no-print-directory test-chaos
 
 # test already runs Watermill's universal Pub/Sub suite on the outbox table at
 # full size (gormstore TestPubSub, about 15s; TEST_FLAGS=-short shortens it).
 # test-full adds TestPubSubStress: that suite ten times at once.
-test-full: services-chaos services-example
+test-full: services services-chaos services-example
 	TXOUTBOX_TEST_FULL=1 $(GO) test -race -count=1 $(TEST_FLAGS) $(PKGS)
 	$(MAKE) --no-print-directory test-chaos
 
@@ -80,16 +83,18 @@ test-chaos: services-chaos
 # Orders per demo run of make smoke.
 SMOKE_ORDERS ?= 300
 SMOKE_DB     ?= $(or $(TEST_DATABASE_URL),postgres://postgres@127.0.0.1:5432/test?sslmode=disable)
+SMOKE_MYSQL_DB ?= $(or $(TEST_MYSQL_URL),mysql://root@127.0.0.1:3306/test)
 SMOKE_DEMO   := $(GO) run ./example_app demo -n $(SMOKE_ORDERS)
 
 # The demo exits 0 only if every event arrived exactly once in the read model.
-smoke: services-example
+smoke: services services-example
 	DATABASE_URL= BROKER_URL= $(SMOKE_DEMO)
 	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_AMQP_URL),amqp://guest:guest@127.0.0.1:5672/)' $(SMOKE_DEMO)
 	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_NATS_URL),nats://127.0.0.1:4222)' $(SMOKE_DEMO)
 	DATABASE_URL='$(SMOKE_DB)' BROKER_URL='$(or $(TEST_REDIS_URL),redis://127.0.0.1:6379/0)' $(SMOKE_DEMO)
 	DATABASE_URL='$(SMOKE_DB)' scripts/with-devkafka.sh sh -c 'BROKER_URL=kafka://$$DEVKAFKA_ADDR $(SMOKE_DEMO)'
-	@echo "smoke: 5 passed, 0 failed"
+	DATABASE_URL='$(SMOKE_MYSQL_DB)' BROKER_URL='$(or $(TEST_AMQP_URL),amqp://guest:guest@127.0.0.1:5672/)' $(SMOKE_DEMO)
+	@echo "smoke: 6 passed, 0 failed"
 
 bench: services services-example
 	$(GO) test -run '^$$' -bench . -timeout 60m $(BENCH_FLAGS) $(PKGS)

@@ -14,7 +14,8 @@
 //
 // With no configuration it runs on a SQLite file in the data directory and
 // Watermill's in-process GoChannel. DATABASE_URL=postgres://... switches to
-// PostgreSQL, and DATABASE_URL=./app.db (or file:app.db?params, or
+// PostgreSQL, DATABASE_URL=mysql://user@host:3306/db to MySQL or MariaDB,
+// and DATABASE_URL=./app.db (or file:app.db?params, or
 // sqlite:///abs/app.db: the forms the txoutbox CLI takes) to a SQLite file
 // of your choice; BROKER_URL switches the broker (amqp://, nats://,
 // redis://, kafka://). Every variable has a flag (--database-url, ...),

@@ -2,7 +2,7 @@
 # Makes sure the services the tests need are up, starting or installing them
 # where that is safe, and fails with instructions where it is not.
 #
-#   scripts/ensure-services.sh postgres rabbitmq
+#   scripts/ensure-services.sh postgres mariadb rabbitmq
 #
 # Each service has a function ensure_<name>; add services the same way.
 #
@@ -46,6 +46,24 @@
 #                                          127.0.0.1 without persistence,
 #                                          wait until the port answers
 #   3. missing, root on Debian/Ubuntu   -> apt-get install redis-server, then as 2
+#   4. anything else                    -> say what to install, exit 1
+#
+# mariadb: MySQL or MariaDB at TEST_MYSQL_URL
+# (default mysql://root@127.0.0.1:3306/test), used by the store's MySQL
+# tests, the CLI's and the example app's; each test creates a database of
+# its own on it, so the user needs the CREATE and DROP privileges.
+#   1. reachable                        -> check SELECT @@version: MariaDB
+#                                          10.6+ or MySQL 8.0+ (FOR UPDATE
+#                                          SKIP LOCKED), else fail; create
+#                                          the database if it is missing
+#   2. installed here but down          -> /etc/init.d/mariadb start (or
+#                                          service mariadb start), wait, as 1;
+#                                          a server that runs but listens
+#                                          elsewhere is reported, not started
+#   3. missing, root on Debian/Ubuntu   -> apt-get install mariadb-server,
+#                                          start it, let the URL's user
+#                                          connect from 127.0.0.1 and ::1
+#                                          with the URL's password, as 1
 #   4. anything else                    -> say what to install, exit 1
 #
 # TXOUTBOX_NO_INSTALL=1 turns step 3 off: a missing service is reported with
@@ -512,13 +530,200 @@ ensure_redis() {
 	log "redis ready at $REDIS_HOST:$REDIS_PORT"
 }
 
+# ---------------------------------------------------------------- mariadb
+
+readonly DEFAULT_MYSQL_URL='mysql://root@127.0.0.1:3306/test'
+
+# url_decode prints $1 with its %XX escapes decoded.
+url_decode() { local s="${1//+/ }"; printf '%b' "${s//%/\\x}"; }
+
+# redact_url hides the password of a URL.
+redact_url() { sed -E 's#(://[^:/@]*):[^@/]*@#\1:xxxxx@#' <<<"$1"; }
+
+# parse_mysql_url sets MY_URL, MY_USER, MY_PASS, MY_HOST, MY_PORT and MY_DB
+# from TEST_MYSQL_URL.
+parse_mysql_url() {
+	MY_URL="${TEST_MYSQL_URL:-$DEFAULT_MYSQL_URL}"
+	case "$MY_URL" in
+	mysql://* | mariadb://*) ;;
+	*) die "TEST_MYSQL_URL must be a mysql:// URL, got: $(redact_url "$MY_URL")" ;;
+	esac
+	local rest="${MY_URL#*://}"
+	local authority="${rest%%[/?]*}" tail="${rest#"${rest%%[/?]*}"}"
+	local path="${tail%%\?*}" userinfo=""
+	[[ "$authority" == *@* ]] && userinfo="${authority%@*}"
+	MY_USER="$(url_decode "${userinfo%%:*}")"
+	MY_USER="${MY_USER:-root}"
+	MY_PASS=""
+	[[ "$userinfo" == *:* ]] && MY_PASS="$(url_decode "${userinfo#*:}")"
+	parse_host_port "$MY_URL" 3306
+	MY_HOST="$HP_HOST" MY_PORT="$HP_PORT"
+	MY_DB="${path#/}"
+	[[ "$MY_DB" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] ||
+		die "database name '$MY_DB' in TEST_MYSQL_URL must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"
+}
+
+# mysql_client prints the command-line client's name, if there is one.
+mysql_client() {
+	if command -v mariadb >/dev/null; then
+		echo mariadb
+	elif command -v mysql >/dev/null; then
+		echo mysql
+	else
+		return 1
+	fi
+}
+
+# my_sql SQL runs SQL on the server at TEST_MYSQL_URL as its user, over TCP,
+# and prints the result without headers.
+my_sql() {
+	MYSQL_PWD="$MY_PASS" timeout 15 "$MY_CLIENT" --no-defaults --protocol=TCP -h "$MY_HOST" -P "$MY_PORT" \
+		-u "$MY_USER" --connect-timeout=3 -N -B -e "$1"
+}
+
+mariadb_installed() {
+	[[ -x /usr/sbin/mariadbd || -x /usr/sbin/mysqld ]] || command -v mariadbd >/dev/null || command -v mysqld >/dev/null
+}
+
+# mariadb_running: a MariaDB or MySQL server process runs on this machine.
+mariadb_running() {
+	command -v pgrep >/dev/null && { pgrep -x mariadbd >/dev/null || pgrep -x mysqld >/dev/null; }
+}
+
+mariadb_start() {
+	if [[ -x /etc/init.d/mariadb ]]; then
+		log "starting MariaDB (/etc/init.d/mariadb start)"
+		/etc/init.d/mariadb start >/dev/null ||
+			die "could not start MariaDB; see /var/log/mysql/ (as non-root: sudo /etc/init.d/mariadb start)"
+	elif command -v service >/dev/null; then
+		log "starting MariaDB (service mariadb start)"
+		service mariadb start >/dev/null ||
+			die "could not start MariaDB (service mariadb start); see /var/log/mysql/ (as non-root: sudo service mariadb start)"
+	else
+		mariadb_how_to_install "installed, but neither /etc/init.d/mariadb nor service is here to start it"
+	fi
+}
+
+# mariadb_wait waits until the server answers a query: the port opens a
+# moment before the server takes logins. A refused login also means it is up.
+mariadb_wait() {
+	local i out
+	for ((i = 0; i < WAIT_SECONDS * 2; i++)); do
+		if port_open "$MY_HOST" "$MY_PORT"; then
+			[[ -z "$MY_CLIENT" ]] && return 0
+			out="$(my_sql 'SELECT 1' 2>&1)" && return 0
+			[[ "$out" == *"Access denied"* ]] && return 0
+		fi
+		sleep 0.5
+	done
+	die "MariaDB at $MY_HOST:$MY_PORT is not accepting connections after ${WAIT_SECONDS}s; see /var/log/mysql/"
+}
+
+# mariadb_grant_local lets the URL's user connect over TCP from this
+# machine with the URL's password, as the tests do. A fresh Debian install
+# lets root in only over the local socket (unix_socket authentication),
+# which is how this connects.
+mariadb_grant_local() {
+	local q="'" qq="''"
+	local user="${MY_USER//$q/$qq}" pass="${MY_PASS//$q/$qq}" host sql=""
+	log "letting user $MY_USER connect from 127.0.0.1 and ::1"
+	for host in 127.0.0.1 ::1; do
+		sql+="CREATE USER IF NOT EXISTS '$user'@'$host' IDENTIFIED BY '$pass';"
+		sql+="GRANT ALL PRIVILEGES ON *.* TO '$user'@'$host' WITH GRANT OPTION;"
+	done
+	"$MY_CLIENT" --no-defaults -u root -e "$sql" ||
+		die "could not create user $MY_USER on the fresh MariaDB install (as root over the local socket)"
+}
+
+# mariadb_check_version fails unless $1 (SELECT @@version) names MariaDB
+# 10.6+ or MySQL 8.0+: the store claims rows with FOR UPDATE SKIP LOCKED.
+# It sets MY_VERSION.
+mariadb_check_version() {
+	local v="$1" num major minor rest product=MySQL
+	num="${v%%-*}"
+	major="${num%%.*}"
+	rest="${num#*.}"
+	minor="${rest%%.*}"
+	[[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] ||
+		die "cannot read the server version at $MY_HOST:$MY_PORT from SELECT @@version: '$v'"
+	[[ "$v" == *MariaDB* ]] && product=MariaDB
+	if { [[ "$product" == MariaDB ]] && ((major < 10 || (major == 10 && minor < 6))); } ||
+		{ [[ "$product" == MySQL ]] && ((major < 8)); }; then
+		die "$product $num at $MY_HOST:$MY_PORT is too old: the store claims rows with FOR UPDATE SKIP LOCKED, which needs MariaDB 10.6+ or MySQL 8.0+ (upgrade it, or set TEST_MYSQL_URL to a newer server)"
+	fi
+	MY_VERSION="$product $num"
+}
+
+# mariadb_ensure_database creates MY_DB when it is missing.
+mariadb_ensure_database() {
+	local out
+	out="$(my_sql "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '$MY_DB'" 2>&1)" ||
+		die "cannot query MariaDB at $MY_HOST:$MY_PORT as $MY_USER: $out"
+	[[ "$out" == 1 ]] && return 0
+	log "creating database $MY_DB"
+	out="$(my_sql "CREATE DATABASE IF NOT EXISTS \`$MY_DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" 2>&1)" ||
+		die "cannot create database $MY_DB: $out"
+}
+
+# mariadb_how_to_install says what to do and fails. $1 says why nothing
+# was tried.
+mariadb_how_to_install() {
+	cat >&2 <<EOT
+ensure-services: MariaDB is not reachable at $MY_HOST:$MY_PORT ($1).
+Start or install MariaDB 10.6+ (or MySQL 8.0+), then re-run. For example:
+  Debian/Ubuntu: sudo apt-get install -y mariadb-server && sudo /etc/init.d/mariadb start
+  macOS:         brew install mariadb && brew services start mariadb
+  Docker:        docker run -d -p $MY_PORT:3306 -e MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1 -e MARIADB_ROOT_HOST=% -e MARIADB_DATABASE=$MY_DB mariadb:10.11
+or set TEST_MYSQL_URL to a server you have (now: $(redact_url "$MY_URL")).
+The tests need user $MY_USER to connect over TCP and to create and drop databases.
+EOT
+	exit 1
+}
+
+ensure_mariadb() {
+	parse_mysql_url
+	MY_CLIENT="$(mysql_client)" || MY_CLIENT=""
+	local fresh="" out
+	if ! port_open "$MY_HOST" "$MY_PORT"; then
+		if ! host_is_local "$MY_HOST"; then
+			mariadb_how_to_install "$MY_HOST is not this machine, so this script cannot start it"
+		elif mariadb_running; then
+			mariadb_how_to_install "a server runs here, but not on $MY_HOST:$MY_PORT; check its port and bind-address in /etc/mysql/"
+		elif mariadb_installed; then
+			mariadb_start
+		elif can_apt_install; then
+			apt_install mariadb-server
+			fresh=1
+			MY_CLIENT="$(mysql_client)" || MY_CLIENT=""
+			port_open "$MY_HOST" "$MY_PORT" || mariadb_start
+		else
+			mariadb_how_to_install "not installed here, and installing it needs root and apt-get (and TXOUTBOX_NO_INSTALL unset)"
+		fi
+	fi
+	mariadb_wait
+	if [[ -z "$MY_CLIENT" ]]; then
+		log "no mysql or mariadb client: cannot check the server version or that database $MY_DB exists (install mariadb-client)"
+		log "mariadb port open at $MY_HOST:$MY_PORT"
+		return 0
+	fi
+	if ! out="$(my_sql 'SELECT @@version' 2>&1)" && [[ -n "$fresh" ]]; then
+		mariadb_grant_local
+		out="$(my_sql 'SELECT @@version' 2>&1)" || true
+	fi
+	my_sql 'SELECT 1' >/dev/null 2>&1 ||
+		die "MariaDB at $MY_HOST:$MY_PORT is up but refuses user $MY_USER (TEST_MYSQL_URL $(redact_url "$MY_URL")): $out"
+	mariadb_check_version "$out"
+	mariadb_ensure_database
+	log "mariadb ready at $MY_HOST:$MY_PORT ($MY_VERSION), database $MY_DB"
+}
+
 # -------------------------------------------------------------------- main
 
 main() {
-	(($# > 0)) || die "usage: $0 SERVICE... (services: postgres rabbitmq nats redis)"
+	(($# > 0)) || die "usage: $0 SERVICE... (services: postgres mariadb rabbitmq nats redis)"
 	local svc
 	for svc in "$@"; do
-		declare -F "ensure_$svc" >/dev/null || die "unknown service '$svc' (known: postgres rabbitmq nats redis)"
+		declare -F "ensure_$svc" >/dev/null || die "unknown service '$svc' (known: postgres mariadb rabbitmq nats redis)"
 		"ensure_$svc"
 	done
 }

@@ -58,7 +58,8 @@ directory and Watermill's in-process GoChannel.
 
 Flags:
   -addr ADDR            HTTP listen address [HTTP_ADDR] (default 127.0.0.1:8080)
-  -database-url URL     [DATABASE_URL] postgres://user:pass@host:5432/db, or a
+  -database-url URL     [DATABASE_URL] postgres://user:pass@host:5432/db,
+                        mysql://user:pass@host:3306/db (MySQL, MariaDB), or a
                         SQLite file: a path (./app.db), file:path.db[?params]
                         or sqlite:///path/file.db (default: SQLite file
                         orders.db in the data directory)

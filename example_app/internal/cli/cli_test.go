@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,11 +79,12 @@ func TestBadConfigExitsWithTwo(t *testing.T) {
 		{"bad kafka list", map[string]string{"BROKER_URL": "kafka://k1,,k2"}, nil, "no host"},
 		{"bad redis db", map[string]string{"BROKER_URL": "redis://r/x"}, nil, "invalid database number"},
 		{"flag wins over env", map[string]string{"BROKER_URL": "nats://127.0.0.1:4222"}, []string{"-broker-url", "zmq://x"}, `unsupported scheme "zmq"`},
-		{"unsupported database", map[string]string{"DATABASE_URL": "mysql://db/x"}, nil, `unsupported scheme "mysql"`},
+		{"unsupported database", map[string]string{"DATABASE_URL": "mssql://db/x"}, nil, `unsupported scheme "mssql"`},
+		{"mysql without a database", map[string]string{"DATABASE_URL": "mysql://db"}, nil, `invalid database URL "mysql://db": no database`},
 		{"database as host and port", map[string]string{"DATABASE_URL": "localhost:5432/test"}, nil, "DATABASE_URL: invalid database URL \"localhost:5432/test\": looks like a host and port"},
 		{"in-memory database", nil, []string{"--database-url", ":memory:"}, "--database-url: invalid database URL \":memory:\": an in-memory SQLite database"},
-		{"database flag named", map[string]string{"DATABASE_URL": "postgres://db/x"}, []string{"--database-url", "mysql://db/x"}, `--database-url: invalid database URL "mysql://db/x": unsupported scheme "mysql"`},
-		{"database variable named", map[string]string{"DATABASE_URL": "mysql://db/x"}, nil, `example_app: DATABASE_URL: invalid database URL "mysql://db/x"`},
+		{"database flag named", map[string]string{"DATABASE_URL": "postgres://db/x"}, []string{"--database-url", "mssql://db/x"}, `--database-url: invalid database URL "mssql://db/x": unsupported scheme "mssql"`},
+		{"database variable named", map[string]string{"DATABASE_URL": "mssql://db/x"}, nil, `example_app: DATABASE_URL: invalid database URL "mssql://db/x"`},
 		{"broker flag named", nil, []string{"-broker-url", "zmq://x"}, `--broker-url: invalid broker URL`},
 		{"broker variable named", map[string]string{"BROKER_URL": "zmq://x"}, nil, `example_app: BROKER_URL: invalid broker URL`},
 		{"topic flag named", map[string]string{"TOPIC": "good"}, []string{"--topic", "orders.v1"}, "--topic: "},
@@ -281,5 +283,18 @@ func TestDemoPostgres(t *testing.T) {
 	r := mainWith(t.Context(), env, "demo", "-n", "60", "-keep")
 	require.Equal(t, cli.ExitOK, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	require.Contains(t, r.stdout, "on postgres postgres://")
+	require.Contains(t, r.stdout, "result:      OK: all 120 events of 60 orders")
+}
+
+// The demo on MariaDB (a database of its own) with GoChannel.
+func TestDemoMySQL(t *testing.T) {
+	t.Parallel()
+	_, name := testdb.OpenMySQL(t)
+	u, err := url.Parse(testdb.MySQLURL())
+	require.NoError(t, err)
+	u.Path = "/" + name
+	r := mainWith(t.Context(), map[string]string{"DATABASE_URL": u.String()}, "demo", "-n", "60", "-keep")
+	require.Equal(t, cli.ExitOK, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	require.Contains(t, r.stdout, "on mysql mysql://")
 	require.Contains(t, r.stdout, "result:      OK: all 120 events of 60 orders")
 }

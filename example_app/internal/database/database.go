@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/glebarez/sqlite"
+	"github.com/go-sql-driver/mysql"
 	"github.com/txoutbox/txoutbox/internal/dburl"
+	gormmysql "gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -27,6 +29,8 @@ const (
 	SQLite Dialect = "sqlite"
 	// Postgres is PostgreSQL at a postgres:// URL.
 	Postgres Dialect = "postgres"
+	// MySQL is MySQL or MariaDB at a mysql:// or mariadb:// URL.
+	MySQL Dialect = "mysql"
 )
 
 // DefaultFile is the SQLite file name under the data directory.
@@ -44,8 +48,12 @@ var (
 type Config struct {
 	// Dialect is the database.
 	Dialect Dialect
-	// URL is the PostgreSQL URL (Postgres only).
+	// URL is the server URL as given (Postgres and MySQL).
 	URL string
+	// DSN is the go-sql-driver/mysql DSN that URL maps to (MySQL only):
+	// parseTime=true and loc=UTC, which the stores need, and
+	// interpolateParams=true unless URL sets it.
+	DSN string
 	// Path is the SQLite file (SQLite only).
 	Path string
 	// Params are SQLite URI parameters from a file:path?params URL, added
@@ -60,9 +68,9 @@ func (c Config) String() string {
 	}
 	if u, err := url.Parse(c.URL); err == nil {
 		u.RawQuery = ""
-		return "postgres " + u.Redacted()
+		return string(c.Dialect) + " " + u.Redacted()
 	}
-	return "postgres"
+	return string(c.Dialect)
 }
 
 // ParseURL turns a database URL (DATABASE_URL, --database-url) into a
@@ -70,6 +78,8 @@ func (c Config) String() string {
 //
 //   - "": the SQLite file DefaultFile under dataDir;
 //   - postgres://... and postgresql://...: PostgreSQL;
+//   - mysql://user[:password]@host[:port]/db[?params] and mariadb://...:
+//     MySQL or MariaDB (params are go-sql-driver/mysql DSN parameters);
 //   - a SQLite file as a plain path (./app.db, /tmp/x.db), as
 //     file:path[?params] (SQLite URI parameters such as
 //     _pragma=cache_size(-20000)), or as sqlite://path or sqlite3://path
@@ -90,8 +100,11 @@ func ParseURL(raw, dataDir string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	if t.Postgres {
+	switch t.Kind {
+	case dburl.Postgres:
 		return Config{Dialect: Postgres, URL: t.URL}, nil
+	case dburl.MySQL:
+		return Config{Dialect: MySQL, URL: t.URL, DSN: t.DSN}, nil
 	}
 	return Config{Dialect: SQLite, Path: t.Path, Params: t.Params}, nil
 }
@@ -114,6 +127,18 @@ func Open(ctx context.Context, cfg Config, timeout time.Duration) (*gorm.DB, err
 		db, err = gorm.Open(sqlite.Open(sqliteDSN(cfg.Path, cfg.Params)), gcfg)
 	case Postgres:
 		db, err = gorm.Open(postgres.Open(withConnectTimeout(cfg.URL, timeout)), gcfg)
+	case MySQL:
+		dsn, derr := withDialTimeout(cfg.DSN, timeout)
+		if derr != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidURL, cfg, derr)
+		}
+		pool, perr := dburl.OpenMySQL(ctx, dsn, timeout)
+		if perr != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, cfg, perr)
+		}
+		if db, err = gorm.Open(gormmysql.New(gormmysql.Config{DSN: dsn, Conn: pool}), gcfg); err != nil {
+			_ = pool.Close()
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown dialect %q", ErrInvalidURL, cfg.Dialect)
 	}
@@ -187,4 +212,29 @@ func withConnectTimeout(raw string, timeout time.Duration) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.String()
+}
+
+// withDialTimeout sets go-sql-driver's dial timeout of a MySQL DSN that has
+// none, so an unreachable server fails fast instead of hanging.
+func withDialTimeout(dsn string, timeout time.Duration) (string, error) {
+	c, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return "", err
+	}
+	if c.Timeout == 0 {
+		c.Timeout = max(time.Second, timeout)
+	}
+	return c.FormatDSN(), nil
+}
+
+// OnDuplicateIDDoNothing returns the clause that makes an INSERT into a
+// table with primary key id insert nothing, and affect no row, when the id
+// is taken: ON CONFLICT (id) DO NOTHING, or on MySQL an update that changes
+// nothing. A duplicate is then a business error, not a failed statement
+// (which aborts a PostgreSQL transaction).
+func OnDuplicateIDDoNothing(db *gorm.DB) string {
+	if db.Dialector.Name() == "mysql" {
+		return "ON DUPLICATE KEY UPDATE id = id"
+	}
+	return "ON CONFLICT (id) DO NOTHING"
 }

@@ -1,6 +1,8 @@
 package database
 
 import (
+	"net"
+	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
@@ -29,6 +31,18 @@ func TestParseURL(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, Postgres, c.Dialect)
 
+	c, err = ParseURL("mysql://u:secret@db/app?timeout=3s", "")
+	require.NoError(t, err)
+	require.Equal(t, Config{
+		Dialect: MySQL, URL: "mysql://u:secret@db/app?timeout=3s",
+		DSN: "u:secret@tcp(db:3306)/app?interpolateParams=true&parseTime=true&timeout=3s",
+	}, c)
+	require.Equal(t, "mysql mysql://u:xxxxx@db/app", c.String())
+
+	c, err = ParseURL("mariadb://db/app", "")
+	require.NoError(t, err)
+	require.Equal(t, MySQL, c.Dialect)
+
 	// A SQLite file in every form the txoutbox CLI accepts.
 	for _, tc := range []struct {
 		url  string
@@ -51,8 +65,9 @@ func TestParseURL(t *testing.T) {
 	}
 
 	for _, tc := range []struct{ url, want string }{
-		{"mysql://db/x", `unsupported scheme "mysql"`},
-		{"db:5432/app", `"db:5432/app": looks like a host and port; use postgres://user@db:5432/db for PostgreSQL, or ./db:5432/app for a SQLite file of that name`},
+		{"mssql://db/x", `unsupported scheme "mssql"`},
+		{"mysql://db", "no database"},
+		{"db:5432/app", `"db:5432/app": looks like a host and port; use postgres://user@db:5432/db or mysql://user@db:5432/db, or ./db:5432/app for a SQLite file of that name`},
 		{"localhost:5432", "looks like a host and port"},
 		{":memory:", "in-memory SQLite database"},
 		{"file::memory:?cache=shared", "in-memory SQLite database"},
@@ -91,6 +106,66 @@ func TestOpen(t *testing.T) {
 
 	start := time.Now()
 	_, err = Open(t.Context(), Config{Dialect: Postgres, URL: "postgres://postgres@127.0.0.1:1/x?sslmode=disable"}, time.Second)
+	require.ErrorIs(t, err, ErrUnreachable)
+	require.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestOpenMySQL(t *testing.T) {
+	t.Parallel()
+	_, name := testdb.OpenMySQL(t)
+	u, err := url.Parse(testdb.MySQLURL())
+	require.NoError(t, err)
+	u.Path = "/" + name
+	cfg, err := ParseURL(u.String(), "")
+	require.NoError(t, err)
+	db, err := Open(t.Context(), cfg, 5*time.Second)
+	require.NoError(t, err)
+	defer Close(db)
+	var got time.Time
+	require.NoError(t, db.Raw("SELECT TIMESTAMP '2024-05-06 07:08:09'").Scan(&got).Error)
+	require.Equal(t, time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC), got, "times are parsed, in UTC")
+
+	// A duplicate id inserts nothing and fails no statement.
+	require.NoError(t, db.Exec("CREATE TABLE dup (id VARCHAR(8) PRIMARY KEY, n INT)").Error)
+	insert := "INSERT INTO dup (id, n) VALUES (?, ?) " + OnDuplicateIDDoNothing(db)
+	res := db.Exec(insert, "a", 1)
+	require.NoError(t, res.Error)
+	require.EqualValues(t, 1, res.RowsAffected)
+	res = db.Exec(insert, "a", 2)
+	require.NoError(t, res.Error)
+	require.Zero(t, res.RowsAffected)
+	require.EqualValues(t, 1, testdb.Count(t, db, "dup", "id = 'a' AND n = 1"))
+
+	start := time.Now()
+	cfg, err = ParseURL("mysql://root@127.0.0.1:1/x", "")
+	require.NoError(t, err)
+	_, err = Open(t.Context(), cfg, time.Second)
+	require.ErrorIs(t, err, ErrUnreachable)
+	require.Less(t, time.Since(start), 5*time.Second)
+
+	// A server that accepts the connection and never greets.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	start = time.Now()
+	cfg, err = ParseURL("mysql://root@"+ln.Addr().String()+"/x", "")
+	require.NoError(t, err)
+	_, err = Open(t.Context(), cfg, time.Second)
 	require.ErrorIs(t, err, ErrUnreachable)
 	require.Less(t, time.Since(start), 5*time.Second)
 }

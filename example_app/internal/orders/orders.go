@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/txoutbox/txoutbox/bus"
+	"github.com/txoutbox/txoutbox/example_app/internal/database"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -94,10 +95,10 @@ func Place(ctx context.Context, cmd PlaceOrder) error {
 	}
 	now := time.Now().UTC()
 	o := Order{ID: cmd.OrderID, Customer: cmd.Customer, AmountCents: cmd.AmountCents, Status: StatusPlaced, Version: 1, CreatedAt: now, UpdatedAt: now}
-	// ON CONFLICT DO NOTHING: a duplicate ID is a business error, not a
-	// failed statement (which would abort a PostgreSQL transaction).
+	// A duplicate ID is a business error, not a failed statement (which
+	// would abort a PostgreSQL transaction): it inserts nothing.
 	res := tx.Exec(`INSERT INTO orders (id, customer, amount_cents, status, version, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		VALUES (?, ?, ?, ?, ?, ?, ?) `+database.OnDuplicateIDDoNothing(tx),
 		o.ID, o.Customer, o.AmountCents, o.Status, o.Version, o.CreatedAt, o.UpdatedAt)
 	if res.Error != nil {
 		return fmt.Errorf("place order %s: %w", o.ID, res.Error)

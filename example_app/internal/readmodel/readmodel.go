@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/txoutbox/txoutbox/example_app/internal/database"
 	"github.com/txoutbox/txoutbox/example_app/internal/orders"
 	"github.com/txoutbox/txoutbox/handlers"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
@@ -184,7 +185,7 @@ func (p *Projector) apply(msg *message.Message, event any) error {
 			return fmt.Errorf("%w: OrderPlaced of %s has version %d", ErrOutOfSequence, e.OrderID, e.Version)
 		}
 		res := tx.Exec(`INSERT INTO order_views (id, customer, amount_cents, status, version, placed_at)
-			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+			VALUES (?, ?, ?, ?, ?, ?) `+database.OnDuplicateIDDoNothing(tx),
 			e.OrderID, e.Customer, e.AmountCents, orders.StatusPlaced, e.Version, e.PlacedAt)
 		if res.Error != nil {
 			return res.Error

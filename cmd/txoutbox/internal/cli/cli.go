@@ -116,9 +116,10 @@ table): create the tables, see what is pending or failed, show, retry or
 discard failed events ("failed") and the messages consumers parked ("inbox
 failed"), and purge delivered rows.
 
-The database is PostgreSQL (postgres://user:pass@host:5432/db?sslmode=disable)
-or a SQLite file (a path, file:path.db, or sqlite:///path.db), from
---database-url or the DATABASE_URL environment variable.
+The database is PostgreSQL (postgres://user:pass@host:5432/db?sslmode=disable),
+MySQL or MariaDB (mysql://user:pass@host:3306/db), or a SQLite file (a path,
+file:path.db, or sqlite:///path.db), from --database-url or the DATABASE_URL
+environment variable.
 
 With --json every command prints one JSON document, of the same shape whatever
 its flags; "txoutbox COMMAND --help" describes it.
@@ -140,9 +141,9 @@ such row; retry and discard changed the others and name the unmatched ones).`,
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	f := root.PersistentFlags()
-	f.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL URL or SQLite file (default $"+EnvDatabaseURL+")")
-	f.StringVar(&o.table, "table", gormstore.DefaultTable, "outbox table, optionally schema-qualified on PostgreSQL (schema.table)")
-	f.StringVar(&o.inboxTable, "inbox-table", inbox.DefaultTable, "inbox table, optionally schema-qualified on PostgreSQL")
+	f.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL or MySQL URL, or SQLite file (default $"+EnvDatabaseURL+")")
+	f.StringVar(&o.table, "table", gormstore.DefaultTable, "outbox table, optionally qualified: schema.table on PostgreSQL, database.table on MySQL")
+	f.StringVar(&o.inboxTable, "inbox-table", inbox.DefaultTable, "inbox table, optionally qualified like --table")
 	f.BoolVar(&o.json, "json", false, "print JSON instead of a table")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", DefaultConnectTimeout, "give up connecting to the database after this long")
 

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net"
+	neturl "net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -94,6 +96,55 @@ func pgDB(t *testing.T) (*gorm.DB, string) {
 	return db, testdb.SchemaURL(t, schema)
 }
 
+// mysqlDB returns a fresh MySQL/MariaDB database and the URL the CLI
+// reaches it by.
+func mysqlDB(t *testing.T) (*gorm.DB, string) {
+	t.Helper()
+	db, name := testdb.OpenMySQL(t)
+	u, err := neturl.Parse(testdb.MySQLURL())
+	require.NoError(t, err)
+	u.Path = "/" + name
+	return db, u.String()
+}
+
+// openDB returns a fresh database of dialect d and the URL the CLI
+// reaches it by; a SQLite file is migrated already.
+func openDB(t *testing.T, d testdb.Dialect) (*gorm.DB, string) {
+	t.Helper()
+	switch d {
+	case testdb.Postgres:
+		return pgDB(t)
+	case testdb.MySQL:
+		return mysqlDB(t)
+	}
+	return sqliteDB(t)
+}
+
+// servers are the database servers every outbox command is tested on.
+var servers = []testdb.Dialect{testdb.Postgres, testdb.MySQL}
+
+// eachServer runs f as a parallel subtest on a fresh database of each of
+// servers.
+func eachServer(t *testing.T, f func(t *testing.T, db *gorm.DB, url string)) {
+	t.Helper()
+	for _, d := range servers {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			db, url := openDB(t, d)
+			f(t, db, url)
+		})
+	}
+}
+
+// nowSQL is the database's current time in SQL, comparable with the
+// outbox table's times.
+func nowSQL(db *gorm.DB) string {
+	if db.Dialector.Name() == "mysql" {
+		return "UTC_TIMESTAMP(6)"
+	}
+	return "now()"
+}
+
 // sqliteDB returns a SQLite file and its path, given to the CLI as is.
 func sqliteDB(t *testing.T) (*gorm.DB, string) {
 	t.Helper()
@@ -159,6 +210,22 @@ func seed(t *testing.T, db *gorm.DB, rows ...row) {
 			failed, attempts, lastErr = "ts", 10, "publish to "+r.topic+": broker said no\n(after 10 attempts)"
 		}
 		cols := `(uuid, topic, partition_key, payload, created_at, next_attempt_at, attempts, last_error, delivered_at, failed_at)`
+		if db.Dialector.Name() == "mysql" {
+			ts := time.Now().UTC().Add(-r.age).Format("2006-01-02 15:04:05.000000")
+			var deliveredAt, failedAt, lastError any
+			switch r.state {
+			case "delivered":
+				deliveredAt = ts
+			case "parked":
+				failedAt, lastError = ts, lastErr
+			}
+			for g := 1; g <= r.n; g++ {
+				// metadata has no default on MySQL: JSON columns take none.
+				require.NoError(t, db.Exec(`INSERT INTO `+outboxTable+` (metadata, `+cols[1:]+` VALUES ('{}', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+					fmt.Sprintf("%s-%d", r.prefix, g), r.topic, fmt.Sprintf("key-%d", g), []byte{0}, ts, ts, attempts, lastError, deliveredAt, failedAt).Error)
+			}
+			continue
+		}
 		if db.Dialector.Name() == "postgres" {
 			require.NoError(t, db.Exec(`INSERT INTO `+outboxTable+` `+cols+`
 SELECT ? || '-' || g, ?, 'key-' || g, '\x00', ts, ts, ?, nullif(?, ''), `+delivered+`, `+failed+`
@@ -177,6 +244,14 @@ FROM s, (SELECT ? AS ts) ORDER BY g`,
 // seedInbox inserts n inbox rows for consumer, received age ago.
 func seedInbox(t *testing.T, db *gorm.DB, consumer string, n int, age time.Duration) {
 	t.Helper()
+	if db.Dialector.Name() == "mysql" {
+		ts := time.Now().UTC().Add(-age).Format("2006-01-02 15:04:05.000000")
+		for g := 1; g <= n; g++ {
+			require.NoError(t, db.Exec(`INSERT INTO `+inboxTable+` (consumer, message_uuid, received_at) VALUES (?, ?, ?)`,
+				consumer, fmt.Sprintf("m-%d", g), ts).Error)
+		}
+		return
+	}
 	if db.Dialector.Name() == "postgres" {
 		require.NoError(t, db.Exec(`INSERT INTO `+inboxTable+` (consumer, message_uuid, received_at)
 SELECT ?, 'm-' || g, now() - ?::bigint * interval '1 microsecond' FROM generate_series(1, ?) AS g`, consumer, age.Microseconds(), n).Error)
@@ -257,190 +332,227 @@ func TestMigrate(t *testing.T) {
 	require.EqualValues(t, 3, n)
 }
 
+// TestMigrateMySQL creates the tables on MySQL/MariaDB, again without
+// harm, and under other names.
+func TestMigrateMySQL(t *testing.T) {
+	t.Parallel()
+	db, url := mysqlDB(t)
+	r := run(t, nil, "--database-url", url, "failed", "list")
+	require.Equal(t, cli.ExitFailure, r.code, r.stderr)
+	require.Contains(t, r.stderr, "run txoutbox migrate first", "a missing table is named with what to do")
+
+	require.Equal(t, "migrated outbox table txoutbox_outbox\n", ok(t, url, "migrate", "outbox"))
+	require.True(t, db.Migrator().HasTable(outboxTable))
+	require.False(t, db.Migrator().HasTable(inboxTable), "migrate outbox leaves the inbox alone")
+
+	require.Equal(t, "migrated outbox table txoutbox_outbox\nmigrated inbox table txoutbox_inbox\n", ok(t, url, "migrate"))
+	require.True(t, db.Migrator().HasTable(inboxTable))
+	require.True(t, db.Migrator().HasTable(inboxTable+"_failed"), "migrate inbox creates the failed table too")
+	ok(t, url, "migrate") // idempotent
+
+	ok(t, url, "migrate", "--table", "events", "--inbox-table", "seen")
+	for _, table := range []string{"events", "seen", "seen_failed"} {
+		require.True(t, db.Migrator().HasTable(table), table)
+	}
+	require.Equal(t, "outbox events: 0 pending, 0 failed, oldest pending -\n", ok(t, url, "status", "--table", "events", "--inbox-table", "seen"))
+
+	// A database-qualified name.
+	u, err := neturl.Parse(url)
+	require.NoError(t, err)
+	qualified := strings.TrimPrefix(u.Path, "/") + ".qualified"
+	require.Equal(t, "migrated outbox table "+qualified+"\n", ok(t, url, "migrate", "outbox", "--table", qualified))
+	require.True(t, db.Migrator().HasTable("qualified"))
+}
+
 func TestStatus(t *testing.T) {
 	t.Parallel()
-	db, url := pgDB(t)
-	ok(t, url, "migrate")
-	out := ok(t, url, "status")
-	require.Equal(t, "outbox txoutbox_outbox: 0 pending, 0 failed, oldest pending -\n", out)
+	eachServer(t, func(t *testing.T, db *gorm.DB, url string) {
+		ok(t, url, "migrate")
+		out := ok(t, url, "status")
+		require.Equal(t, "outbox txoutbox_outbox: 0 pending, 0 failed, oldest pending -\n", out)
 
-	seed(t, db,
-		row{"orders-p", "orders", "pending", 3, 10 * time.Minute},
-		row{"orders-f", "orders", "parked", 2, time.Hour},
-		row{"payments-p", "payments", "pending", 1, 2 * time.Minute},
-		row{"mail-f", "mail", "parked", 1, time.Hour},
-		row{"delivered", "orders", "delivered", 5, time.Hour},
-	)
-	var st statusJSON
-	okJSON(t, url, &st, "status")
-	require.Equal(t, outboxTable, st.Table)
-	require.EqualValues(t, 4, st.Pending)
-	require.EqualValues(t, 3, st.Failed)
-	require.InDelta(t, 600, st.OldestPendingAgeSeconds, 30)
-	require.Len(t, st.Topics, 3)
-	require.Equal(t, "mail", st.Topics[0].Topic, "topics sorted by name")
-	require.EqualValues(t, 0, st.Topics[0].Pending)
-	require.EqualValues(t, 1, st.Topics[0].Failed)
-	require.Zero(t, st.Topics[0].OldestPendingAgeSeconds)
-	require.Equal(t, "orders", st.Topics[1].Topic)
-	require.EqualValues(t, 3, st.Topics[1].Pending)
-	require.EqualValues(t, 2, st.Topics[1].Failed)
-	require.Equal(t, "payments", st.Topics[2].Topic)
-	require.InDelta(t, 120, st.Topics[2].OldestPendingAgeSeconds, 30)
+		seed(t, db,
+			row{"orders-p", "orders", "pending", 3, 10 * time.Minute},
+			row{"orders-f", "orders", "parked", 2, time.Hour},
+			row{"payments-p", "payments", "pending", 1, 2 * time.Minute},
+			row{"mail-f", "mail", "parked", 1, time.Hour},
+			row{"delivered", "orders", "delivered", 5, time.Hour},
+		)
+		var st statusJSON
+		okJSON(t, url, &st, "status")
+		require.Equal(t, outboxTable, st.Table)
+		require.EqualValues(t, 4, st.Pending)
+		require.EqualValues(t, 3, st.Failed)
+		require.InDelta(t, 600, st.OldestPendingAgeSeconds, 30)
+		require.Len(t, st.Topics, 3)
+		require.Equal(t, "mail", st.Topics[0].Topic, "topics sorted by name")
+		require.EqualValues(t, 0, st.Topics[0].Pending)
+		require.EqualValues(t, 1, st.Topics[0].Failed)
+		require.Zero(t, st.Topics[0].OldestPendingAgeSeconds)
+		require.Equal(t, "orders", st.Topics[1].Topic)
+		require.EqualValues(t, 3, st.Topics[1].Pending)
+		require.EqualValues(t, 2, st.Topics[1].Failed)
+		require.Equal(t, "payments", st.Topics[2].Topic)
+		require.InDelta(t, 120, st.Topics[2].OldestPendingAgeSeconds, 30)
 
-	out = ok(t, url, "status")
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	require.Len(t, lines, 6, out)
-	require.Regexp(t, `^outbox txoutbox_outbox: 4 pending, 3 failed, oldest pending 10m\d+s$`, lines[0])
-	require.Empty(t, lines[1])
-	require.Regexp(t, `^TOPIC\s+PENDING\s+FAILED\s+OLDEST PENDING$`, lines[2])
-	require.Regexp(t, `^mail\s+0\s+1\s+-$`, lines[3])
-	require.Regexp(t, `^orders\s+3\s+2\s+10m\d+s$`, lines[4])
-	require.Regexp(t, `^payments\s+1\s+0\s+2m\d+s$`, lines[5])
+		out = ok(t, url, "status")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		require.Len(t, lines, 6, out)
+		require.Regexp(t, `^outbox txoutbox_outbox: 4 pending, 3 failed, oldest pending 10m\d+s$`, lines[0])
+		require.Empty(t, lines[1])
+		require.Regexp(t, `^TOPIC\s+PENDING\s+FAILED\s+OLDEST PENDING$`, lines[2])
+		require.Regexp(t, `^mail\s+0\s+1\s+-$`, lines[3])
+		require.Regexp(t, `^orders\s+3\s+2\s+10m\d+s$`, lines[4])
+		require.Regexp(t, `^payments\s+1\s+0\s+2m\d+s$`, lines[5])
+	})
 }
 
 func TestFailedList(t *testing.T) {
 	t.Parallel()
-	db, url := pgDB(t)
-	ok(t, url, "migrate")
-	out := ok(t, url, "failed", "list")
-	require.Equal(t, "no failed events in txoutbox_outbox\n", out)
+	eachServer(t, func(t *testing.T, db *gorm.DB, url string) {
+		ok(t, url, "migrate", "outbox")
+		out := ok(t, url, "failed", "list")
+		require.Equal(t, "no failed events in txoutbox_outbox\n", out)
 
-	seed(t, db,
-		row{"a", "orders", "parked", 3, time.Hour},
-		row{"p", "orders", "pending", 2, time.Hour},
-		row{"b", "mail", "parked", 2, time.Minute},
-	)
-	var page failedJSON
-	okJSON(t, url, &page, "failed", "list", "--limit", "4")
-	require.Len(t, page.Failed, 4)
-	require.Equal(t, []string{"a-1", "a-2", "a-3", "b-1"}, []string{page.Failed[0].UUID, page.Failed[1].UUID, page.Failed[2].UUID, page.Failed[3].UUID})
-	first := page.Failed[0]
-	require.Equal(t, "orders", first.Topic)
-	require.Equal(t, "key-1", first.PartitionKey)
-	require.Equal(t, 10, first.Attempts)
-	require.Equal(t, "publish to orders: broker said no\n(after 10 attempts)", first.LastError)
-	require.WithinDuration(t, time.Now().Add(-time.Hour), first.FailedAt, time.Minute)
-	require.Equal(t, page.Failed[3].ID, page.NextAfter)
+		seed(t, db,
+			row{"a", "orders", "parked", 3, time.Hour},
+			row{"p", "orders", "pending", 2, time.Hour},
+			row{"b", "mail", "parked", 2, time.Minute},
+		)
+		var page failedJSON
+		okJSON(t, url, &page, "failed", "list", "--limit", "4")
+		require.Len(t, page.Failed, 4)
+		require.Equal(t, []string{"a-1", "a-2", "a-3", "b-1"}, []string{page.Failed[0].UUID, page.Failed[1].UUID, page.Failed[2].UUID, page.Failed[3].UUID})
+		first := page.Failed[0]
+		require.Equal(t, "orders", first.Topic)
+		require.Equal(t, "key-1", first.PartitionKey)
+		require.Equal(t, 10, first.Attempts)
+		require.Equal(t, "publish to orders: broker said no\n(after 10 attempts)", first.LastError)
+		require.WithinDuration(t, time.Now().Add(-time.Hour), first.FailedAt, time.Minute)
+		require.Equal(t, page.Failed[3].ID, page.NextAfter)
 
-	var next failedJSON
-	okJSON(t, url, &next, "failed", "list", "--limit", "4", "--after", jsonNumber(page.NextAfter))
-	require.Len(t, next.Failed, 1)
-	require.Equal(t, "b-2", next.Failed[0].UUID)
-	require.Zero(t, next.NextAfter, "last page")
+		var next failedJSON
+		okJSON(t, url, &next, "failed", "list", "--limit", "4", "--after", jsonNumber(page.NextAfter))
+		require.Len(t, next.Failed, 1)
+		require.Equal(t, "b-2", next.Failed[0].UUID)
+		require.Zero(t, next.NextAfter, "last page")
 
-	r := run(t, nil, "failed", "list", "--database-url", url, "--limit", "2")
-	require.Equal(t, cli.ExitOK, r.code)
-	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	require.Len(t, lines, 3)
-	require.Regexp(t, `^ID\s+TOPIC\s+KEY\s+ATTEMPTS\s+FAILED AT\s+LAST ERROR$`, lines[0])
-	require.Regexp(t, `^\d+\s+orders\s+key-1\s+10\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\s+publish to orders: broker said no \(after 10 attempts\)$`, lines[1])
-	require.Contains(t, r.stderr, "txoutbox failed list --after ")
+		r := run(t, nil, "failed", "list", "--database-url", url, "--limit", "2")
+		require.Equal(t, cli.ExitOK, r.code)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		require.Len(t, lines, 3)
+		require.Regexp(t, `^ID\s+TOPIC\s+KEY\s+ATTEMPTS\s+FAILED AT\s+LAST ERROR$`, lines[0])
+		require.Regexp(t, `^\d+\s+orders\s+key-1\s+10\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\s+publish to orders: broker said no \(after 10 attempts\)$`, lines[1])
+		require.Contains(t, r.stderr, "txoutbox failed list --after ")
+	})
 }
 
 func TestFailedRetry(t *testing.T) {
 	t.Parallel()
-	db, url := pgDB(t)
-	ok(t, url, "migrate")
-	seed(t, db, row{"f", "orders", "parked", 4, time.Hour}, row{"p", "orders", "pending", 1, time.Hour}, row{"m", "mail", "parked", 2, time.Hour})
-	id := ids(t, db, "f-1", "f-2", "f-3", "p-1")
+	eachServer(t, func(t *testing.T, db *gorm.DB, url string) {
+		ok(t, url, "migrate", "outbox")
+		seed(t, db, row{"f", "orders", "parked", 4, time.Hour}, row{"p", "orders", "pending", 1, time.Hour}, row{"m", "mail", "parked", 2, time.Hour})
+		id := ids(t, db, "f-1", "f-2", "f-3", "p-1")
 
-	var res changeJSON
-	runJSON(t, url, cli.ExitOK, &res, "failed", "retry", id[1], id[0]+","+id[1])
-	require.Equal(t, changeJSON{Table: outboxTable, Requested: 2, Requeued: ptr(2), Unmatched: []int64{}}, res)
-	pendingAgain := `uuid IN ('f-1', 'f-2') AND failed_at IS NULL AND attempts = 0 AND delivered_at IS NULL AND next_attempt_at <= now()`
-	require.EqualValues(t, 2, testdb.Count(t, db, outboxTable, pendingAgain), "requeued rows are pending with attempts 0")
-	require.EqualValues(t, 4, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL AND attempts = 10"), "other failed rows untouched")
+		var res changeJSON
+		runJSON(t, url, cli.ExitOK, &res, "failed", "retry", id[1], id[0]+","+id[1])
+		require.Equal(t, changeJSON{Table: outboxTable, Requested: 2, Requeued: ptr(2), Unmatched: []int64{}}, res)
+		pendingAgain := `uuid IN ('f-1', 'f-2') AND failed_at IS NULL AND attempts = 0 AND delivered_at IS NULL AND next_attempt_at <= ` + nowSQL(db)
+		require.EqualValues(t, 2, testdb.Count(t, db, outboxTable, pendingAgain), "requeued rows are pending with attempts 0")
+		require.EqualValues(t, 4, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL AND attempts = 10"), "other failed rows untouched")
 
-	// A pending row's ID and a missing ID: the parked one is requeued, the
-	// others are named, and the exit code says so.
-	r := run(t, nil, "failed", "retry", "--database-url", url, id[2]+","+id[3], "999999")
-	require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
-	require.Equal(t, "requeued 1 failed events in txoutbox_outbox\n", r.stdout)
-	require.Equal(t, "txoutbox: 2 of 3 IDs matched no failed event (wrong ID, or already retried, discarded or delivered): "+
-		id[3]+", 999999; requeued the other 1\n", r.stderr)
-	require.EqualValues(t, 3, testdb.Count(t, db, outboxTable, "uuid LIKE 'f-%' AND failed_at IS NULL"))
+		// A pending row's ID and a missing ID: the parked one is requeued, the
+		// others are named, and the exit code says so.
+		r := run(t, nil, "failed", "retry", "--database-url", url, id[2]+","+id[3], "999999")
+		require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
+		require.Equal(t, "requeued 1 failed events in txoutbox_outbox\n", r.stdout)
+		require.Equal(t, "txoutbox: 2 of 3 IDs matched no failed event (wrong ID, or already retried, discarded or delivered): "+
+			id[3]+", 999999; requeued the other 1\n", r.stderr)
+		require.EqualValues(t, 3, testdb.Count(t, db, outboxTable, "uuid LIKE 'f-%' AND failed_at IS NULL"))
 
-	// Nothing matches: nothing changes, exit code 3, JSON names them all.
-	res = changeJSON{}
-	stderr := runJSON(t, url, cli.ExitNotFound, &res, "failed", "retry", id[0], id[3])
-	require.Equal(t, changeJSON{Table: outboxTable, Requested: 2, Requeued: ptr(0), Unmatched: []int64{mustInt(t, id[0]), mustInt(t, id[3])}}, res)
-	require.Contains(t, stderr, "txoutbox: IDs "+id[0]+", "+id[3]+" matched no failed event")
-	require.Contains(t, stderr, "nothing was requeued")
+		// Nothing matches: nothing changes, exit code 3, JSON names them all.
+		res = changeJSON{}
+		stderr := runJSON(t, url, cli.ExitNotFound, &res, "failed", "retry", id[0], id[3])
+		require.Equal(t, changeJSON{Table: outboxTable, Requested: 2, Requeued: ptr(0), Unmatched: []int64{mustInt(t, id[0]), mustInt(t, id[3])}}, res)
+		require.Contains(t, stderr, "txoutbox: IDs "+id[0]+", "+id[3]+" matched no failed event")
+		require.Contains(t, stderr, "nothing was requeued")
 
-	// --topic: that topic's parked rows only.
-	res = changeJSON{}
-	runJSON(t, url, cli.ExitOK, &res, "failed", "retry", "--topic", "mail")
-	require.Equal(t, changeJSON{Table: outboxTable, Topic: "mail", Requeued: ptr(2), Unmatched: []int64{}}, res)
-	require.Zero(t, testdb.Count(t, db, outboxTable, "topic = 'mail' AND failed_at IS NOT NULL"))
-	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'f-4' AND failed_at IS NOT NULL"))
-	require.Equal(t, "requeued 0 failed events of topic nope in txoutbox_outbox\n", ok(t, url, "failed", "retry", "--topic", "nope"),
-		"a topic without failed events is not an error")
+		// --topic: that topic's parked rows only.
+		res = changeJSON{}
+		runJSON(t, url, cli.ExitOK, &res, "failed", "retry", "--topic", "mail")
+		require.Equal(t, changeJSON{Table: outboxTable, Topic: "mail", Requeued: ptr(2), Unmatched: []int64{}}, res)
+		require.Zero(t, testdb.Count(t, db, outboxTable, "topic = 'mail' AND failed_at IS NOT NULL"))
+		require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'f-4' AND failed_at IS NOT NULL"))
+		require.Equal(t, "requeued 0 failed events of topic nope in txoutbox_outbox\n", ok(t, url, "failed", "retry", "--topic", "nope"),
+			"a topic without failed events is not an error")
 
-	out := ok(t, url, "failed", "retry", "--all")
-	require.Equal(t, "requeued 1 failed events in txoutbox_outbox\n", out)
-	require.Zero(t, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL OR attempts <> 0"))
-	require.EqualValues(t, 7, testdb.Count(t, db, outboxTable, ""))
-	res = changeJSON{}
-	runJSON(t, url, cli.ExitOK, &res, "failed", "retry", "--all")
-	require.Equal(t, changeJSON{Table: outboxTable, All: true, Requeued: ptr(0), Unmatched: []int64{}}, res)
+		out := ok(t, url, "failed", "retry", "--all")
+		require.Equal(t, "requeued 1 failed events in txoutbox_outbox\n", out)
+		require.Zero(t, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL OR attempts <> 0"))
+		require.EqualValues(t, 7, testdb.Count(t, db, outboxTable, ""))
+		res = changeJSON{}
+		runJSON(t, url, cli.ExitOK, &res, "failed", "retry", "--all")
+		require.Equal(t, changeJSON{Table: outboxTable, All: true, Requeued: ptr(0), Unmatched: []int64{}}, res)
+	})
 }
 
 // The JSON of failed retry and failed discard has the same keys with IDs,
 // --all and --topic, also when IDs do not match.
 func TestFailedChangeJSONShape(t *testing.T) {
 	t.Parallel()
-	db, url := pgDB(t)
-	ok(t, url, "migrate")
-	seed(t, db, row{"f", "orders", "parked", 3, time.Hour})
-	id := ids(t, db, "f-1")
-	for _, verb := range []string{"retry", "discard"} {
-		key := map[string]string{"retry": "requeued", "discard": "discarded"}[verb]
-		want := []string{"all", key, "requested", "table", "topic", "unmatched"}
-		slices.Sort(want)
-		for _, args := range [][]string{{id[0]}, {"999999"}, {"--all"}, {"--topic", "orders"}} {
-			r := run(t, nil, append([]string{"--database-url", url, "--json", "failed", verb}, args...)...)
-			require.Contains(t, []int{cli.ExitOK, cli.ExitNotFound}, r.code, r.stderr)
-			require.Equal(t, want, keys(t, r.stdout), "failed %s %v", verb, args)
+	eachServer(t, func(t *testing.T, db *gorm.DB, url string) {
+		ok(t, url, "migrate", "outbox")
+		seed(t, db, row{"f", "orders", "parked", 3, time.Hour})
+		id := ids(t, db, "f-1")
+		for _, verb := range []string{"retry", "discard"} {
+			key := map[string]string{"retry": "requeued", "discard": "discarded"}[verb]
+			want := []string{"all", key, "requested", "table", "topic", "unmatched"}
+			slices.Sort(want)
+			for _, args := range [][]string{{id[0]}, {"999999"}, {"--all"}, {"--topic", "orders"}} {
+				r := run(t, nil, append([]string{"--database-url", url, "--json", "failed", verb}, args...)...)
+				require.Contains(t, []int{cli.ExitOK, cli.ExitNotFound}, r.code, r.stderr)
+				require.Equal(t, want, keys(t, r.stdout), "failed %s %v", verb, args)
+			}
 		}
-	}
+	})
 }
 
 func TestFailedDiscard(t *testing.T) {
 	t.Parallel()
-	db, url := pgDB(t)
-	ok(t, url, "migrate")
-	seed(t, db, row{"f", "orders", "parked", 3, time.Hour}, row{"p", "orders", "pending", 1, time.Hour},
-		row{"m", "mail", "parked", 2, time.Hour}, row{"i", "invoices", "parked", 2, time.Hour})
-	id := ids(t, db, "f-1", "f-2", "f-3", "p-1")
+	eachServer(t, func(t *testing.T, db *gorm.DB, url string) {
+		ok(t, url, "migrate", "outbox")
+		seed(t, db, row{"f", "orders", "parked", 3, time.Hour}, row{"p", "orders", "pending", 1, time.Hour},
+			row{"m", "mail", "parked", 2, time.Hour}, row{"i", "invoices", "parked", 2, time.Hour})
+		id := ids(t, db, "f-1", "f-2", "f-3", "p-1")
 
-	var res changeJSON
-	stderr := runJSON(t, url, cli.ExitNotFound, &res, "failed", "discard", id[0], id[2], id[3])
-	require.Equal(t, changeJSON{Table: outboxTable, Requested: 3, Discarded: ptr(2), Unmatched: []int64{mustInt(t, id[3])}}, res)
-	require.Equal(t, "txoutbox: 1 of 3 IDs matched no failed event (wrong ID, or already retried, discarded or delivered): "+id[3]+"; discarded the other 2\n", stderr)
-	require.Zero(t, testdb.Count(t, db, outboxTable, "uuid IN ('f-1', 'f-3')"), "discarded rows are gone")
-	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'f-2' AND failed_at IS NOT NULL"))
-	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'p-1'"), "a pending row is never discarded")
+		var res changeJSON
+		stderr := runJSON(t, url, cli.ExitNotFound, &res, "failed", "discard", id[0], id[2], id[3])
+		require.Equal(t, changeJSON{Table: outboxTable, Requested: 3, Discarded: ptr(2), Unmatched: []int64{mustInt(t, id[3])}}, res)
+		require.Equal(t, "txoutbox: 1 of 3 IDs matched no failed event (wrong ID, or already retried, discarded or delivered): "+id[3]+"; discarded the other 2\n", stderr)
+		require.Zero(t, testdb.Count(t, db, outboxTable, "uuid IN ('f-1', 'f-3')"), "discarded rows are gone")
+		require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'f-2' AND failed_at IS NOT NULL"))
+		require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'p-1'"), "a pending row is never discarded")
 
-	// An ID discarded already: exit code 3, nothing changed.
-	r := run(t, nil, "--database-url", url, "failed", "discard", id[0])
-	require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
-	require.Equal(t, "discarded 0 failed events from txoutbox_outbox\n", r.stdout)
-	require.Contains(t, r.stderr, "ID "+id[0]+" matched no failed event")
-	require.EqualValues(t, 6, testdb.Count(t, db, outboxTable, ""))
+		// An ID discarded already: exit code 3, nothing changed.
+		r := run(t, nil, "--database-url", url, "failed", "discard", id[0])
+		require.Equal(t, cli.ExitNotFound, r.code, r.stderr)
+		require.Equal(t, "discarded 0 failed events from txoutbox_outbox\n", r.stdout)
+		require.Contains(t, r.stderr, "ID "+id[0]+" matched no failed event")
+		require.EqualValues(t, 6, testdb.Count(t, db, outboxTable, ""))
 
-	// --topic deletes that topic's parked rows only.
-	require.Equal(t, "discarded 2 failed events of topic mail from txoutbox_outbox\n", ok(t, url, "failed", "discard", "--topic", "mail"))
-	require.Zero(t, testdb.Count(t, db, outboxTable, "topic = 'mail'"))
-	require.EqualValues(t, 3, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL"))
+		// --topic deletes that topic's parked rows only.
+		require.Equal(t, "discarded 2 failed events of topic mail from txoutbox_outbox\n", ok(t, url, "failed", "discard", "--topic", "mail"))
+		require.Zero(t, testdb.Count(t, db, outboxTable, "topic = 'mail'"))
+		require.EqualValues(t, 3, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL"))
 
-	// --all deletes every parked row and no pending one.
-	res = changeJSON{}
-	runJSON(t, url, cli.ExitOK, &res, "failed", "discard", "--all")
-	require.Equal(t, changeJSON{Table: outboxTable, All: true, Discarded: ptr(3), Unmatched: []int64{}}, res)
-	require.Zero(t, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL"))
-	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, ""))
-	require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'p-1'"))
+		// --all deletes every parked row and no pending one.
+		res = changeJSON{}
+		runJSON(t, url, cli.ExitOK, &res, "failed", "discard", "--all")
+		require.Equal(t, changeJSON{Table: outboxTable, All: true, Discarded: ptr(3), Unmatched: []int64{}}, res)
+		require.Zero(t, testdb.Count(t, db, outboxTable, "failed_at IS NOT NULL"))
+		require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, ""))
+		require.EqualValues(t, 1, testdb.Count(t, db, outboxTable, "uuid = 'p-1'"))
+	})
 }
 
 // failed show prints one parked row whole; an ID that is not one exits
@@ -519,19 +631,11 @@ func TestFailedShow(t *testing.T) {
 // TestPurgeDryRun counts what purge would delete and deletes nothing.
 func TestPurgeDryRun(t *testing.T) {
 	t.Parallel()
-	for _, d := range testdb.Dialects {
+	for _, d := range append(slices.Clone(servers), testdb.SQLite) {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
-			var (
-				db  *gorm.DB
-				url string
-			)
-			if d == testdb.Postgres {
-				db, url = pgDB(t)
-				ok(t, url, "migrate")
-			} else {
-				db, url = sqliteDB(t)
-			}
+			db, url := openDB(t, d)
+			ok(t, url, "migrate")
 			seed(t, db,
 				row{"old", "orders", "delivered", 5, 48 * time.Hour},
 				row{"young", "orders", "delivered", 2, time.Hour},
@@ -747,7 +851,9 @@ func TestUsageErrors(t *testing.T) {
 
 	urls := []struct{ url, want string }{
 		{"", "no database: set --database-url or DATABASE_URL"},
-		{"mysql://root@db/app", `unsupported scheme "mysql"`},
+		{"mssql://root@db/app", `unsupported scheme "mssql" (use postgres://, mysql://`},
+		{"mysql://root:secret@db", "no database (use mysql://user@host:3306/db)"},
+		{"mysql://root:secret@db/app?parseTime=false", "parseTime is always true"},
 		{"postgres:///nohost", "no host"},
 		{"postgres://user:secret@db:5432/%zz", `invalid database URL "postgres://xxxxx@db:5432/%zz"`},
 		{"sqlite://", "no file (use sqlite:///path/file.db, or the path alone)"},
@@ -825,5 +931,12 @@ func TestConnectTimeout(t *testing.T) {
 	r := run(t, nil, "status", "--connect-timeout", "1s", "--database-url", "postgres://postgres@"+addr+"/x?sslmode=disable")
 	require.Equal(t, cli.ExitFailure, r.code, r.stderr)
 	require.Contains(t, r.stderr, "cannot reach database")
+	require.Less(t, time.Since(start), 8*time.Second, "the connect timeout bounds the wait")
+
+	// A MySQL server that accepts the connection and never greets.
+	start = time.Now()
+	r = run(t, nil, "status", "--connect-timeout", "1s", "--database-url", "mysql://root@"+addr+"/x")
+	require.Equal(t, cli.ExitFailure, r.code, r.stderr)
+	require.Contains(t, r.stderr, "cannot reach database mysql://root@"+addr+"/x")
 	require.Less(t, time.Since(start), 8*time.Second, "the connect timeout bounds the wait")
 }

@@ -3,12 +3,14 @@ package cli
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/spf13/cobra"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/handlers/inbox"
@@ -48,13 +50,19 @@ func (o *options) withStore(ctx context.Context, f func(s *gormstore.Store) erro
 	})
 }
 
-// hintMissingTable adds what to do to a missing-table error.
+// mysqlNoSuchTable is MySQL's ER_NO_SUCH_TABLE.
+const mysqlNoSuchTable = 1146
+
+// hintMissingTable adds what to do to a missing-table error: PostgreSQL's
+// "does not exist", SQLite's "no such table", MySQL's error 1146.
 func hintMissingTable(err error) error {
 	if err == nil {
 		return nil
 	}
 	msg := err.Error()
-	if strings.Contains(msg, "does not exist") || strings.Contains(msg, "no such table") {
+	var myErr *mysql.MySQLError
+	if strings.Contains(msg, "does not exist") || strings.Contains(msg, "no such table") ||
+		(errors.As(err, &myErr) && myErr.Number == mysqlNoSuchTable) || strings.Contains(msg, "Error 1146 (42S02)") {
 		return fmt.Errorf("%w (wrong --table or --database-url, or run txoutbox migrate first)", err)
 	}
 	return err
@@ -66,7 +74,8 @@ func migrateCmd(o *options, run runWrapper) *cobra.Command {
 		Short: "Create or upgrade the outbox and inbox tables (both by default)",
 		Long: `Create or upgrade the outbox table (--table) and the inbox table (--inbox-table),
 or only the ones named. Idempotent, and safe while the application runs: on
-PostgreSQL each table's migration holds an advisory lock.`,
+PostgreSQL each table's migration holds an advisory lock, on MySQL and MariaDB
+a named lock (GET_LOCK).`,
 		Example: `  txoutbox migrate --database-url postgres://app@db:5432/app
   txoutbox migrate outbox --database-url ./app.db`,
 		ValidArgs: []string{"outbox", "inbox"},

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net/url"
 	"os"
@@ -9,7 +10,9 @@ import (
 	"time"
 
 	"github.com/glebarez/sqlite"
+	"github.com/go-sql-driver/mysql"
 	"github.com/txoutbox/txoutbox/internal/dburl"
+	gormmysql "gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -17,8 +20,8 @@ import (
 
 // dbTarget is a parsed --database-url.
 type dbTarget struct {
-	// postgres is true for PostgreSQL, false for SQLite.
-	postgres bool
+	// kind is the database.
+	kind dburl.Kind
 	// dsn is what the driver opens.
 	dsn string
 	// path is the SQLite file.
@@ -28,18 +31,22 @@ type dbTarget struct {
 }
 
 // parseDatabaseURL accepts what dburl.Parse accepts: postgres:// and
-// postgresql:// URLs, and SQLite as a file path, file:path[?params] or
-// sqlite://path (sqlite:///abs/path).
+// postgresql:// URLs, mysql:// and mariadb:// URLs, and SQLite as a file
+// path, file:path[?params] or sqlite://path (sqlite:///abs/path). A server
+// URL without a connect timeout of its own gets timeout.
 func parseDatabaseURL(raw string, timeout time.Duration) (dbTarget, error) {
 	if strings.TrimSpace(raw) == "" {
-		return dbTarget{}, usagef("no database: set --database-url or %s (postgres://user@host:5432/db, or a SQLite file path)", EnvDatabaseURL)
+		return dbTarget{}, usagef("no database: set --database-url or %s (postgres://user@host:5432/db, mysql://user@host:3306/db, or a SQLite file path)", EnvDatabaseURL)
 	}
 	t, err := dburl.Parse(raw)
 	if err != nil {
 		return dbTarget{}, usagef("%v", err)
 	}
-	if !t.Postgres {
+	switch t.Kind {
+	case dburl.SQLite:
 		return sqliteTarget(t.Path, t.Params), nil
+	case dburl.MySQL:
+		return mysqlTarget(t, timeout)
 	}
 	u, err := url.Parse(t.URL)
 	if err != nil { // dburl.Parse parsed it
@@ -52,7 +59,25 @@ func parseDatabaseURL(raw string, timeout time.Duration) (dbTarget, error) {
 	}
 	display := *u
 	display.RawQuery = ""
-	return dbTarget{postgres: true, dsn: u.String(), display: display.Redacted()}, nil
+	return dbTarget{kind: dburl.Postgres, dsn: u.String(), display: display.Redacted()}, nil
+}
+
+// mysqlTarget returns a MySQL/MariaDB database whose DSN has a dial
+// timeout (go-sql-driver's timeout) of timeout unless the URL sets one.
+func mysqlTarget(t dburl.Target, timeout time.Duration) (dbTarget, error) {
+	cfg, err := mysql.ParseDSN(t.DSN)
+	if err != nil { // dburl.Parse formatted it
+		return dbTarget{}, usagef("%v", err)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = max(time.Second, timeout.Round(time.Second))
+	}
+	display := "mysql " + dburl.Redact(t.URL)
+	if u, err := url.Parse(t.URL); err == nil {
+		u.RawQuery = ""
+		display = u.Redacted()
+	}
+	return dbTarget{kind: dburl.MySQL, dsn: cfg.FormatDSN(), display: display}, nil
 }
 
 // sqliteTarget returns a SQLite file with a busy timeout added, so the CLI
@@ -66,26 +91,39 @@ func sqliteTarget(path, params string) dbTarget {
 		}
 		q += "_pragma=busy_timeout(10000)"
 	}
-	return dbTarget{dsn: "file:" + path + "?" + q, path: path, display: "sqlite file " + path}
+	return dbTarget{kind: dburl.SQLite, dsn: "file:" + path + "?" + q, path: path, display: "sqlite file " + path}
 }
 
 // open opens the database and checks that it answers within timeout. A
 // SQLite file must exist unless create is set (migrate).
 func (t dbTarget) open(ctx context.Context, timeout time.Duration, create bool) (*gorm.DB, error) {
-	if !t.postgres && !create && !strings.HasPrefix(t.path, ":memory:") {
+	if t.kind == dburl.SQLite && !create && !strings.HasPrefix(t.path, ":memory:") {
 		if _, err := os.Stat(t.path); err != nil {
 			return nil, fmt.Errorf("cannot open %s: %w (run txoutbox migrate to create it)", t.display, err)
 		}
 	}
 	cfg := &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true}
-	var dialector gorm.Dialector
-	if t.postgres {
+	var (
+		dialector gorm.Dialector
+		pool      *sql.DB // MySQL's, opened here
+	)
+	switch t.kind {
+	case dburl.Postgres:
 		dialector = postgres.Open(t.dsn)
-	} else {
+	case dburl.MySQL:
+		var err error
+		if pool, err = dburl.OpenMySQL(ctx, t.dsn, timeout); err != nil {
+			return nil, connectError(t.display, err)
+		}
+		dialector = gormmysql.New(gormmysql.Config{DSN: t.dsn, Conn: pool})
+	default:
 		dialector = sqlite.Open(t.dsn)
 	}
 	db, err := gorm.Open(dialector, cfg)
 	if err != nil {
+		if pool != nil {
+			_ = pool.Close()
+		}
 		return nil, connectError(t.display, err)
 	}
 	sqlDB, err := db.DB()

@@ -1,7 +1,7 @@
 // Package cli is the txoutbox admin command line: [Main] parses the
-// arguments, opens the database (PostgreSQL or SQLite) and runs one of the
-// commands on the outbox table (gormstore.Store) and the inbox table
-// (inbox.Inbox):
+// arguments, opens the database (PostgreSQL, MySQL/MariaDB or SQLite) and
+// runs one of the commands on the outbox table (gormstore.Store) and the
+// inbox table (inbox.Inbox):
 //
 //	migrate [outbox|inbox]...                 create or upgrade the tables
 //	status                                    pending, failed, oldest pending age, per topic;

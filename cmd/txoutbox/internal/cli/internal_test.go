@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/internal/dburl"
 )
 
 func TestParseDuration(t *testing.T) {
@@ -51,7 +53,7 @@ func TestParseDatabaseURL(t *testing.T) {
 	t.Parallel()
 	pg, err := parseDatabaseURL("postgres://u:pw@db:5432/app?sslmode=disable", 3*time.Second)
 	require.NoError(t, err)
-	require.True(t, pg.postgres)
+	require.Equal(t, dburl.Postgres, pg.kind)
 	require.Equal(t, "postgres://u:pw@db:5432/app?connect_timeout=3&sslmode=disable", pg.dsn)
 	require.Equal(t, "postgres://u:xxxxx@db:5432/app", pg.display)
 
@@ -69,13 +71,31 @@ func TestParseDatabaseURL(t *testing.T) {
 	} {
 		tg, err := parseDatabaseURL(raw, time.Second)
 		require.NoError(t, err, raw)
-		require.False(t, tg.postgres, raw)
+		require.Equal(t, dburl.SQLite, tg.kind, raw)
 		require.Equal(t, path, tg.path, raw)
 		require.Contains(t, tg.dsn, "_pragma=busy_timeout(10000)", raw)
 	}
 	tg, err := parseDatabaseURL("file:app.db?_pragma=busy_timeout(1)", time.Second)
 	require.NoError(t, err)
 	require.Equal(t, "file:app.db?_pragma=busy_timeout(1)", tg.dsn)
+
+	my, err := parseDatabaseURL("mysql://app:secret@db/orders?sql_mode=%27ANSI%27", 3*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, dburl.MySQL, my.kind)
+	require.Equal(t, "mysql://app:xxxxx@db/orders", my.display)
+	cfg, err := mysql.ParseDSN(my.dsn)
+	require.NoError(t, err)
+	require.Equal(t, "db:3306", cfg.Addr)
+	require.Equal(t, 3*time.Second, cfg.Timeout, "the connect timeout is the dial timeout")
+	require.True(t, cfg.ParseTime)
+	require.True(t, cfg.InterpolateParams)
+	require.Equal(t, map[string]string{"sql_mode": "'ANSI'"}, cfg.Params)
+
+	my, err = parseDatabaseURL("mariadb://app@db/orders?timeout=9s", time.Second)
+	require.NoError(t, err)
+	cfg, err = mysql.ParseDSN(my.dsn)
+	require.NoError(t, err)
+	require.Equal(t, 9*time.Second, cfg.Timeout, "a timeout given is kept")
 }
 
 func TestVersionOf(t *testing.T) {
