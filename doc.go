@@ -11,9 +11,9 @@
 //     (optionally compressed), and the Forwarder that relays committed
 //     rows to a publisher in per-key order, parking poison rows;
 //     outbox/outboxtest: the conformance suites every backend runs.
-//   - gormstore: the outbox table on PostgreSQL and SQLite (Store,
-//     Migrate), its admin (ListFailed, Requeue, Discard, Stats), and the
-//     table as a Watermill Pub/Sub.
+//   - gormstore: the outbox table on PostgreSQL, MySQL/MariaDB and SQLite
+//     (Store, Migrate), its admin (ListFailed, Requeue, Discard, Stats),
+//     and the table as a Watermill Pub/Sub.
 //   - brokers: Open a broker from a URL (RabbitMQ, NATS JetStream, Redis
 //     Streams, Kafka, in-process GoChannel), with brokers/amqp,
 //     brokers/natsjs, brokers/redisstream and brokers/kafka underneath.

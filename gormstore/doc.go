@@ -1,6 +1,9 @@
 // Package gormstore is the GORM backend of the outbox: the native outbox
-// table on PostgreSQL (gorm.io/driver/postgres) and SQLite
-// (github.com/glebarez/sqlite, pure Go).
+// table on PostgreSQL (gorm.io/driver/postgres), MySQL 8.0+ and MariaDB
+// 10.6+ (gorm.io/driver/mysql; the DSN needs parseTime=true, and
+// interpolateParams=true saves a round trip per statement) and SQLite
+// (github.com/glebarez/sqlite, pure Go). New picks the database's driver
+// from the GORM dialector.
 //
 // # The command's transaction
 //
@@ -21,7 +24,8 @@
 // # The outbox table
 //
 // [Store] implements outbox.Store. Its table (default "txoutbox_outbox",
-// configurable and optionally schema-qualified on PostgreSQL) is created or
+// configurable and optionally schema-qualified on PostgreSQL, or
+// database-qualified on MySQL) is created or
 // upgraded by [Store.Migrate] or [Migrate]; the same DDL ships as plain SQL
 // files under migrations/ (golang-migrate layout) for teams that run their
 // own migration tool.

@@ -306,7 +306,7 @@ func (c *mysqlClaim) take(ctx context.Context, p outbox.ClaimParams, prefix stri
 	exclude := ""
 	args := slices.Clone(topicArgs)
 	if len(p.ExcludeKeys) > 0 {
-		exclude = "\n\t  AND partition_key NOT IN (" + marks(len(p.ExcludeKeys)) + ")"
+		exclude = "\n\t  AND o.partition_key NOT IN (" + marks(len(p.ExcludeKeys)) + ")"
 		for _, k := range p.ExcludeKeys {
 			args = append(args, k)
 		}

@@ -26,35 +26,38 @@ created_at and next_attempt_at default to UTC_TIMESTAMP(6). */}}
 	failed_at = CASE WHEN ? THEN UTC_TIMESTAMP(6) END
 WHERE id = ?{{end}}
 
-{{/* A due row: pending, past its retry time, and of a key that does not
-wait (blocked_idx holds only the rows that may stop their key). */}}
-{{define "due"}}delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= UTC_TIMESTAMP(6)
-	  AND partition_key NOT IN (
-		SELECT blocked_key FROM {{.T}} WHERE blocked_key IS NOT NULL
-		  AND (failed_at IS NOT NULL OR next_attempt_at > UTC_TIMESTAMP(6))){{if .Topics}}
-	  AND topic IN ({topics}){{end}}{{end}}
+{{/* A due row o: pending, past its retry time, and of a key that does not
+wait (blocked_idx holds only the rows that may stop their key). NOT
+EXISTS, not NOT IN: blocked_key is NULL on most rows, and NOT IN's NULL
+rule made MariaDB read the index's NULLs for every row (a second per
+claim on a 50,000-row backlog). */}}
+{{define "due"}}o.delivered_at IS NULL AND o.failed_at IS NULL AND o.next_attempt_at <= UTC_TIMESTAMP(6)
+	  AND NOT EXISTS (
+		SELECT 1 FROM {{.T}} AS b WHERE b.blocked_key = o.partition_key
+		  AND (b.failed_at IS NOT NULL OR b.next_attempt_at > UTC_TIMESTAMP(6))){{if .Topics}}
+	  AND o.topic IN ({topics}){{end}}{{end}}
 
 {{/* The oldest due rows, from pending_idx (topic_idx for one topic). */}}
-{{define "window"}}SELECT id, partition_key FROM {{.T}}
+{{define "window"}}SELECT o.id, o.partition_key FROM {{.T}} AS o
 WHERE {{template "due" .}}{exclude}
-ORDER BY id LIMIT {window}{{end}}
+ORDER BY o.id LIMIT {window}{{end}}
 
 {{/* A claim's rows, read after its locks were granted: those of its
 window's rows (by primary key) that are of the keys and unordered rows it
 holds and are still due, oldest first. A key's window rows are its oldest
 due rows; one whose previous holder failed a row is blocked now, and left
 out whole. */}}
-{{define "take"}}SELECT {{.Cols}} FROM {{.T}}
-WHERE id IN ({ids})
+{{define "take"}}SELECT {{.Cols}} FROM {{.T}} AS o
+WHERE o.id IN ({ids})
 	  AND {{template "due" .}}
-ORDER BY id LIMIT {limit}{{end}}
+ORDER BY o.id LIMIT {limit}{{end}}
 
 {{/* Whether a claim would find a row: one of the oldest due rows whose
 lock (see mysqlDriver.lockName; the parameter is the prefix) no session
 holds. */}}
 {{define "has_due"}}SELECT EXISTS (SELECT 1 FROM (
-	SELECT id, partition_key FROM {{.T}} WHERE {{template "due" .}}
-	ORDER BY id LIMIT {{.Window}}
+	SELECT o.id, o.partition_key FROM {{.T}} AS o WHERE {{template "due" .}}
+	ORDER BY o.id LIMIT {{.Window}}
 ) w WHERE IS_FREE_LOCK(CONCAT(?, CASE WHEN partition_key = '' THEN CONCAT('#', id) ELSE SHA1(partition_key) END)) = 1){{end}}
 
 {{define "stats"}}SELECT topic,

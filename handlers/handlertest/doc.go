@@ -12,9 +12,10 @@
 // (through outbox.Tx) are visible to the test through [Kit.Tx], a failing
 // handler's writes are rolled back to its savepoint, and the events are
 // encoded and written to the outbox table through the Store, whose input the
-// kit records. PostgreSQL and SQLite are supported; on SQLite the test's
-// transaction holds the write lock for the whole test, so use one kit per
-// test and give each parallel test its own database file.
+// kit records. PostgreSQL, MySQL/MariaDB and SQLite are supported; on
+// SQLite the test's transaction holds the write lock for the whole test,
+// so use one kit per test and give each parallel test its own database
+// file.
 //
 // Without a database, the handler runs with an outbox collector in its
 // context and its events are encoded by the same [outbox.Encoder]: an event

@@ -1,7 +1,7 @@
 -- window: mysql, default table
-SELECT id, partition_key FROM `txoutbox_outbox`
-WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= UTC_TIMESTAMP(6)
-	  AND partition_key NOT IN (
-		SELECT blocked_key FROM `txoutbox_outbox` WHERE blocked_key IS NOT NULL
-		  AND (failed_at IS NOT NULL OR next_attempt_at > UTC_TIMESTAMP(6))){exclude}
-ORDER BY id LIMIT {window}
+SELECT o.id, o.partition_key FROM `txoutbox_outbox` AS o
+WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.next_attempt_at <= UTC_TIMESTAMP(6)
+	  AND NOT EXISTS (
+		SELECT 1 FROM `txoutbox_outbox` AS b WHERE b.blocked_key = o.partition_key
+		  AND (b.failed_at IS NOT NULL OR b.next_attempt_at > UTC_TIMESTAMP(6))){exclude}
+ORDER BY o.id LIMIT {window}
