@@ -144,6 +144,9 @@ func (d *mysqlDriver) insert(ctx context.Context, conn gorm.ConnPool, records []
 		if r.Message == nil {
 			return "", nil, 0, fmt.Errorf("gormstore: record %d has no message", i)
 		}
+		if err := mysqlColumnsFit(i, r); err != nil {
+			return "", nil, 0, err
+		}
 		payload := []byte(r.Message.Payload)
 		if payload == nil {
 			payload = []byte{}
@@ -167,6 +170,33 @@ func (d *mysqlDriver) insert(ctx context.Context, conn gorm.ConnPool, records []
 		n++
 	}
 	return b.String(), args, n, nil
+}
+
+// The widths of the MySQL table's text columns, in bytes
+// (migrations/mysql).
+const (
+	mysqlMaxUUID  = 255
+	mysqlMaxTopic = 1024
+	mysqlMaxKey   = 1024
+)
+
+// mysqlColumnsFit refuses a record whose UUID, topic or partition key is
+// wider than its column, naming the limit, before anything is written.
+func mysqlColumnsFit(i int, r outbox.Record) error {
+	for _, c := range []struct {
+		name  string
+		value string
+		max   int
+	}{
+		{"message UUID", r.Message.UUID, mysqlMaxUUID},
+		{"topic", r.Topic, mysqlMaxTopic},
+		{"partition key", r.PartitionKey, mysqlMaxKey},
+	} {
+		if len(c.value) > c.max {
+			return fmt.Errorf("%w: record %d (message %.64s): its %s is %d bytes, the MySQL table holds at most %d", ErrValueTooLong, i, r.Message.UUID, c.name, len(c.value), c.max)
+		}
+	}
+	return nil
 }
 
 // expand writes the lists and limits of a call into a statement: each

@@ -52,6 +52,23 @@ func TestMySQLSaveWithinMaxAllowedPacket(t *testing.T) {
 	require.Equal(t, int64(8), testdb.Count(t, db, gormstore.DefaultTable, ""))
 }
 
+// A UUID, topic or key wider than the MySQL table's column is refused
+// with the limit, and nothing of the command is saved.
+func TestMySQLSaveRefusesTooLongValues(t *testing.T) {
+	t.Parallel()
+	s, db := migrated(t, testdb.MySQL, gormstore.Config{})
+	ctx := context.Background()
+	long := record("t", strings.Repeat("k", 1025), "x")
+	err := db.Transaction(func(tx *gorm.DB) error {
+		return s.Save(ctx, tx, []outbox.Record{record("t", "k", "ok"), long})
+	})
+	require.ErrorIs(t, err, gormstore.ErrValueTooLong)
+	require.ErrorContains(t, err, "partition key is 1025 bytes, the MySQL table holds at most 1024")
+	fits := record(strings.Repeat("t", 1024), strings.Repeat("k", 1024), "x")
+	require.NoError(t, db.Transaction(func(tx *gorm.DB) error { return s.Save(ctx, tx, []outbox.Record{fits}) }))
+	require.Equal(t, int64(1), testdb.Count(t, db, gormstore.DefaultTable, ""))
+}
+
 // The store reads DATETIME columns as times: a DSN without parseTime is
 // refused at New with what to add.
 func TestMySQLNeedsParseTime(t *testing.T) {

@@ -18,6 +18,10 @@ const DefaultTable = "txoutbox_outbox"
 var (
 	// ErrInvalidConfig wraps every Config problem.
 	ErrInvalidConfig = errors.New("gormstore: invalid config")
+	// ErrValueTooLong is returned by Save for a record whose message UUID,
+	// topic or partition key is wider than its column (MySQL: 255, 1,024
+	// and 1,024 bytes); nothing is saved.
+	ErrValueTooLong = errors.New("gormstore: value too long for its column")
 	// ErrUnsupportedDialect is returned for a GORM dialect other than
 	// postgres, sqlite or mysql.
 	ErrUnsupportedDialect = errors.New("gormstore: unsupported database (use gorm.io/driver/postgres, github.com/glebarez/sqlite or gorm.io/driver/mysql)")
