@@ -35,10 +35,11 @@ CREATE TABLE IF NOT EXISTS `txoutbox_outbox` (
                                       AND (attempts > 0 OR failed_at IS NOT NULL) THEN partition_key END) STORED,
     PRIMARY KEY (id),
     UNIQUE KEY `txoutbox_outbox_uuid_key` (live_uuid),
-    -- Claims: the pending rows in ID order; retention: delivered rows by
+    -- Claims: the pending rows in ID order, with what a claim's window
+    -- reads of them (no row lookup); retention: delivered rows by
     -- delivery time.
-    KEY `txoutbox_outbox_pending_idx` (delivered_at, failed_at, id),
+    KEY `txoutbox_outbox_pending_idx` (delivered_at, failed_at, id, next_attempt_at, partition_key),
     KEY `txoutbox_outbox_blocked_idx` (blocked_key),
     -- Claims of some topics.
-    KEY `txoutbox_outbox_topic_idx` (delivered_at, failed_at, topic, id)
+    KEY `txoutbox_outbox_topic_idx` (delivered_at, failed_at, topic, id, next_attempt_at, partition_key)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
