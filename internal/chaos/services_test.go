@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 )
@@ -163,4 +164,69 @@ func ensureRabbitMQ(t *testing.T, addr string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Errorf("RabbitMQ port %s closed 30s after start_app", addr)
+}
+
+// mariadbInit is the init script that starts and stops the local MariaDB.
+const mariadbInit = "/etc/init.d/mariadb"
+
+// mariadbDSN returns the go-sql-driver DSN of the MariaDB server at
+// TEST_MYSQL_URL, with no database and a 2 s connect timeout, and fails
+// unless that server is this machine: TestMariaDBRestart restarts it with
+// its init script.
+func mariadbDSN(t *testing.T) string {
+	t.Helper()
+	u, err := url.Parse(testdb.MySQLURL())
+	require.NoError(t, err)
+	switch u.Hostname() {
+	case "127.0.0.1", "localhost", "::1":
+	default:
+		t.Fatalf("TestMariaDBRestart restarts MariaDB with %s, so TEST_MYSQL_URL must point at this machine, not %q", mariadbInit, u.Hostname())
+	}
+	cfg, err := gomysql.ParseDSN(testdb.MySQLDSN(t, ""))
+	require.NoError(t, err)
+	cfg.Timeout = 2 * time.Second
+	return cfg.FormatDSN()
+}
+
+// mariadbUp reports whether the MariaDB server at dsn answers a ping.
+func mariadbUp(dsn string) bool {
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		return false
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return db.PingContext(ctx) == nil
+}
+
+// restartMariaDB restarts the local MariaDB and waits until it answers.
+func restartMariaDB(t *testing.T, dsn string) {
+	t.Helper()
+	out, err := run(2*time.Minute, mariadbInit, "restart")
+	require.NoError(t, err, "%s restart: %s", mariadbInit, out)
+	eventually(t, 60*time.Second, 100*time.Millisecond, func() (bool, string) {
+		return mariadbUp(dsn), "MariaDB not answering"
+	}, "MariaDB did not come back after restart")
+}
+
+// ensureMariaDB starts the local MariaDB if it does not answer. The test
+// that restarts it calls it from t.Cleanup, so a failing test never leaves
+// it down.
+func ensureMariaDB(t *testing.T, dsn string) {
+	if mariadbUp(dsn) {
+		return
+	}
+	out, err := run(2*time.Minute, mariadbInit, "start")
+	if err != nil {
+		t.Errorf("MariaDB is down and could not be started (%s start: %v: %s); start it by hand", mariadbInit, err, out)
+		return
+	}
+	for range 300 {
+		if mariadbUp(dsn) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("MariaDB does not answer 30s after start; check /var/log/mysql")
 }
