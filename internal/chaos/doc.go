@@ -22,8 +22,8 @@
 //     producers commit through the middleware. The forwarder reconnects
 //     without being restarted, every committed event is published, and its
 //     LISTEN connection comes back (a commit is relayed without a poll).
-//   - TestMariaDBRestart: the local MariaDB is restarted (/etc/init.d/mariadb
-//     restart) while a forwarder drains a backlog and producers commit
+//   - TestMariaDBRestart: the local MariaDB is restarted (SHUTDOWN, then
+//     started again) while a forwarder drains a backlog and producers commit
 //     through the middleware, with the same checks. MySQL has no LISTEN: a
 //     second forwarder that only polls must relay a commit made after the
 //     restart within its poll interval.
@@ -58,7 +58,9 @@
 // pg_ctlcluster; RabbitMQ at TEST_AMQP_URL (default
 // amqp://guest:guest@127.0.0.1:5672/), managed with rabbitmqctl; MariaDB
 // at TEST_MYSQL_URL (default mysql://root@127.0.0.1:3306/test; each test
-// creates a database of its own), managed with /etc/init.d/mariadb. Each
+// creates a database of its own), stopped with the SQL statement SHUTDOWN
+// and started with /etc/init.d/mariadb, or by running mariadbd where that
+// script cannot check the server (no /etc/mysql/debian.cnf). Each
 // test restores the service it disrupts, also when it fails. They take a
 // few minutes. TestSIGKILLForwarder and TestSIGKILLForwarderMariaDB run
 // their forwarder in a subprocess: the test binary started again with

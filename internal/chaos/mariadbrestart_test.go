@@ -31,7 +31,7 @@ const (
 	pollTable = "chaos_poll_outbox"
 )
 
-// TestMariaDBRestart restarts MariaDB while a forwarder drains a backlog
+// TestMariaDBRestart restarts MariaDB (restartMariaDB) while a forwarder drains a backlog
 // and producers commit through the middleware, retrying commands that
 // fail, as TestPostgresRestart does. Without restarting anything,
 // the forwarder must go on: every committed event (orders table =
