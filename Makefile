@@ -7,8 +7,8 @@
 #                    stress suite on the outbox table (TXOUTBOX_TEST_FULL=1,
 #                    about two more minutes)
 #   make test-chaos  only the chaos tests (internal/chaos, build tag chaos):
-#                    they restart PostgreSQL and stop RabbitMQ, so they run
-#                    after the other tests and alone
+#                    they restart PostgreSQL and MariaDB and stop RabbitMQ,
+#                    so they run after the other tests and alone
 #   make bench       ensure PostgreSQL, MariaDB and the brokers are up, then
 #                    run the benchmarks only
 #   make plots       redraw the plots of docs/benchmarks.md (docs/img/*.svg) from
@@ -27,10 +27,11 @@
 # MariaDB 10.6+ or MySQL 8.0+ at TEST_MYSQL_URL
 # (default mysql://root@127.0.0.1:3306/test; each test creates a database of
 # its own there). The chaos tests also use RabbitMQ at TEST_AMQP_URL
-# (default amqp://guest:guest@127.0.0.1:5672/), and PostgreSQL and RabbitMQ
-# must run on this machine for them. The example app's tests and make smoke
-# also use NATS JetStream at TEST_NATS_URL (default nats://127.0.0.1:4222) and
-# Redis at TEST_REDIS_URL (default redis://127.0.0.1:6379/0).
+# (default amqp://guest:guest@127.0.0.1:5672/), and PostgreSQL, MariaDB and
+# RabbitMQ must run on this machine for them. The example app's tests and
+# make smoke also use NATS JetStream at TEST_NATS_URL (default
+# nats://127.0.0.1:4222) and Redis at TEST_REDIS_URL
+# (default redis://127.0.0.1:6379/0).
 
 GO          ?= go
 PKGS        ?= ./...
@@ -53,7 +54,7 @@ services:
 	scripts/ensure-services.sh postgres mariadb
 
 services-chaos:
-	scripts/ensure-services.sh postgres rabbitmq
+	scripts/ensure-services.sh postgres rabbitmq mariadb
 
 # The broker packages' tests (brokers/...), the example app's tests and make
 # smoke use every broker that runs here as a service; Kafka runs in process

@@ -7,6 +7,10 @@
 //     SIGKILL in the middle of batches and restarted, several times. Every
 //     event is delivered at least once, duplicates stay within one batch per
 //     kill, and per partition key the first deliveries keep the commit order.
+//   - TestSIGKILLForwarderMariaDB: the same on MariaDB, where the killed
+//     process's claims hold user locks (GET_LOCK) that the server must
+//     release when its connections die. Its kills are timed to land between
+//     a batch's publish and its finish, so most make a redelivery.
 //   - TestSIGKILLConsumer: an inbox.Consumer in a subprocess drains a
 //     RabbitMQ queue and is killed with SIGKILL five times, once by itself
 //     right after a batch commit and four times by the test at random
@@ -18,6 +22,11 @@
 //     producers commit through the middleware. The forwarder reconnects
 //     without being restarted, every committed event is published, and its
 //     LISTEN connection comes back (a commit is relayed without a poll).
+//   - TestMariaDBRestart: the local MariaDB is restarted (SHUTDOWN, then
+//     started again) while a forwarder drains a backlog and producers commit
+//     through the middleware, with the same checks. MySQL has no LISTEN: a
+//     second forwarder that only polls must relay a commit made after the
+//     restart within its poll interval.
 //   - TestListenerReconnectsAfterRepeatedDrops: the forwarder's LISTEN
 //     connection is killed again and again (pg_terminate_backend); each time
 //     it must come back promptly, not after an ever longer backoff.
@@ -32,13 +41,14 @@
 //     watermill-amqp v3.0.2 has a data race in its reconnect code that -race
 //     reports at every outage (see broker_watermill_test.go).
 //
-// These tests restart PostgreSQL and stop RabbitMQ for everyone on the
-// machine, so they must never run next to other tests. Their files carry the
-// build tag "chaos": a plain `go test ./...` does not compile them, and
-// `make test` runs them after the other tests, alone and one at a time:
+// These tests restart PostgreSQL and MariaDB and stop RabbitMQ for everyone
+// on the machine, so they must never run next to other tests. Their files
+// carry the build tag "chaos": a plain `go test ./...` does not compile
+// them, and `make test` runs them after the other tests, alone and one at a
+// time:
 //
 //	make test-chaos
-//	# or, by hand, with the services up (scripts/ensure-services.sh postgres rabbitmq):
+//	# or, by hand, with the services up (scripts/ensure-services.sh postgres rabbitmq mariadb):
 //	go test -race -count=1 -tags chaos -p 1 ./internal/chaos/
 //	go test -count=1 -tags chaos -p 1 -run '^TestBrokerOutageWatermillAMQP$' ./internal/chaos/
 //
@@ -46,8 +56,14 @@
 // commands): PostgreSQL at TEST_DATABASE_URL (default
 // postgres://postgres@127.0.0.1:5432/test?sslmode=disable), managed with
 // pg_ctlcluster; RabbitMQ at TEST_AMQP_URL (default
-// amqp://guest:guest@127.0.0.1:5672/), managed with rabbitmqctl. Each test
-// restores the service it disrupts, also when it fails. They take about a
-// minute. TestSIGKILLForwarder runs its forwarder in a subprocess: the test
-// binary started again with TXOUTBOX_CHAOS_CHILD set (see TestMain).
+// amqp://guest:guest@127.0.0.1:5672/), managed with rabbitmqctl; MariaDB
+// at TEST_MYSQL_URL (default mysql://root@127.0.0.1:3306/test; each test
+// creates a database of its own), stopped with the SQL statement SHUTDOWN
+// and started with /etc/init.d/mariadb, or by running mariadbd where that
+// script cannot check the server (no /etc/mysql/debian.cnf). Each
+// test restores the service it disrupts, also when it fails. They take a
+// few minutes. TestSIGKILLForwarder and TestSIGKILLForwarderMariaDB run
+// their forwarder in a subprocess: the test binary started again with
+// TXOUTBOX_CHAOS_CHILD set (see TestMain), and TXOUTBOX_CHAOS_DIALECT=mysql
+// on MariaDB.
 package chaos

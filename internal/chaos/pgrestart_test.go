@@ -18,20 +18,28 @@ import (
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
-// placeOrder is the command of TestPostgresRestart. Its handler is
-// idempotent, so a producer can dispatch it again when it does not know
-// whether the first try committed: it saves the order and emits placed only
-// if the order is new.
+// placeOrder is the command of TestPostgresRestart and TestMariaDBRestart.
+// Its handler is idempotent, so a producer can dispatch it again when it
+// does not know whether the first try committed: it saves the order and
+// emits placed only if the order is new.
 type placeOrder struct{ placed }
 
-func registerPlaceOrder(t *testing.T, b *bus.Bus) {
+// The handler's INSERT of an order, which affects no row when the order
+// exists. On MySQL an update that changes nothing counts no row either (the
+// DSN does not set clientFoundRows).
+const (
+	insertOrderPostgres = `INSERT INTO orders (id) VALUES (?) ON CONFLICT DO NOTHING`
+	insertOrderMySQL    = `INSERT INTO orders (id) VALUES (?) ON DUPLICATE KEY UPDATE id = id`
+)
+
+func registerPlaceOrder(t *testing.T, b *bus.Bus, insertOrder string) {
 	t.Helper()
 	require.NoError(t, bus.Register(b, func(ctx context.Context, cmd placeOrder) error {
 		tx, err := outbox.Tx(ctx)
 		if err != nil {
 			return err
 		}
-		res := tx.Exec(`INSERT INTO orders (id) VALUES (?) ON CONFLICT DO NOTHING`, cmd.ID)
+		res := tx.Exec(insertOrder, cmd.ID)
 		if res.Error != nil {
 			return res.Error
 		}
@@ -91,7 +99,7 @@ func TestPostgresRestart(t *testing.T) {
 	})
 	require.NoError(t, err)
 	b := bus.New(tr.Middleware())
-	registerPlaceOrder(t, b)
+	registerPlaceOrder(t, b, insertOrderPostgres)
 
 	// The backlog: orders b-0 ... b-19999 with their events on 50 keys.
 	const perCommand = 1000

@@ -7,14 +7,17 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 )
@@ -163,4 +166,127 @@ func ensureRabbitMQ(t *testing.T, addr string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Errorf("RabbitMQ port %s closed 30s after start_app", addr)
+}
+
+// The local MariaDB server's init script, and the file it needs: without
+// /etc/mysql/debian.cnf its status check (mariadb-admin ping) always fails,
+// so its start waits 30 s and exits 1 with the server up, and its stop
+// falls back to signalling every mariadbd by name.
+const (
+	mariadbInit      = "/etc/init.d/mariadb"
+	mariadbInitCreds = "/etc/mysql/debian.cnf"
+	mariadbServer    = "/usr/sbin/mariadbd"
+)
+
+// mariadbDSN returns the go-sql-driver DSN of the MariaDB server at
+// TEST_MYSQL_URL, with no database and a 2 s connect timeout, and fails
+// unless that server is this machine: TestMariaDBRestart stops and starts
+// it.
+func mariadbDSN(t *testing.T) string {
+	t.Helper()
+	u, err := url.Parse(testdb.MySQLURL())
+	require.NoError(t, err)
+	switch u.Hostname() {
+	case "127.0.0.1", "localhost", "::1":
+	default:
+		t.Fatalf("TestMariaDBRestart stops and starts MariaDB on this machine, so TEST_MYSQL_URL must point at it, not %q", u.Hostname())
+	}
+	cfg, err := gomysql.ParseDSN(testdb.MySQLDSN(t, ""))
+	require.NoError(t, err)
+	cfg.Timeout = 2 * time.Second
+	return cfg.FormatDSN()
+}
+
+// mariadbUp reports whether the MariaDB server at dsn answers a ping.
+func mariadbUp(dsn string) bool {
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		return false
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return db.PingContext(ctx) == nil
+}
+
+// stopMariaDB shuts the server at dsn down with the SHUTDOWN statement and
+// waits until its process (the one of its pid file) is gone.
+func stopMariaDB(dsn string) error {
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var pidFile string
+	if err := db.QueryRowContext(ctx, "SELECT @@pid_file").Scan(&pidFile); err != nil {
+		return fmt.Errorf("read @@pid_file: %w", err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return err
+	}
+	pid := strings.TrimSpace(string(b))
+	// The server may close the connection before it answers.
+	_, _ = db.ExecContext(ctx, "SHUTDOWN")
+	for range 1200 {
+		if _, err := os.Stat("/proc/" + pid); os.IsNotExist(err) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("mariadbd (pid %s) still runs 60s after SHUTDOWN", pid)
+}
+
+// startMariaDB starts the local server: with its init script when that
+// works here (mariadbInitCreds exists), else by starting mariadbd, detached,
+// which reads /etc/mysql/my.cnf (user, pid file, socket, error log) as the
+// init script's mysqld_safe would.
+func startMariaDB() error {
+	if _, err := os.Stat(mariadbInitCreds); err == nil {
+		out, err := run(2*time.Minute, mariadbInit, "start")
+		if err != nil {
+			return fmt.Errorf("%s start: %w: %s", mariadbInit, err, out)
+		}
+		return nil
+	}
+	cmd := exec.Command(mariadbServer)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", mariadbServer, err)
+	}
+	return cmd.Process.Release()
+}
+
+// restartMariaDB stops the local MariaDB, starts it again and waits until
+// it answers.
+func restartMariaDB(t *testing.T, dsn string) {
+	t.Helper()
+	require.NoError(t, stopMariaDB(dsn), "stop MariaDB")
+	require.NoError(t, startMariaDB(), "start MariaDB")
+	eventually(t, 60*time.Second, 100*time.Millisecond, func() (bool, string) {
+		return mariadbUp(dsn), "MariaDB not answering"
+	}, "MariaDB did not come back after restart")
+}
+
+// ensureMariaDB starts the local MariaDB if it does not answer. The test
+// that restarts it calls it from t.Cleanup, so a failing test never leaves
+// it down.
+func ensureMariaDB(t *testing.T, dsn string) {
+	if mariadbUp(dsn) {
+		return
+	}
+	if err := startMariaDB(); err != nil {
+		t.Errorf("MariaDB is down and could not be started (%v); start it by hand (%s start, or %s as root)", err, mariadbInit, mariadbServer)
+		return
+	}
+	for range 300 {
+		if mariadbUp(dsn) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("MariaDB does not answer 30s after start; check /var/log/mysql/error.log")
 }

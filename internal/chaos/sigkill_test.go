@@ -13,12 +13,14 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	_ "github.com/go-sql-driver/mysql" // database/sql driver "mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"github.com/stretchr/testify/require"
 	bamqp "github.com/txoutbox/txoutbox/brokers/amqp"
@@ -26,19 +28,28 @@ import (
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 )
 
 // The subprocess of TestSIGKILLForwarder is this test binary started with
-// childEnv=forwarder and childDSNEnv set to the test schema's URL.
+// childEnv=forwarder and childDSNEnv set to the test schema's URL (or, on
+// MariaDB, childDialectEnv=mysql and childDSNEnv the test database's
+// go-sql-driver DSN).
 const (
 	childEnv    = "TXOUTBOX_CHAOS_CHILD"
 	childDSNEnv = "TXOUTBOX_CHAOS_DSN"
+	// childDialectEnv is the database of childDSNEnv: "mysql" for
+	// MySQL/MariaDB, PostgreSQL when unset.
+	childDialectEnv = "TXOUTBOX_CHAOS_DIALECT"
 	// childAMQPQueueEnv, when set, makes the subprocess publish to that
 	// RabbitMQ queue through brokers/amqp instead of the deliveries table.
 	childAMQPQueueEnv = "TXOUTBOX_CHAOS_AMQP_QUEUE"
+	// childLagEnv, when set, replaces killConfirmLag in the subprocess (a
+	// time.ParseDuration string).
+	childLagEnv = "TXOUTBOX_CHAOS_CONFIRM_LAG"
 )
 
 // Shape of TestSIGKILLForwarder.
@@ -53,12 +64,16 @@ const (
 // killSink is where the forwarder subprocess of runSIGKILL publishes, and
 // what the test reads back: the deliveries, in the order they arrived.
 type killSink struct {
-	// env tells the subprocess where to publish.
+	// env tells the subprocess where to publish, and on which database its
+	// forwarder runs when that is not PostgreSQL.
 	env []string
 	// delivered counts the messages that arrived so far.
 	delivered func() int64
 	// deliveries returns every message that arrived, in order.
 	deliveries func() []delivery
+	// killDelay is the wait between the first delivery of a subprocess
+	// and its kill. Optional; default 100-300 ms.
+	killDelay func() time.Duration
 }
 
 // TestSIGKILLForwarder runs the SIGKILL scenario (runSIGKILL) with a
@@ -73,7 +88,7 @@ func TestSIGKILLForwarder(t *testing.T) {
 	key      TEXT NOT NULL,
 	kseq     INTEGER NOT NULL
 )`).Error)
-	runSIGKILL(t, db, schema, killSink{
+	runSIGKILL(t, db, testdb.SchemaURL(t, schema), killSink{
 		delivered: func() int64 { return testdb.Count(t, db, "deliveries", "") },
 		deliveries: func() []delivery {
 			var rows []struct {
@@ -83,6 +98,45 @@ func TestSIGKILLForwarder(t *testing.T) {
 				Kseq    int
 			}
 			require.NoError(t, db.Raw(`SELECT uuid, event_id, key, kseq FROM deliveries ORDER BY seq`).Scan(&rows).Error)
+			ds := make([]delivery, len(rows))
+			for i, r := range rows {
+				ds[i] = delivery{UUID: r.UUID, Event: placed{ID: r.EventID, Key: r.Key, Seq: r.Kseq}}
+			}
+			return ds
+		},
+	})
+}
+
+// TestSIGKILLForwarderMariaDB runs the SIGKILL scenario (runSIGKILL) with
+// the outbox and the deliveries table on MariaDB (TEST_MYSQL_URL): the
+// subprocess's claims hold user locks (GET_LOCK) on connections that die
+// with it, and the server must release them for the next process. A claim
+// there takes longer than on PostgreSQL (over 100 ms at this backlog), so
+// a kill 100-300 ms after the first delivery would land in the next claim;
+// the subprocess waits 100 ms after each Publish instead of 20, and the kill
+// comes 30-80 ms after the first delivery is seen: after that publish,
+// before its rows are marked delivered.
+func TestSIGKILLForwarderMariaDB(t *testing.T) {
+	db, name := testdb.OpenMySQL(t)
+	// key is a reserved word in MySQL: the column is quoted.
+	require.NoError(t, db.Exec("CREATE TABLE deliveries ("+
+		"seq BIGINT AUTO_INCREMENT PRIMARY KEY, "+
+		"uuid VARCHAR(64) NOT NULL, "+
+		"event_id VARCHAR(64) NOT NULL, "+
+		"`key` VARCHAR(64) NOT NULL, "+
+		"kseq INT NOT NULL)").Error)
+	runSIGKILL(t, db, testdb.MySQLDSN(t, name), killSink{
+		env:       []string{childDialectEnv + "=mysql", childLagEnv + "=100ms"},
+		killDelay: func() time.Duration { return time.Duration(30+rand.IntN(51)) * time.Millisecond },
+		delivered: func() int64 { return testdb.Count(t, db, "deliveries", "") },
+		deliveries: func() []delivery {
+			var rows []struct {
+				UUID    string
+				EventID string
+				Key     string
+				Kseq    int
+			}
+			require.NoError(t, db.Raw("SELECT uuid, event_id, `key`, kseq FROM deliveries ORDER BY seq").Scan(&rows).Error)
 			ds := make([]delivery, len(rows))
 			for i, r := range rows {
 				ds[i] = delivery{UUID: r.UUID, Event: placed{ID: r.EventID, Key: r.Key, Seq: r.Kseq}}
@@ -103,7 +157,7 @@ func TestSIGKILLForwarderRabbitMQ(t *testing.T) {
 	declareQueue(t, queue)
 	t.Cleanup(func() { deleteQueue(t, queue) })
 	consumer := startQueueConsumer(t, queue)
-	runSIGKILL(t, db, schema, killSink{
+	runSIGKILL(t, db, testdb.SchemaURL(t, schema), killSink{
 		env:        []string{childAMQPQueueEnv + "=" + queue},
 		delivered:  consumer.count,
 		deliveries: consumer.deliveries,
@@ -114,8 +168,9 @@ func TestSIGKILLForwarderRabbitMQ(t *testing.T) {
 // batches, five times, restarting it each time, then lets a last one drain
 // the outbox. Every event must arrive at the sink at least once, the
 // duplicates must not exceed one batch per kill, and per key the first
-// deliveries must follow the commit order.
-func runSIGKILL(t *testing.T, db *gorm.DB, schema string, sink killSink) {
+// deliveries must follow the commit order. db is the test's database, dsn
+// what the subprocess opens to reach it.
+func runSIGKILL(t *testing.T, db *gorm.DB, dsn string, sink killSink) {
 	ctx := context.Background()
 	require.NoError(t, gormstore.Migrate(ctx, db))
 	store, err := gormstore.New(db, gormstore.Config{})
@@ -153,7 +208,7 @@ func runSIGKILL(t *testing.T, db *gorm.DB, schema string, sink killSink) {
 	start := func() *exec.Cmd {
 		t.Helper()
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=forwarder", childDSNEnv+"="+testdb.SchemaURL(t, schema))
+		cmd.Env = append(os.Environ(), childEnv+"=forwarder", childDSNEnv+"="+dsn)
 		cmd.Env = append(cmd.Env, sink.env...)
 		cmd.Stdout, cmd.Stderr = &out, &out
 		require.NoError(t, cmd.Start())
@@ -168,7 +223,8 @@ func runSIGKILL(t *testing.T, db *gorm.DB, schema string, sink killSink) {
 		before := delivered()
 		cmd := start()
 		// Kill only once this process is publishing: 100-300 ms after its
-		// first recorded delivery, so the kill lands in a batch.
+		// first recorded delivery (or sink.killDelay), so the kill lands in
+		// a batch.
 		eventually(t, 30*time.Second, 5*time.Millisecond, func() (bool, string) {
 			n := delivered()
 			return n > before || pending() == 0, fmt.Sprintf("%d deliveries", n)
@@ -176,7 +232,11 @@ func runSIGKILL(t *testing.T, db *gorm.DB, schema string, sink killSink) {
 		if pending() == 0 {
 			break
 		}
-		time.Sleep(time.Duration(100+rand.IntN(201)) * time.Millisecond)
+		if sink.killDelay != nil {
+			time.Sleep(sink.killDelay())
+		} else {
+			time.Sleep(time.Duration(100+rand.IntN(201)) * time.Millisecond)
+		}
 		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 		err := cmd.Wait()
 		current = nil
@@ -220,8 +280,9 @@ func runSIGKILL(t *testing.T, db *gorm.DB, schema string, sink killSink) {
 	requireFirstDeliveriesInOrder(t, ds)
 }
 
-// runChild is the forwarder subprocess: a native forwarder on the schema at
-// childDSNEnv publishing to a deliveryLog, until SIGINT or SIGTERM.
+// runChild is the forwarder subprocess: a native forwarder on the database
+// at childDSNEnv (PostgreSQL, or MySQL/MariaDB with childDialectEnv=mysql)
+// publishing to a deliveryLog, until SIGINT or SIGTERM.
 func runChild() int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "chaos child:", err)
@@ -230,7 +291,17 @@ func runChild() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	dsn := os.Getenv(childDSNEnv)
-	db, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
+	onMySQL := false
+	dialector, sqlDriver := postgres.Open(dsn), "pgx"
+	switch d := os.Getenv(childDialectEnv); d {
+	case "":
+	case "mysql":
+		onMySQL = true
+		dialector, sqlDriver = mysql.Open(dsn), "mysql"
+	default:
+		return fail(fmt.Errorf("unknown %s %q (want mysql, or unset for PostgreSQL)", childDialectEnv, d))
+	}
+	db, err := gorm.Open(dialector, &gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		return fail(err)
 	}
@@ -240,12 +311,12 @@ func runChild() int {
 	}
 	// The delivery log has a pool of its own: its INSERTs commit on their
 	// own, whatever the forwarder's claim transaction does.
-	logDB, err := sql.Open("pgx", dsn)
+	logDB, err := sql.Open(sqlDriver, dsn)
 	if err != nil {
 		return fail(err)
 	}
 	defer logDB.Close()
-	var pub message.Publisher = &deliveryLog{db: logDB}
+	var pub message.Publisher = &deliveryLog{db: logDB, mysql: onMySQL}
 	if queue := os.Getenv(childAMQPQueueEnv); queue != "" {
 		// Every event goes to the test's queue, whatever its topic.
 		ap, err := bamqp.NewPublisher(ctx, bamqp.Config{URL: amqpURL(), Queue: func(string) string { return queue }})
@@ -253,10 +324,15 @@ func runChild() int {
 			return fail(err)
 		}
 		defer ap.Close()
-		pub = lagging{ap}
-	} else {
-		pub = lagging{pub}
+		pub = ap
 	}
+	lag := killConfirmLag
+	if v := os.Getenv(childLagEnv); v != "" {
+		if lag, err = time.ParseDuration(v); err != nil {
+			return fail(fmt.Errorf("%s: %w", childLagEnv, err))
+		}
+	}
+	pub = lagging{Publisher: pub, lag: lag}
 	fw, err := outbox.NewForwarder(store, pub, outbox.ForwarderConfig{
 		BatchSize:    killBatchSize,
 		PollInterval: 200 * time.Millisecond,
@@ -278,6 +354,9 @@ func runChild() int {
 // returns.
 type deliveryLog struct {
 	db *sql.DB
+	// mysql selects the MySQL/MariaDB statement: a multi-row INSERT, whose
+	// AUTO_INCREMENT values follow the order of its rows.
+	mysql bool
 }
 
 func (p *deliveryLog) Publish(_ string, msgs ...*message.Message) error {
@@ -292,6 +371,17 @@ func (p *deliveryLog) Publish(_ string, msgs ...*message.Message) error {
 		}
 		uuids[i], ids[i], keys[i], seqs[i] = m.UUID, e.ID, e.Key, int32(e.Seq)
 	}
+	if p.mysql {
+		args := make([]any, 0, 4*len(msgs))
+		for i := range msgs {
+			args = append(args, uuids[i], ids[i], keys[i], seqs[i])
+		}
+		q := "INSERT INTO deliveries (uuid, event_id, `key`, kseq) VALUES " + strings.TrimSuffix(strings.Repeat("(?,?,?,?),", len(msgs)), ",")
+		if _, err := p.db.Exec(q, args...); err != nil {
+			return fmt.Errorf("record deliveries: %w", err)
+		}
+		return nil
+	}
 	_, err := p.db.Exec(`INSERT INTO deliveries (uuid, event_id, key, kseq)
 SELECT u, e, k, s FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) WITH ORDINALITY AS m(u, e, k, s, o)
 ORDER BY o`, uuids, ids, keys, seqs)
@@ -303,15 +393,19 @@ ORDER BY o`, uuids, ids, keys, seqs)
 
 func (p *deliveryLog) Close() error { return nil }
 
-// lagging waits killConfirmLag after each successful Publish, which is
-// where most kills land: published, but not yet marked delivered.
-type lagging struct{ message.Publisher }
+// lagging waits lag (killConfirmLag unless childLagEnv says otherwise)
+// after each successful Publish, which is where most kills land: published,
+// but not yet marked delivered.
+type lagging struct {
+	message.Publisher
+	lag time.Duration
+}
 
 func (p lagging) Publish(topic string, msgs ...*message.Message) error {
 	if err := p.Publisher.Publish(topic, msgs...); err != nil {
 		return err
 	}
-	time.Sleep(killConfirmLag)
+	time.Sleep(p.lag)
 	return nil
 }
 
