@@ -593,12 +593,15 @@ mariadb_running() {
 mariadb_start() {
 	if [[ -x /etc/init.d/mariadb ]]; then
 		log "starting MariaDB (/etc/init.d/mariadb start)"
+		# The init script pings the server with /etc/mysql/debian.cnf and
+		# reports a failure without it even when the server started:
+		# mariadb_wait decides.
 		/etc/init.d/mariadb start >/dev/null ||
-			die "could not start MariaDB; see /var/log/mysql/ (as non-root: sudo /etc/init.d/mariadb start)"
+			log "/etc/init.d/mariadb start reported a failure; waiting for the server (as non-root: sudo /etc/init.d/mariadb start)"
 	elif command -v service >/dev/null; then
 		log "starting MariaDB (service mariadb start)"
 		service mariadb start >/dev/null ||
-			die "could not start MariaDB (service mariadb start); see /var/log/mysql/ (as non-root: sudo service mariadb start)"
+			log "service mariadb start reported a failure; waiting for the server (as non-root: sudo service mariadb start)"
 	else
 		mariadb_how_to_install "installed, but neither /etc/init.d/mariadb nor service is here to start it"
 	fi
