@@ -28,8 +28,8 @@ const notifyInterval = time.Millisecond
 // command's transaction would make PostgreSQL commit notifying
 // transactions one at a time (it holds a global lock through the commit's
 // WAL flush), which more than doubled the cost of a command under
-// concurrency (docs/benchmarks.md). It does nothing on SQLite or with
-// Config.NoNotify.
+// concurrency (docs/benchmarks.md). It does nothing on MySQL and SQLite,
+// or with Config.NoNotify.
 func (s *Store) NotifyCommitted() {
 	s.drv.notifyCommitted()
 }
@@ -37,8 +37,8 @@ func (s *Store) NotifyCommitted() {
 // Listen calls wake whenever a transaction that saved outbox rows commits
 // (PostgreSQL NOTIFY, see NotifyCommitted), until ctx ends or the
 // connection fails. It holds one connection of the pool while it runs. On
-// SQLite it returns outbox.ErrListenUnsupported at once: forwarders there
-// rely on in-process wake-ups and polling.
+// MySQL and SQLite it returns outbox.ErrListenUnsupported at once:
+// forwarders there rely on in-process wake-ups and polling.
 func (s *Store) Listen(ctx context.Context, wake func()) error { return s.drv.listen(ctx, wake) }
 
 // notifier runs send in one goroutine at a time; kicks that arrive while it

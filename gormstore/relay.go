@@ -27,7 +27,10 @@ const rowColumns = "id, uuid, topic, partition_key, payload, metadata, attempts"
 // table at once: unordered rows are locked with FOR UPDATE SKIP LOCKED, and
 // each partition key with a transaction-scoped advisory lock, so a key is
 // relayed by one forwarder at a time, in ID order. The claim's transaction
-// stays open until Finish or Release. On SQLite claims of one Store are
+// stays open until Finish or Release. On MySQL several forwarders may claim
+// at once too: each key and unordered row is held by a session lock
+// (GET_LOCK) on the claim's connection until Finish or Release, and no
+// transaction stays open meanwhile. On SQLite claims of one Store are
 // serialised; run one forwarder per database file.
 func (s *Store) Claim(ctx context.Context, p outbox.ClaimParams) (outbox.Claim, error) {
 	if p.Limit <= 0 {

@@ -33,15 +33,17 @@ var errSaveOutsideTx = fmt.Errorf("%w: Save needs the command's transaction, got
 
 // Config configures a [Store]. The zero value is valid.
 type Config struct {
-	// Table is the outbox table, optionally schema-qualified ("app.outbox",
-	// PostgreSQL only). Each part must be a plain SQL identifier.
+	// Table is the outbox table, optionally qualified ("app.outbox": a
+	// schema on PostgreSQL, a database on MySQL; not on SQLite). Each part
+	// must be a plain SQL identifier.
 	// Optional; default DefaultTable ("txoutbox_outbox").
 	Table string
 	// KeepDelivered keeps delivered rows, with their delivered_at time, for
 	// audit or replay, instead of deleting them at delivery. Remove them
 	// with Store.PurgeDeliveredBatch (package retention runs it). Claims
-	// stay fast with millions of kept rows: they read only a partial index
-	// of undelivered rows.
+	// stay fast with millions of kept rows: they read only undelivered rows
+	// from indexes (partial ones on PostgreSQL and SQLite, led by
+	// delivered_at on MySQL).
 	// Optional; default false (delete at delivery).
 	KeepDelivered bool
 	// NoNotify stops the PostgreSQL store from sending a NOTIFY on the

@@ -51,12 +51,7 @@ type Engine struct {
 // TracerProvider and Propagator, with the defaults and the validation of
 // [NewForwarder].
 func NewEngine(pub message.Publisher, cfg ForwarderConfig) (*Engine, error) {
-	var errs []error
-	if pub == nil {
-		errs = append(errs, fmt.Errorf("%w: missing publisher (any Watermill message.Publisher)", ErrInvalidConfig))
-	}
-	errs = append(errs, cfg.Validate())
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(checkEngine(pub, cfg)...); err != nil {
 		return nil, err
 	}
 	cfg.setDefaults()
@@ -65,6 +60,15 @@ func NewEngine(pub message.Publisher, cfg ForwarderConfig) (*Engine, error) {
 		return nil, fmt.Errorf("outbox: engine telemetry: %w", err)
 	}
 	return e, nil
+}
+
+// checkEngine reports the problems with an engine's publisher and config.
+func checkEngine(pub message.Publisher, cfg ForwarderConfig) []error {
+	var errs []error
+	if pub == nil {
+		errs = append(errs, fmt.Errorf("%w: missing publisher (any Watermill message.Publisher)", ErrInvalidConfig))
+	}
+	return append(errs, cfg.Validate())
 }
 
 // newEngine returns an engine on a valid cfg with its defaults set.

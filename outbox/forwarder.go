@@ -218,10 +218,7 @@ func NewForwarder(store RelayStore, pub message.Publisher, cfg ForwarderConfig) 
 	if store == nil {
 		errs = append(errs, fmt.Errorf("%w: missing store (try gormstore.New)", ErrInvalidConfig))
 	}
-	if pub == nil {
-		errs = append(errs, fmt.Errorf("%w: missing publisher (any Watermill message.Publisher)", ErrInvalidConfig))
-	}
-	errs = append(errs, cfg.Validate())
+	errs = append(errs, checkEngine(pub, cfg)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

@@ -67,8 +67,9 @@ type ClaimParams struct {
 }
 
 // RelayStore is the side of a [Store] that a [Forwarder] reads from.
-// Package gormstore implements it for PostgreSQL (several forwarders at
-// once) and SQLite (one forwarder per database file); package outboxtest's
+// Package gormstore implements it for PostgreSQL and MySQL (several
+// forwarders at once) and SQLite (one forwarder per database file);
+// package outboxtest's
 // ExerciseRelay checks the whole contract against a backend.
 type RelayStore interface {
 	// Claim claims up to p.Limit committed, due rows: the oldest first,
@@ -97,7 +98,8 @@ type DueChecker interface {
 }
 
 // ErrListenUnsupported is returned by a Listener whose database cannot
-// notify (SQLite); the forwarder then relies on wake-ups and polling.
+// notify (MySQL, SQLite); the forwarder then relies on wake-ups and
+// polling.
 var ErrListenUnsupported = errors.New("outbox: store cannot listen for commits")
 
 // Listener is implemented by stores that can wake a forwarder when rows
