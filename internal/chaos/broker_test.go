@@ -180,10 +180,7 @@ func runBrokerOutage(t *testing.T, newPublisher func(t *testing.T) message.Publi
 	require.LessOrEqual(t, calls, all*(1+outageKeys), "hot loop: too many Publish calls while the broker was down")
 	require.LessOrEqual(t, warnings, outageMaxWarnings, "log flood while the broker was down")
 
-	st, err := fw.Stats(ctx)
-	require.NoError(t, err)
-	require.Zero(t, st.Pending, "rows left pending")
-	require.Zero(t, st.Failed, "rows parked during the outage")
+	requireDrained(ctx, t, fw, "after the outage")
 }
 
 // countingPublisher counts the Publish calls made through it.

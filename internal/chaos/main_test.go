@@ -20,6 +20,8 @@ import (
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
+
+	"github.com/txoutbox/txoutbox/outbox"
 )
 
 // TestMain runs the forwarder subprocess of TestSIGKILLForwarder, or the
@@ -239,6 +241,22 @@ func randomHex(n int) string {
 
 // eventually polls cond every interval until it returns true or timeout
 // passes, then fails with msg and the last state cond reported.
+// requireDrained waits until fw's store has no pending row (a batch the
+// consumer already received may not be finished yet: Publish returns before
+// the forwarder marks the rows delivered), then requires that none was
+// parked.
+func requireDrained(ctx context.Context, t *testing.T, fw *outbox.Forwarder, what string) {
+	t.Helper()
+	var st outbox.Stats
+	eventually(t, 15*time.Second, 20*time.Millisecond, func() (bool, string) {
+		var err error
+		st, err = fw.Stats(ctx)
+		require.NoError(t, err)
+		return st.Pending == 0, fmt.Sprintf("%d rows pending", st.Pending)
+	}, "rows left pending "+what)
+	require.Zero(t, st.Failed, "rows parked "+what)
+}
+
 func eventually(t *testing.T, timeout, interval time.Duration, cond func() (bool, string), msg string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

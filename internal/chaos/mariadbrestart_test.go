@@ -232,17 +232,12 @@ func TestMariaDBRestart(t *testing.T) {
 	for _, id := range sent {
 		require.True(t, committed[id], "command %s returned nil but its order is not in the table", id)
 	}
-	st, err := fw.Stats(ctx)
-	require.NoError(t, err)
-	require.Zero(t, st.Pending, "rows left pending")
-	require.Zero(t, st.Failed, "rows parked")
+	requireDrained(ctx, t, fw, "after the restart")
 	requireFirstDeliveriesInOrder(t, ds)
 	t.Logf("%d commands sent by %d producers (%d dispatch errors retried), %d orders committed, %d deliveries (%d duplicates), %d after the restart",
 		len(sent), restartProducers, dispatchErrs.Load(), len(orders), len(ds), len(ds)-len(orders), afterRestart)
 
 	// The poll-only forwarder polls again by itself.
 	t.Logf("after the restart: event relayed by a poll in %v", relayedByPoll("after"))
-	stP, err := fwP.Stats(ctx)
-	require.NoError(t, err)
-	require.Zero(t, stP.Pending, "rows left pending in %s", pollTable)
+	requireDrained(ctx, t, fwP, "in "+pollTable)
 }

@@ -263,10 +263,7 @@ func TestPostgresRestart(t *testing.T) {
 	for _, id := range sent {
 		require.True(t, committed[id], "command %s returned nil but its order is not in the table", id)
 	}
-	st, err := fw.Stats(ctx)
-	require.NoError(t, err)
-	require.Zero(t, st.Pending, "rows left pending")
-	require.Zero(t, st.Failed, "rows parked")
+	requireDrained(ctx, t, fw, "after the restart")
 	requireFirstDeliveriesInOrder(t, ds)
 	t.Logf("%d commands sent by %d producers (%d dispatch errors retried), %d orders committed, %d deliveries (%d duplicates), %d after the restart",
 		len(sent), restartProducers, dispatchErrs.Load(), len(orders), len(ds), len(ds)-len(orders), afterRestart)
