@@ -38,6 +38,10 @@ func TestStatements(t *testing.T) {
 			}
 			byKeep[keep] = stmts
 		}
+		if d == testdb.MySQL {
+			sqltmpltest.CheckBinlogSafe(t, byKeep[false])
+			sqltmpltest.CheckBinlogSafe(t, byKeep[true])
+		}
 		files := map[string]string{}
 		for name, q := range byKeep[false] {
 			if byKeep[true][name] == q {

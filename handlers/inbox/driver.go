@@ -1,6 +1,7 @@
 package inbox
 
 import (
+	"database/sql"
 	"embed"
 	"fmt"
 	"strings"
@@ -38,6 +39,10 @@ type driver interface {
 	// time: another one recording it waits for that one and gets it back
 	// only if it rolled back.
 	record(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error)
+	// cleanup deletes one batch of at most batch rows received before
+	// cutoff (timeArg) and returns how many it deleted. Cleaners running
+	// at once take disjoint batches.
+	cleanup(db *gorm.DB, s *statements, cutoff any, batch int) (int64, error)
 	// changedUUIDs runs query (retry_uuids or discard_uuids) with args on
 	// db and returns the UUIDs of the failed-table rows it changed. Where
 	// the database cannot return them from the change, query selects and
@@ -69,7 +74,7 @@ func parseSQL(file string) *template.Template {
 // record_many with {values} in place of its rows, recordRow the
 // placeholders of one row; see recordMany.
 type statements struct {
-	recordValues, recordRow, unrecord, cleanup, countCleanup string
+	recordValues, recordRow, unrecord, countCleanup string
 
 	listFailed, listFailedOf, failedCounts  string
 	retry, retryUUIDs, retryAll, retryAllOf string
@@ -86,8 +91,8 @@ type statements struct {
 func (s *statements) byName() map[string]*string {
 	return map[string]*string{
 		"record_many": &s.recordValues, "record_row": &s.recordRow, "unrecord": &s.unrecord,
-		"cleanup": &s.cleanup, "count_cleanup": &s.countCleanup,
-		"list_failed": &s.listFailed, "list_failed_of": &s.listFailedOf, "failed_counts": &s.failedCounts,
+		"count_cleanup": &s.countCleanup,
+		"list_failed":   &s.listFailed, "list_failed_of": &s.listFailedOf, "failed_counts": &s.failedCounts,
 		"retry": &s.retry, "retry_uuids": &s.retryUUIDs, "retry_all": &s.retryAll, "retry_all_of": &s.retryAllOf,
 		"discard": &s.discard, "discard_uuids": &s.discardUUIDs,
 		"delete_failed": &s.deleteFailed, "fail_again": &s.failAgain, "insert_failed": &s.insertFailed,
@@ -134,6 +139,14 @@ func recordReturning(tx *gorm.DB, s *statements, consumer string, uuids []string
 		return nil, err
 	}
 	return inserted, nil
+}
+
+// cleanupOne is driver.cleanup on a database that deletes a batch in one
+// statement: its own "cleanup", which takes the named arguments @cutoff
+// and @batch.
+func cleanupOne(db *gorm.DB, s *statements, cutoff any, batch int) (int64, error) {
+	res := db.Exec(s.own["cleanup"], sql.Named("cutoff", cutoff), sql.Named("batch", batch))
+	return res.RowsAffected, res.Error
 }
 
 // changedReturning is driver.changedUUIDs on a database whose UPDATE and

@@ -42,7 +42,43 @@ func (mysqlDriver) migrationLock() func(*gorm.DB) (func() error, error) {
 	return sqlschema.MySQLLock(mysqlMigrateLock)
 }
 
-func (mysqlDriver) ownStatements() []string { return []string{"recorded"} }
+func (mysqlDriver) ownStatements() []string { return []string{"recorded", "cleanup_pick"} }
+
+// cleanup locks the batch (cleanup_pick: FOR UPDATE SKIP LOCKED, so that
+// cleaners running at once take disjoint batches), then deletes it by key,
+// one DELETE per consumer, in one transaction. A single DELETE of a
+// SKIP LOCKED or LIMIT subquery would be unsafe for statement-based
+// binary logging (MariaDB and MySQL flag it, code 1592 naming reason 4175
+// or LIMIT): a replica replaying the statement could delete other rows.
+// The DELETE by key is deterministic under every binlog_format.
+func (mysqlDriver) cleanup(db *gorm.DB, s *statements, cutoff any, batch int) (int64, error) {
+	var n int64
+	err := db.Transaction(func(tx *gorm.DB) error {
+		var rows []struct {
+			Consumer    string
+			MessageUUID string
+		}
+		if err := tx.Raw(s.own["cleanup_pick"], cutoff, batch).Scan(&rows).Error; err != nil {
+			return err
+		}
+		byConsumer := map[string][]string{}
+		for _, r := range rows {
+			byConsumer[r.Consumer] = append(byConsumer[r.Consumer], r.MessageUUID)
+		}
+		for consumer, uuids := range byConsumer {
+			res := tx.Exec(s.unrecord, consumer, uuids)
+			if res.Error != nil {
+				return res.Error
+			}
+			n += res.RowsAffected
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
 
 // record inserts the rows without RETURNING, which MySQL lacks (MariaDB
 // has INSERT ... RETURNING since 10.5): every row the insert writes

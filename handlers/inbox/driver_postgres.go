@@ -31,7 +31,11 @@ func (postgresDriver) migrationLock() func(*gorm.DB) (func() error, error) {
 	return sqlschema.PostgresLock(migrateLockKey)
 }
 
-func (postgresDriver) ownStatements() []string { return nil }
+func (postgresDriver) ownStatements() []string { return []string{"cleanup"} }
+
+func (postgresDriver) cleanup(db *gorm.DB, s *statements, cutoff any, batch int) (int64, error) {
+	return cleanupOne(db, s, cutoff, batch)
+}
 
 func (postgresDriver) record(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error) {
 	return recordReturning(tx, s, consumer, uuids, at)

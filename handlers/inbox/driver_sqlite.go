@@ -35,7 +35,11 @@ func (sqliteDriver) timeArg(t time.Time) any { return t.UTC().Format(sqliteTimeF
 // migrationLock is nil: SQLite runs one write transaction at a time.
 func (sqliteDriver) migrationLock() func(*gorm.DB) (func() error, error) { return nil }
 
-func (sqliteDriver) ownStatements() []string { return nil }
+func (sqliteDriver) ownStatements() []string { return []string{"cleanup"} }
+
+func (sqliteDriver) cleanup(db *gorm.DB, s *statements, cutoff any, batch int) (int64, error) {
+	return cleanupOne(db, s, cutoff, batch)
+}
 
 func (sqliteDriver) record(tx *gorm.DB, s *statements, consumer string, uuids []string, at any) ([]string, error) {
 	return recordReturning(tx, s, consumer, uuids, at)

@@ -3,7 +3,6 @@ package inbox
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -235,12 +234,12 @@ func (in *Inbox) Cleanup(ctx context.Context, olderThan time.Duration, batch int
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		res := db.Exec(in.sql.cleanup, sql.Named("cutoff", cutoff), sql.Named("batch", batch))
-		if res.Error != nil {
-			return total, fmt.Errorf("inbox: clean up %s: %w", in.table, res.Error)
+		n, err := in.drv.cleanup(db, &in.sql, cutoff, batch)
+		if err != nil {
+			return total, fmt.Errorf("inbox: clean up %s: %w", in.table, err)
 		}
-		total += res.RowsAffected
-		if res.RowsAffected < int64(batch) {
+		total += n
+		if n < int64(batch) {
 			return total, nil
 		}
 	}

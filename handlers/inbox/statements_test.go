@@ -32,6 +32,9 @@ func TestStatements(t *testing.T) {
 		maps.Copy(texts, in.sql.own)
 		texts["record_many"] = in.sql.recordMany(2)
 		delete(texts, "record_row") // a part of record_many
+		if d == testdb.MySQL {
+			sqltmpltest.CheckBinlogSafe(t, texts)
+		}
 		files := map[string]string{}
 		for name, text := range texts {
 			if d == testdb.MySQL && strings.Contains(text, `"`) {

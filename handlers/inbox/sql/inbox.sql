@@ -5,9 +5,8 @@ failed table, each quoted for the database. A database's own file
 (postgres.sql, sqlite.sql, mysql.sql) defines the statements that differ,
 and may redefine any of these. {values} stays in record_many until
 statements.recordMany writes a batch's rows in, record_row for each.
-cleanup, which every database defines, takes the named arguments @cutoff
-and @batch (Inbox.Cleanup), so that a statement binds each where it needs
-it. The final text of each statement is in ../testdata/sql/<database>.
+How a batch is cleaned up differs most (driver.cleanup): PostgreSQL and
+SQLite define cleanup, MySQL cleanup_pick. The final text of each statement is in ../testdata/sql/<database>.
 */}}
 
 {{define "record_row"}}(?, ?, ?){{end}}

@@ -27,16 +27,13 @@ matters.
 {{define "recorded"}}SELECT message_uuid FROM {{.T}} WHERE consumer = ? AND message_uuid IN ? AND record_token = ?{{end}}
 
 {{/*
-The oldest rows, read along the received_at index and locked with SKIP
-LOCKED, so that cleaners running at once take disjoint batches: two
-DELETE ... ORDER BY received_at LIMIT of the same rows deadlock. The
-batch is a derived table (its LIMIT keeps it from being merged into the
-DELETE, which may not read its own table).
+The batch Cleanup deletes: the oldest rows, read along the received_at
+index and locked with SKIP LOCKED, so that cleaners running at once take
+disjoint batches (two DELETE ... ORDER BY received_at LIMIT of the same
+rows deadlock). unrecord then deletes them by key (mysqlDriver.cleanup).
 */}}
-{{define "cleanup"}}DELETE t FROM {{.T}} AS t JOIN (
-	SELECT consumer, message_uuid FROM {{.T}} WHERE received_at < @cutoff
-	ORDER BY received_at LIMIT @batch FOR UPDATE SKIP LOCKED
-) AS x USING (consumer, message_uuid){{end}}
+{{define "cleanup_pick"}}SELECT consumer, message_uuid FROM {{.T}} WHERE received_at < ?
+ORDER BY received_at LIMIT ? FOR UPDATE SKIP LOCKED{{end}}
 
 {{/*
 failed_at as RFC 3339 text in UTC, as it is stored (parseTime), whatever

@@ -6,6 +6,8 @@ package sqltmpltest
 import (
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -46,6 +48,30 @@ func Check(tb testing.TB, dir string, files map[string]string, update bool, reru
 	for _, e := range entries {
 		if _, ok := files[e.Name()]; !ok {
 			tb.Errorf("%s is no statement the code builds (run %s)", filepath.Join(dir, e.Name()), rerun)
+		}
+	}
+}
+
+// unsafeForStatementBinlog matches what makes a statement that changes
+// rows unsafe for statement-based binary logging on MySQL and MariaDB: a
+// replica replaying it could change other rows than the source did.
+var unsafeForStatementBinlog = regexp.MustCompile(`(?is)\bLIMIT\b|\bSKIP\s+LOCKED\b`)
+
+// CheckBinlogSafe reports each of stmts (name to text) that changes rows
+// (INSERT, UPDATE, DELETE, REPLACE) with a LIMIT or SKIP LOCKED in it:
+// MySQL and MariaDB write such a statement to a statement-format binary
+// log with note 1592 (SKIP LOCKED is reason 4175), and replicas may apply
+// it to other rows. Locking reads (SELECT ... FOR UPDATE SKIP LOCKED) are
+// not logged and are allowed.
+func CheckBinlogSafe(tb testing.TB, stmts map[string]string) {
+	tb.Helper()
+	for name, text := range stmts {
+		verb := strings.ToUpper(strings.Fields(text + " x")[0])
+		switch verb {
+		case "INSERT", "UPDATE", "DELETE", "REPLACE":
+			if unsafeForStatementBinlog.MatchString(text) {
+				tb.Errorf("%s changes rows with a LIMIT or SKIP LOCKED: unsafe under binlog_format=STATEMENT (lock the rows with a SELECT first, then change them by key)", name)
+			}
 		}
 	}
 }
