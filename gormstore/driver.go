@@ -2,6 +2,7 @@ package gormstore
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -47,6 +48,8 @@ type driver interface {
 	// retryable tells an error after which the whole transaction may run
 	// again (outbox.RetryClassifier).
 	retryable(err error) bool
+	// runTx runs a command's transaction (outbox.TxRunner).
+	runTx(ctx context.Context, db *gorm.DB, opts *sql.TxOptions, fn outbox.TxFunc) error
 	// missingTable tells the error of a statement on a table that does not
 	// exist.
 	missingTable(err error) bool

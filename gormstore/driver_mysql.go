@@ -561,3 +561,7 @@ func mysqlHint(err error) error {
 	}
 	return err
 }
+
+func (d *mysqlDriver) runTx(ctx context.Context, db *gorm.DB, opts *sql.TxOptions, fn outbox.TxFunc) error {
+	return d.s.runTxSave(ctx, db, opts, fn)
+}

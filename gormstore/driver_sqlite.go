@@ -199,3 +199,7 @@ func (d *sqliteDriver) purge(ctx context.Context, olderThan time.Duration, limit
 	res := d.s.db.WithContext(ctx).Exec(d.s.sql["purge"], d.cutoffArg(olderThan), limit)
 	return res.RowsAffected, res.Error
 }
+
+func (d *sqliteDriver) runTx(ctx context.Context, db *gorm.DB, opts *sql.TxOptions, fn outbox.TxFunc) error {
+	return d.s.runTxSave(ctx, db, opts, fn)
+}

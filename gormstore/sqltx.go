@@ -30,6 +30,8 @@ func SQLTx(tx *gorm.DB) (*sql.Tx, error) {
 			return sqlTx, nil
 		}
 		return nil, fmt.Errorf("%w: PrepareStmt transaction wraps %T, not *sql.Tx", outbox.ErrNoTransaction, pool.Tx)
+	case *pinnedTx:
+		return nil, fmt.Errorf("%w: the command's transaction runs on a held connection with its commit pipelined, with no *sql.Tx behind it (set gormstore.Config.NoPipeline for handlers that need one)", outbox.ErrNoTransaction)
 	case nil:
 		return nil, errNotATx
 	default:

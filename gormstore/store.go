@@ -51,6 +51,19 @@ type Config struct {
 	// Forwarders in other processes then find new rows by polling.
 	// Optional; default false.
 	NoNotify bool
+	// NoPipeline makes the PostgreSQL store run each command's transaction
+	// as a GORM transaction on a *sql.Tx (db.Transaction), with the INSERT
+	// of its events as a statement of its own before the COMMIT. By
+	// default the transactional middleware asks the store to run the
+	// transaction (Store.RunTx), and on PostgreSQL through pgx the store
+	// runs it on a connection held for the command and sends the INSERT
+	// with the COMMIT in one round trip. The handler's *gorm.DB then has
+	// no *sql.Tx behind it: SQLTx fails, and so do libraries that need
+	// one (watermill-sql's publisher on the command's transaction), and
+	// prepared statements (gorm.Session{PrepareStmt: true}) fail the
+	// command. Set NoPipeline for handlers that need those. Other
+	// databases always run the GORM transaction. Optional; default false.
+	NoPipeline bool
 }
 
 // Validate reports every problem with the config.
@@ -119,13 +132,18 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 		}
 		records = records[n:]
 		if _, err := tx.Statement.ConnPool.ExecContext(ctx, query, args...); err != nil {
-			if s.drv.missingTable(err) {
-				return fmt.Errorf("gormstore: insert into %s: %w (create the table first: gormstore.Migrate, Store.Migrate, or the CLI's \"txoutbox migrate\")", s.table, err)
-			}
-			return fmt.Errorf("gormstore: insert into %s: %w", s.table, err)
+			return s.insertError(err)
 		}
 	}
 	return nil
+}
+
+// insertError wraps the error of an INSERT into the table.
+func (s *Store) insertError(err error) error {
+	if s.drv.missingTable(err) {
+		return fmt.Errorf("gormstore: insert into %s: %w (create the table first: gormstore.Migrate, Store.Migrate, or the CLI's \"txoutbox migrate\")", s.table, err)
+	}
+	return fmt.Errorf("gormstore: insert into %s: %w", s.table, err)
 }
 
 // Retryable reports whether err, from a transaction on the store's

@@ -237,19 +237,19 @@ func (t *Transactional) join(ctx context.Context, parent *gorm.DB, cmd outbox.Co
 func (t *Transactional) runTop(ctx context.Context, cmd outbox.Command, fn func(ctx context.Context) error) error {
 	for attempt := 0; ; attempt++ {
 		var recs []outbox.Record
-		err := t.cfg.DB.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		err := outbox.RunTx(ctx, t.cfg.DB, t.cfg.Store, t.txOpts, func(tx *gorm.DB) ([]outbox.Record, error) {
 			col := outbox.NewCollector(t.cfg.ReadOnly)
 			top := &topTx{tx: tx}
 			if err := t.call(context.WithValue(ctx, topKey{}, top), tx, col, cmd, fn); err != nil {
-				return err
+				return nil, err
 			}
 			if err := top.err(); err != nil {
-				return err // the handler went on after the transaction ended
+				return nil, err // the handler went on after the transaction ended
 			}
 			var err error
-			recs, err = t.save(ctx, tx, col)
-			return err
-		}, t.txOptsSlice()...)
+			recs, err = t.encode(col)
+			return recs, err
+		})
 		if err == nil {
 			if len(recs) > 0 {
 				if n, ok := t.cfg.Store.(outbox.CommitNotifier); ok {
@@ -319,27 +319,25 @@ func (t *Transactional) call(ctx context.Context, tx *gorm.DB, col *outbox.Colle
 	return col.Err()
 }
 
-// save encodes the collected events and writes them in tx.
-func (t *Transactional) save(ctx context.Context, tx *gorm.DB, col *outbox.Collector) ([]outbox.Record, error) {
+// encode encodes the collected events.
+func (t *Transactional) encode(col *outbox.Collector) ([]outbox.Record, error) {
 	entries := col.Entries()
 	if len(entries) == 0 {
 		return nil, nil
 	}
-	recs, err := t.cfg.Encoder.EncodeAll(entries)
-	if err != nil {
+	return t.cfg.Encoder.EncodeAll(entries)
+}
+
+// save encodes the collected events and writes them in tx.
+func (t *Transactional) save(ctx context.Context, tx *gorm.DB, col *outbox.Collector) ([]outbox.Record, error) {
+	recs, err := t.encode(col)
+	if err != nil || len(recs) == 0 {
 		return nil, err
 	}
 	if err := t.cfg.Store.Save(ctx, tx, recs); err != nil {
 		return nil, err
 	}
 	return recs, nil
-}
-
-func (t *Transactional) txOptsSlice() []*sql.TxOptions {
-	if t.txOpts == nil {
-		return nil
-	}
-	return []*sql.TxOptions{t.txOpts}
 }
 
 func (t *Transactional) backoff(attempt int) time.Duration {

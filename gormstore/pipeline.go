@@ -1,0 +1,447 @@
+package gormstore
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	sqldriver "database/sql/driver"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
+)
+
+// errPrepareStmt is returned for a prepared statement inside a command
+// whose transaction runs on a pinned connection.
+var errPrepareStmt = errors.New("gormstore: prepared statements (gorm.Session{PrepareStmt: true}) are not supported inside a command whose commit is pipelined: GORM would run them outside the transaction; drop PrepareStmt in the handler, or set gormstore.Config.NoPipeline")
+
+// errHandlerEnds is returned by Commit and Rollback of the command's
+// transaction: the store ends it.
+var errHandlerEnds = errors.New("gormstore: the command's transaction is committed or rolled back by the transactional middleware, not by the handler")
+
+// cancelWait bounds how long a cancel request sent to PostgreSQL may take.
+const cancelWait = 5 * time.Second
+
+// RunTx implements outbox.TxRunner; the transactional middleware calls it
+// for each top-level command. On PostgreSQL through pgx (unless
+// Config.NoPipeline) the transaction runs on a connection held for the
+// command, and the INSERT of its records is sent with the COMMIT in one
+// round trip; see [Config.NoPipeline] for what that changes for a
+// handler. On other databases it is a GORM transaction (db.Transaction)
+// in which Save writes the records before the commit.
+func (s *Store) RunTx(ctx context.Context, db *gorm.DB, opts *sql.TxOptions, fn outbox.TxFunc) error {
+	return s.drv.runTx(ctx, db, opts, fn)
+}
+
+// runTxSave is driver.runTx in a GORM transaction in which Save writes
+// the records.
+func (s *Store) runTxSave(ctx context.Context, db *gorm.DB, opts *sql.TxOptions, fn outbox.TxFunc) error {
+	return outbox.RunTx(ctx, db, saver{s}, opts, fn)
+}
+
+// runTx pipelines the commit when db runs on pgx and the store may.
+func (d *postgresDriver) runTx(ctx context.Context, db *gorm.DB, opts *sql.TxOptions, fn outbox.TxFunc) error {
+	if !d.s.cfg.NoPipeline {
+		if sqlDB, err := db.DB(); err == nil {
+			if _, ok := sqlDB.Driver().(*stdlib.Driver); ok {
+				return d.runPipelined(ctx, db, sqlDB, opts, fn)
+			}
+		}
+	}
+	return d.s.runTxSave(ctx, db, opts, fn)
+}
+
+// saver is a Store seen as an outbox.Store only, so that outbox.RunTx
+// saves through it in a GORM transaction.
+type saver struct{ s *Store }
+
+func (v saver) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) error {
+	return v.s.Save(ctx, tx, records)
+}
+
+// pinnedTx is the gorm.ConnPool of a command's transaction on a held
+// connection. It is a gorm.TxCommitter, so GORM treats the handler's
+// *gorm.DB as a transaction: nested Transaction calls are savepoints and
+// Create runs no transaction of its own. It is also a gorm.Tx, so that a
+// PrepareStmt session inside the handler reaches PrepareContext and
+// StmtContext, which refuse, rather than run its statements on the pool
+// outside the transaction.
+type pinnedTx struct {
+	conn *sql.Conn
+	mu   sync.Mutex
+	// refused is the first thing the handler tried that the pinned
+	// connection cannot do; the command then fails.
+	refused error
+}
+
+var _ gorm.Tx = (*pinnedTx)(nil)
+
+func (p *pinnedTx) refuse(err error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.refused == nil {
+		p.refused = err
+	}
+	return err
+}
+
+func (p *pinnedTx) err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
+}
+
+func (p *pinnedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return p.conn.ExecContext(ctx, query, args...)
+}
+
+func (p *pinnedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return p.conn.QueryContext(ctx, query, args...)
+}
+
+func (p *pinnedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	return p.conn.QueryRowContext(ctx, query, args...)
+}
+
+// PrepareContext refuses: GORM prepares statements only for PrepareStmt
+// sessions, whose statement cache is shared with the pool.
+func (p *pinnedTx) PrepareContext(context.Context, string) (*sql.Stmt, error) {
+	return nil, p.refuse(errPrepareStmt)
+}
+
+// StmtContext is reached by a PrepareStmt session for a statement the
+// pool prepared earlier. The statement cannot move to the held
+// connection, so it returns a closed statement (its use fails with
+// "sql: statement is closed") and the command fails with errPrepareStmt.
+func (p *pinnedTx) StmtContext(ctx context.Context, _ *sql.Stmt) *sql.Stmt {
+	_ = p.refuse(errPrepareStmt)
+	st, err := p.conn.PrepareContext(ctx, "SELECT 1")
+	if err == nil {
+		_ = st.Close()
+	}
+	return st
+}
+
+func (p *pinnedTx) Commit() error   { return p.refuse(errHandlerEnds) }
+func (p *pinnedTx) Rollback() error { return p.refuse(errHandlerEnds) }
+
+// beginSQL is the BEGIN of a transaction with opts, as pgx writes it.
+func beginSQL(opts *sql.TxOptions) (string, error) {
+	if opts == nil {
+		return "BEGIN", nil
+	}
+	q := "BEGIN"
+	switch opts.Isolation {
+	case sql.LevelDefault:
+	case sql.LevelReadUncommitted:
+		q += " ISOLATION LEVEL READ UNCOMMITTED"
+	case sql.LevelReadCommitted:
+		q += " ISOLATION LEVEL READ COMMITTED"
+	case sql.LevelRepeatableRead, sql.LevelSnapshot:
+		q += " ISOLATION LEVEL REPEATABLE READ"
+	case sql.LevelSerializable:
+		q += " ISOLATION LEVEL SERIALIZABLE"
+	default:
+		return "", fmt.Errorf("gormstore: isolation level %v is not supported on PostgreSQL", opts.Isolation)
+	}
+	if opts.ReadOnly {
+		q += " READ ONLY"
+	}
+	return q, nil
+}
+
+// runPipelined runs fn in a transaction on a connection of sqlDB held for
+// the command: BEGIN, the handler's statements, then the INSERT of the
+// records and the COMMIT in one pipeline (commitPipelined).
+func (d *postgresDriver) runPipelined(ctx context.Context, db *gorm.DB, sqlDB *sql.DB, opts *sql.TxOptions, fn outbox.TxFunc) (err error) {
+	begin, err := beginSQL(opts)
+	if err != nil {
+		return err
+	}
+	conn, err := sqlDB.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, begin); err != nil {
+		return err
+	}
+	p := &pinnedTx{conn: conn}
+	tx := db.WithContext(ctx)
+	tx.Statement.ConnPool = p
+	ended := false
+	defer func() {
+		if !ended { // fn failed or panicked
+			rollbackPinned(ctx, conn)
+		}
+	}()
+	recs, err := fn(tx)
+	if err != nil {
+		return err
+	}
+	if err := p.err(); err != nil {
+		return err
+	}
+	ended = true
+	return d.commitPipelined(ctx, conn, recs)
+}
+
+// rollbackPinned rolls back the transaction on conn, also after ctx is
+// done; a connection whose ROLLBACK fails is discarded.
+func rollbackPinned(ctx context.Context, conn *sql.Conn) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
+	defer cancel()
+	if _, err := conn.ExecContext(rctx, "ROLLBACK"); err != nil {
+		_ = conn.Raw(func(any) error { return errBadConn })
+	}
+}
+
+// commitPipelined ends the transaction on conn: it saves recs and commits
+// in one round trip, or rolls back when a statement of the command failed
+// (a failed transaction whose error the handler ignored) or ctx is done.
+//
+// The INSERT and the COMMIT go out in one pipeline, each followed by a
+// Sync: if the INSERT fails, the server answers the COMMIT with ROLLBACK,
+// and the connection is ready for reuse. Once sent they are not
+// interrupted by ctx, as database/sql does not interrupt a COMMIT:
+// when ctx is done while they run, a cancel request stops the INSERT if
+// it still runs (the transaction then rolls back and ctx's error is
+// returned), and the answers say exactly what happened. A connection
+// lost after the COMMIT was sent leaves the outcome unknown:
+// outbox.ErrCommitUnknown.
+func (d *postgresDriver) commitPipelined(ctx context.Context, conn *sql.Conn, recs []outbox.Record) error {
+	if err := ctx.Err(); err != nil {
+		rollbackPinned(ctx, conn)
+		return err
+	}
+	var result error
+	rawErr := conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			result = errNotPgx
+			return errBadConn
+		}
+		var discard bool
+		discard, result = d.pipeline(ctx, sc.Conn(), recs)
+		if discard {
+			return errBadConn
+		}
+		return nil
+	})
+	if result == nil && rawErr != nil && !errors.Is(rawErr, sqldriver.ErrBadConn) {
+		return rawErr
+	}
+	return result
+}
+
+// pipeline sends the INSERT of recs (if any) and the COMMIT on c, a
+// connection in a transaction, and reads their answers. It returns the
+// command's error and whether c must be discarded.
+func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbox.Record) (discard bool, err error) {
+	pc := c.PgConn()
+	switch pc.TxStatus() {
+	case 'T':
+	case 'E':
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
+		defer cancel()
+		if err := pc.Exec(rctx, "ROLLBACK").Close(); err != nil {
+			return true, fmt.Errorf("gormstore: a statement of the command failed and its error was ignored: %w; rollback: %v", pgx.ErrTxCommitRollback, err)
+		}
+		return false, fmt.Errorf("gormstore: a statement of the command failed and its error was ignored: %w", pgx.ErrTxCommitRollback)
+	default:
+		return false, errors.New("gormstore: the command's transaction ended before its commit (did the handler run COMMIT or ROLLBACK?)")
+	}
+	var insert *insertParams
+	if len(recs) > 0 {
+		var err error
+		if insert, err = d.insertParams(recs); err != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
+			defer cancel()
+			return pc.Exec(rctx, "ROLLBACK").Close() != nil, err
+		}
+	}
+
+	var cancelled atomic.Bool
+	stop := context.AfterFunc(ctx, func() {
+		cancelled.Store(true)
+		cctx, cancel := context.WithTimeout(context.Background(), cancelWait)
+		defer cancel()
+		_ = pc.CancelRequest(cctx)
+	})
+	p := pc.StartPipeline(context.WithoutCancel(ctx))
+	if insert != nil {
+		p.SendQueryParams(insert.query, insert.values, insert.oids, insert.formats, nil)
+		p.SendPipelineSync()
+	}
+	p.SendQueryParams("COMMIT", nil, nil, nil, nil)
+	err = p.Sync()
+	var insertErr, commitErr error // the server's: the statement failed
+	var tag pgconn.CommandTag
+	if err == nil && insert != nil {
+		_, ierr := pipelineResult(p)
+		if isServerError(ierr) {
+			insertErr = ierr
+		} else {
+			err = ierr
+		}
+		if serr := pipelineSync(p); err == nil && insertErr == nil {
+			err = serr
+		}
+	}
+	if err == nil {
+		var cerr error
+		tag, cerr = pipelineResult(p)
+		if isServerError(cerr) && !isFatal(cerr) {
+			commitErr = cerr
+		} else {
+			err = cerr
+		}
+		// The COMMIT's answer is known; a failed Sync only makes the
+		// connection one to discard (Close, IsClosed).
+		_ = pipelineSync(p)
+	}
+	closeErr := p.Close()
+	if !stop() {
+		// The cancel request is under way or done; it must not reach a
+		// later statement on this connection.
+		cancelled.Store(true)
+	}
+	discard = cancelled.Load() || closeErr != nil || pc.IsClosed() || pc.TxStatus() != 'I'
+	if failed := cmp.Or(insertErr, commitErr); failed != nil && ctx.Err() != nil {
+		return discard, fmt.Errorf("gormstore: commit cancelled, rolled back: %w (%w)", ctx.Err(), failed)
+	}
+	switch {
+	case insertErr != nil:
+		return discard, d.s.insertError(insertErr)
+	case err != nil:
+		return true, fmt.Errorf("%w: %w", outbox.ErrCommitUnknown, err)
+	case commitErr != nil:
+		return discard, commitErr
+	case tag.String() != "COMMIT":
+		return discard, fmt.Errorf("gormstore: COMMIT answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)
+	}
+	return discard, nil
+}
+
+// isServerError reports an error PostgreSQL sent: the statement failed,
+// and the server's answers to what follows are still read.
+func isServerError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr)
+}
+
+// isFatal reports an error that ended the server's session: sent in
+// answer to a COMMIT, it leaves the outcome unknown.
+func isFatal(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC")
+}
+
+// pipelineResult reads the answer to the next statement of p.
+func pipelineResult(p *pgconn.Pipeline) (pgconn.CommandTag, error) {
+	res, err := p.GetResults()
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	rr, ok := res.(*pgconn.ResultReader)
+	if !ok {
+		return pgconn.CommandTag{}, fmt.Errorf("gormstore: pipeline: got %T, want a statement's result", res)
+	}
+	return rr.Close()
+}
+
+// pipelineSync reads the answer to the next Sync of p.
+func pipelineSync(p *pgconn.Pipeline) error {
+	res, err := p.GetResults()
+	if err != nil {
+		return err
+	}
+	if _, ok := res.(*pgconn.PipelineSync); !ok {
+		return fmt.Errorf("gormstore: pipeline: got %T, want the end of a sync", res)
+	}
+	return nil
+}
+
+// insertParams is the INSERT of a batch as the extended protocol sends
+// it: an unnamed statement with its parameters' types given, so that no
+// statement is prepared on the connection (which a pooler such as
+// PgBouncer in transaction mode would not keep).
+type insertParams struct {
+	query   string
+	values  [][]byte
+	oids    []uint32
+	formats []int16
+}
+
+// insertOIDs are the types of the insert statement's parameters: one
+// array per column (text, text, text, bytea, jsonb).
+var insertOIDs = []uint32{pgtype.TextArrayOID, pgtype.TextArrayOID, pgtype.TextArrayOID, pgtype.ByteaArrayOID, pgtype.JSONBArrayOID}
+
+// insertFormats sends every parameter in binary.
+var insertFormats = []int16{pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode}
+
+// insertElemOIDs are the element types of insertOIDs.
+var insertElemOIDs = [5]uint32{pgtype.TextOID, pgtype.TextOID, pgtype.TextOID, pgtype.ByteaOID, pgtype.JSONBOID}
+
+// jsonbVersion leads a jsonb value in binary.
+const jsonbVersion = 1
+
+// insertParams encodes the statement that saves recs, all in one INSERT:
+// the five arrays in PostgreSQL's binary array format (a header, then
+// each element's length and bytes; a jsonb element is its version byte
+// and the JSON text), written into one buffer.
+func (d *postgresDriver) insertParams(recs []outbox.Record) (*insertParams, error) {
+	const header = 20 // ndim, flags, element type, length, lower bound
+	size := 5 * header
+	for i, r := range recs {
+		if r.Message == nil {
+			return nil, fmt.Errorf("gormstore: record %d has no message", i)
+		}
+		// Lengths, version byte, and a guess at the metadata's JSON.
+		size += 5*4 + 1 + len(r.Message.UUID) + len(r.Topic) + len(r.PartitionKey) + len(r.Message.Payload) + 32*len(r.Message.Metadata) + 2
+	}
+	buf := make([]byte, 0, size)
+	ip := &insertParams{query: d.s.sql["insert"], values: make([][]byte, 5), oids: insertOIDs, formats: insertFormats}
+	for col := range 5 {
+		start := len(buf)
+		buf = binary.BigEndian.AppendUint32(buf, 1) // one dimension
+		buf = binary.BigEndian.AppendUint32(buf, 0) // no NULL
+		buf = binary.BigEndian.AppendUint32(buf, insertElemOIDs[col])
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(recs)))
+		buf = binary.BigEndian.AppendUint32(buf, 1) // lower bound
+		for _, r := range recs {
+			at := len(buf)
+			buf = append(buf, 0, 0, 0, 0) // the element's length, set below
+			switch col {
+			case 0:
+				buf = append(buf, r.Message.UUID...)
+			case 1:
+				buf = append(buf, r.Topic...)
+			case 2:
+				buf = append(buf, r.PartitionKey...)
+			case 3:
+				buf = append(buf, r.Message.Payload...)
+			case 4:
+				buf = append(buf, jsonbVersion)
+				buf = appendMetadata(buf, r.Message.Metadata)
+			}
+			n := len(buf) - at - 4
+			if n > math.MaxInt32 {
+				return nil, fmt.Errorf("gormstore: a column of record %s is %d bytes, more than PostgreSQL takes", r.Message.UUID, n)
+			}
+			binary.BigEndian.PutUint32(buf[at:], uint32(n))
+		}
+		ip.values[col] = buf[start:len(buf):len(buf)]
+	}
+	return ip, nil
+}
