@@ -1,7 +1,6 @@
 package gormstore
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	sqldriver "database/sql/driver"
@@ -210,9 +209,10 @@ func rollbackPinned(ctx context.Context, conn *sql.Conn) {
 // in one round trip, or rolls back when a statement of the command failed
 // (a failed transaction whose error the handler ignored) or ctx is done.
 //
-// The INSERT and the COMMIT go out in one pipeline, each followed by a
-// Sync: if the INSERT fails, the server answers the COMMIT with ROLLBACK,
-// and the connection is ready for reuse. Once sent they are not
+// The INSERT and the COMMIT go out together, then one Sync (a batch of
+// the extended protocol: one write, one round trip). If the INSERT fails,
+// the server skips the COMMIT and the transaction is aborted: a ROLLBACK
+// follows, and the connection is reused. Once sent they are not
 // interrupted by ctx, as database/sql does not interrupt a COMMIT:
 // when ctx is done while they run, a cancel request stops the INSERT if
 // it still runs (the transaction then rolls back and ctx's error is
@@ -245,7 +245,7 @@ func (d *postgresDriver) commitPipelined(ctx context.Context, conn *sql.Conn, re
 }
 
 // pipeline sends the INSERT of recs (if any) and the COMMIT on c, a
-// connection in a transaction, and reads their answers. It returns the
+// connection in a transaction, in one batch, and reads their answers. It returns the
 // command's error and whether c must be discarded.
 func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbox.Record) (discard bool, err error) {
 	pc := c.PgConn()
@@ -278,59 +278,57 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 		defer cancel()
 		_ = pc.CancelRequest(cctx)
 	})
-	p := pc.StartPipeline(context.WithoutCancel(ctx))
+	var b pgconn.Batch
 	if insert != nil {
-		p.SendQueryParams(insert.query, insert.values, insert.oids, insert.formats, nil)
-		p.SendPipelineSync()
+		b.ExecParams(insert.query, insert.values, insert.oids, insert.formats, nil)
 	}
-	p.SendQueryParams("COMMIT", nil, nil, nil, nil)
-	err = p.Sync()
-	var insertErr, commitErr error // the server's: the statement failed
-	var tag pgconn.CommandTag
-	if err == nil && insert != nil {
-		_, ierr := pipelineResult(p)
-		if isServerError(ierr) {
-			insertErr = ierr
-		} else {
-			err = ierr
-		}
-		if serr := pipelineSync(p); err == nil && insertErr == nil {
-			err = serr
-		}
+	b.ExecParams("COMMIT", nil, nil, nil, nil)
+	mrr := pc.ExecBatch(context.WithoutCancel(ctx), &b)
+	var tags []pgconn.CommandTag
+	for mrr.NextResult() {
+		tag, _ := mrr.ResultReader().Close()
+		tags = append(tags, tag)
 	}
-	if err == nil {
-		var cerr error
-		tag, cerr = pipelineResult(p)
-		if isServerError(cerr) && !isFatal(cerr) {
-			commitErr = cerr
-		} else {
-			err = cerr
-		}
-		// The COMMIT's answer is known; a failed Sync only makes the
-		// connection one to discard (Close, IsClosed).
-		_ = pipelineSync(p)
-	}
-	closeErr := p.Close()
+	err = mrr.Close()
 	if !stop() {
 		// The cancel request is under way or done; it must not reach a
 		// later statement on this connection.
 		cancelled.Store(true)
 	}
-	discard = cancelled.Load() || closeErr != nil || pc.IsClosed() || pc.TxStatus() != 'I'
-	if failed := cmp.Or(insertErr, commitErr); failed != nil && ctx.Err() != nil {
-		return discard, fmt.Errorf("gormstore: commit cancelled, rolled back: %w (%w)", ctx.Err(), failed)
+	discard = cancelled.Load() || pc.IsClosed()
+	done := len(tags) // statements that completed: the INSERT, then the COMMIT
+	if insert == nil {
+		done++
 	}
 	switch {
-	case insertErr != nil:
-		return discard, d.s.insertError(insertErr)
-	case err != nil:
+	case err == nil && done == 2:
+		if tag := tags[len(tags)-1].String(); tag != "COMMIT" {
+			return discard || pc.TxStatus() != 'I', fmt.Errorf("gormstore: COMMIT answered %q: %w", tag, pgx.ErrTxCommitRollback)
+		}
+		return discard || pc.TxStatus() != 'I', nil
+	case err == nil:
+		return true, fmt.Errorf("%w: %d of 2 statements answered", outbox.ErrCommitUnknown, done)
+	case !isServerError(err) || done == 1 && isFatal(err):
+		// No answer, or the session ended, after the COMMIT was sent.
 		return true, fmt.Errorf("%w: %w", outbox.ErrCommitUnknown, err)
-	case commitErr != nil:
-		return discard, commitErr
-	case tag.String() != "COMMIT":
-		return discard, fmt.Errorf("gormstore: COMMIT answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)
 	}
-	return discard, nil
+	// A statement failed: if it is the INSERT, the COMMIT did not run and
+	// the transaction is aborted.
+	if pc.TxStatus() == 'E' {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
+		defer cancel()
+		if rbErr := pc.Exec(rctx, "ROLLBACK").Close(); rbErr != nil {
+			discard = true
+		}
+	}
+	discard = discard || pc.IsClosed() || pc.TxStatus() != 'I'
+	if ctx.Err() != nil {
+		return discard, fmt.Errorf("gormstore: commit cancelled, rolled back: %w (%w)", ctx.Err(), err)
+	}
+	if done == 0 {
+		return discard, d.s.insertError(err)
+	}
+	return discard, err
 }
 
 // isServerError reports an error PostgreSQL sent: the statement failed,
@@ -345,31 +343,6 @@ func isServerError(err error) bool {
 func isFatal(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC")
-}
-
-// pipelineResult reads the answer to the next statement of p.
-func pipelineResult(p *pgconn.Pipeline) (pgconn.CommandTag, error) {
-	res, err := p.GetResults()
-	if err != nil {
-		return pgconn.CommandTag{}, err
-	}
-	rr, ok := res.(*pgconn.ResultReader)
-	if !ok {
-		return pgconn.CommandTag{}, fmt.Errorf("gormstore: pipeline: got %T, want a statement's result", res)
-	}
-	return rr.Close()
-}
-
-// pipelineSync reads the answer to the next Sync of p.
-func pipelineSync(p *pgconn.Pipeline) error {
-	res, err := p.GetResults()
-	if err != nil {
-		return err
-	}
-	if _, ok := res.(*pgconn.PipelineSync); !ok {
-		return fmt.Errorf("gormstore: pipeline: got %T, want the end of a sync", res)
-	}
-	return nil
 }
 
 // insertParams is the INSERT of a batch as the extended protocol sends

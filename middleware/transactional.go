@@ -11,9 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/txoutbox/txoutbox/bus"
 	"github.com/txoutbox/txoutbox/internal/ctxtime"
+	"github.com/txoutbox/txoutbox/internal/typename"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -153,7 +153,7 @@ func NewTransactional(cfg TransactionalConfig) (*Transactional, error) {
 		}
 	}
 	if cfg.CommandName == nil {
-		cfg.CommandName = cqrs.StructName
+		cfg.CommandName = typename.StructName
 	}
 	t := &Transactional{cfg: cfg}
 	if cfg.Isolation != sql.LevelDefault || cfg.ReadOnly {
