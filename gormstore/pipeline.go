@@ -272,22 +272,29 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 	}
 
 	var cancelled atomic.Bool
-	stop := context.AfterFunc(ctx, func() {
-		cancelled.Store(true)
-		cctx, cancel := context.WithTimeout(context.Background(), cancelWait)
-		defer cancel()
-		_ = pc.CancelRequest(cctx)
-	})
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() {
+			cancelled.Store(true)
+			cctx, cancel := context.WithTimeout(context.Background(), cancelWait)
+			defer cancel()
+			_ = pc.CancelRequest(cctx)
+		})
+	}
 	var b pgconn.Batch
 	if insert != nil {
-		b.ExecParams(insert.query, insert.values, insert.oids, insert.formats, nil)
+		b.ExecParams(insert.query, insert.values[:], insert.oids, insert.formats, nil)
 	}
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	mrr := pc.ExecBatch(context.WithoutCancel(ctx), &b)
-	var tags []pgconn.CommandTag
+	var tags [2]pgconn.CommandTag
+	n := 0 // statements that completed: the INSERT, then the COMMIT
 	for mrr.NextResult() {
 		tag, _ := mrr.ResultReader().Close()
-		tags = append(tags, tag)
+		if n < len(tags) {
+			tags[n] = tag
+		}
+		n++
 	}
 	err = mrr.Close()
 	if !stop() {
@@ -296,13 +303,13 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 		cancelled.Store(true)
 	}
 	discard = cancelled.Load() || pc.IsClosed()
-	done := len(tags) // statements that completed: the INSERT, then the COMMIT
+	done := n // of the INSERT and the COMMIT
 	if insert == nil {
 		done++
 	}
 	switch {
 	case err == nil && done == 2:
-		if tag := tags[len(tags)-1].String(); tag != "COMMIT" {
+		if tag := tags[min(n, len(tags))-1].String(); tag != "COMMIT" {
 			return discard || pc.TxStatus() != 'I', fmt.Errorf("gormstore: COMMIT answered %q: %w", tag, pgx.ErrTxCommitRollback)
 		}
 		return discard || pc.TxStatus() != 'I', nil
@@ -351,7 +358,7 @@ func isFatal(err error) bool {
 // PgBouncer in transaction mode would not keep).
 type insertParams struct {
 	query   string
-	values  [][]byte
+	values  [5][]byte
 	oids    []uint32
 	formats []int16
 }
@@ -384,7 +391,7 @@ func (d *postgresDriver) insertParams(recs []outbox.Record) (*insertParams, erro
 		size += 5*4 + 1 + len(r.Message.UUID) + len(r.Topic) + len(r.PartitionKey) + len(r.Message.Payload) + 32*len(r.Message.Metadata) + 2
 	}
 	buf := make([]byte, 0, size)
-	ip := &insertParams{query: d.s.sql["insert"], values: make([][]byte, 5), oids: insertOIDs, formats: insertFormats}
+	ip := &insertParams{query: d.s.sql["insert"], oids: insertOIDs, formats: insertFormats}
 	for col := range 5 {
 		start := len(buf)
 		buf = binary.BigEndian.AppendUint32(buf, 1) // one dimension
