@@ -121,6 +121,12 @@ func (m Migration) Statements() ([]string, error) {
 		pairs = append(pairs, d.QuoteIdent(m.DefaultTable+suffix), d.Quote(related))
 	}
 	q := d.quote()
+	if m.Table.Schema != "" {
+		// An index is created in its table's schema, but DROP INDEX finds
+		// an unqualified name on the search_path.
+		const drop = "DROP INDEX IF EXISTS "
+		pairs = append(pairs, drop+q+m.DefaultTable+`_`, drop+d.QuoteIdent(m.Table.Schema)+"."+q+m.Table.Name+`_`)
+	}
 	pairs = append(pairs,
 		q+m.DefaultTable+`_`, q+m.Table.Name+`_`, // index names: unqualified
 		d.QuoteIdent(m.DefaultTable), d.Quote(m.Table), // table references

@@ -1,0 +1,2 @@
+-- txoutbox: nothing to undo: no version of the store reads
+-- txoutbox_outbox_key_idx, so going back to version 3 leaves it out.
