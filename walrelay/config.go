@@ -51,7 +51,8 @@ type Config struct {
 	Prefix string
 	// StatusInterval is the shortest time between two status updates
 	// that confirm progress to the server, unless the server asks for a
-	// reply. Optional; default DefaultStatusInterval (1s).
+	// reply; progress is confirmed at least every 10s whatever it is.
+	// Optional; default DefaultStatusInterval (1s).
 	StatusInterval time.Duration
 	// Forwarder configures publishing, as for the table's forwarder: of
 	// it the relay uses BatchSize (the most events per publish),

@@ -275,10 +275,11 @@ func (rd *reader) sendStatus(lsn pglogrepl.LSN, replyRequested bool) error {
 }
 
 // nextStatus is when the next status update is due: StatusInterval after
-// the last when there is progress to confirm, else a heartbeat.
+// the last when there is progress to confirm, else a heartbeat; never
+// more than a heartbeat after the last.
 func (rd *reader) nextStatus(target pglogrepl.LSN) time.Time {
 	if target > rd.sent {
-		return rd.sentAt.Add(rd.r.cfg.StatusInterval)
+		return rd.sentAt.Add(min(rd.r.cfg.StatusInterval, heartbeat))
 	}
 	return rd.sentAt.Add(heartbeat)
 }

@@ -296,6 +296,8 @@ func TestRelaysCommittedEventsOnceInCommitOrder(t *testing.T) {
 func TestRestartResumesFromConfirmedPosition(t *testing.T) {
 	conn := connect(t)
 	cfg := setup(t, conn)
+	// No status update within the test but the one at shutdown.
+	cfg.StatusInterval = time.Minute
 	s := newSink(t)
 
 	stop := start(t, s.pub, cfg)
@@ -508,4 +510,40 @@ func TestSetupIsIdempotent(t *testing.T) {
 	var tables int
 	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_publication_tables WHERE pubname = $1", cfg.Publication).Scan(&tables))
 	require.Zero(t, tables, "the publication holds no tables")
+}
+
+func slotConfirmed(t *testing.T, conn *pgx.Conn, slot string) uint64 {
+	t.Helper()
+	var lsn uint64
+	require.NoError(t, conn.QueryRow(context.Background(), "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&lsn))
+	return lsn
+}
+
+// A relay with nothing to publish confirms the server's WAL end, so that
+// its slot does not hold the WAL that other writes of the cluster make.
+func TestIdleRelayConfirmsServerWALEnd(t *testing.T) {
+	conn := connect(t)
+	cfg := setup(t, conn)
+	s := newSink(t)
+	start(t, s.pub, cfg)
+	emit(t, conn, cfg.Prefix, record("ev-0", "k"))
+	s.waitFor(t, 1, 20*time.Second)
+
+	ctx := context.Background()
+	table := "txo_test_wal_" + randomHex(4)
+	_, err := conn.Exec(ctx, "CREATE TABLE "+table+" (v int)")
+	require.NoError(t, err)
+	defer func() { _, _ = conn.Exec(ctx, "DROP TABLE "+table) }()
+	_, err = conn.Exec(ctx, "INSERT INTO "+table+" SELECT generate_series(1, 1000)")
+	require.NoError(t, err)
+	var walEnd uint64
+	require.NoError(t, conn.QueryRow(ctx, "SELECT pg_current_wal_lsn() - '0/0'").Scan(&walEnd))
+	deadline := time.Now().Add(15 * time.Second)
+	for slotConfirmed(t, conn, cfg.Slot) < walEnd {
+		if time.Now().After(deadline) {
+			t.Fatalf("slot confirmed %d, want at least %d (the WAL end after writes without events)", slotConfirmed(t, conn, cfg.Slot), walEnd)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.Equal(t, []string{"ev-0"}, s.received())
 }
