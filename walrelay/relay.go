@@ -37,7 +37,10 @@ var errStandby = errors.New("walrelay: another relay reads the slot")
 // Only one relay reads a slot. Every relay started on it tries to become
 // its reader; the others stand by and try again every PollInterval, so
 // one takes over within about that time after the reader stops or its
-// connection ends.
+// connection ends. A reader that vanishes without closing its connection
+// (a network partition, a frozen host) holds the slot until the server
+// drops the connection: after wal_sender_timeout (60s by default)
+// without a reply.
 type Relay struct {
 	connCfg *pgconn.Config
 	cfg     Config
@@ -232,12 +235,19 @@ func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn) error {
 	}()
 	err := rd.read(ctx)
 	close(stop)
-	timer := time.NewTimer(r.cfg.Forwarder.ShutdownTimeout)
-	defer timer.Stop()
+	// A publish call cannot be interrupted. After a failed stream the
+	// next session waits for it, so that two publishers never run at
+	// once; a shutdown waits ShutdownTimeout at most.
 	select {
 	case <-done:
-	case <-timer.C:
-		r.log.Warn("walrelay: batch not published within ShutdownTimeout; its events stream again after a restart", "slot", r.cfg.Slot)
+	case <-ctx.Done():
+		timer := time.NewTimer(r.cfg.Forwarder.ShutdownTimeout)
+		defer timer.Stop()
+		select {
+		case <-done:
+		case <-timer.C:
+			r.log.Warn("walrelay: batch not published within ShutdownTimeout; its events stream again after a restart", "slot", r.cfg.Slot)
+		}
 	}
 	// Confirm what was published, so a restart repeats as little as it
 	// can. The connection may be gone; then the server keeps what it was
@@ -286,7 +296,16 @@ func (rd *reader) nextStatus(target pglogrepl.LSN) time.Time {
 
 // read reads the stream until ctx ends (it returns nil then) or the
 // stream fails.
+//
+// It waits for the next message until the next status update is due
+// with a read deadline on the connection, not with a context per
+// message, which would cost a timer and a watcher per event; the end of
+// ctx moves the deadline to the past.
 func (rd *reader) read(ctx context.Context) error {
+	nc := rd.conn.Conn()
+	stopCancel := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stopCancel()
+	var deadline time.Time
 	for {
 		target := rd.target()
 		due := rd.nextStatus(target)
@@ -296,9 +315,18 @@ func (rd *reader) read(ctx context.Context) error {
 			}
 			continue
 		}
-		rctx, cancel := context.WithDeadline(ctx, due)
-		msg, err := rd.conn.ReceiveMessage(rctx)
-		cancel()
+		if !due.Equal(deadline) {
+			if err := nc.SetReadDeadline(due); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+			deadline = due
+		}
+		// Checked after setting the deadline: a later end of ctx sets its
+		// own deadline after this one.
+		if ctx.Err() != nil {
+			return nil
+		}
+		msg, err := rd.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

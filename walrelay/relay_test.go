@@ -35,7 +35,7 @@ func randomHex(n int) string {
 // connect opens a normal connection to the test database, closed when t
 // ends, and fails the test loudly unless the server runs with
 // wal_level=logical.
-func connect(t *testing.T) *pgx.Conn {
+func connect(t testing.TB) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -55,7 +55,7 @@ func connect(t *testing.T) *pgx.Conn {
 // setup creates a slot and publication of the test's own, dropped when
 // the test ends (after the relays it started stopped), and returns their
 // config.
-func setup(t *testing.T, conn *pgx.Conn) walrelay.Config {
+func setup(t testing.TB, conn *pgx.Conn) walrelay.Config {
 	t.Helper()
 	id := randomHex(6)
 	cfg := walrelay.Config{
@@ -96,7 +96,7 @@ func setup(t *testing.T, conn *pgx.Conn) walrelay.Config {
 }
 
 // testWriter writes a relay's log lines to the test's log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p[:len(p)-1]))
@@ -189,7 +189,7 @@ func (s *sink) waitFor(t *testing.T, n int, within time.Duration) []string {
 // start runs a relay until the returned stop is called or the test ends;
 // stop waits for Run to return and fails the test if it returned an
 // error.
-func start(t *testing.T, pub message.Publisher, cfg walrelay.Config) (stop func()) {
+func start(t testing.TB, pub message.Publisher, cfg walrelay.Config) (stop func()) {
 	t.Helper()
 	r, err := walrelay.NewRelay(testdb.URL(), pub, cfg)
 	require.NoError(t, err)
