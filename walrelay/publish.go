@@ -28,8 +28,10 @@ type pipeline struct {
 	head   int // rows of queue[0] already taken
 	queued int // rows in queue
 
-	ready chan struct{} // signalled when the queue gets a transaction
-	space chan struct{} // signalled when the publisher takes rows
+	ready chan struct{} // signalled when the queue gets a transaction, or on finish
+	// finishing makes the publisher return once the queue is empty.
+	finishing atomic.Bool
+	space     chan struct{} // signalled when the publisher takes rows
 	// confirmed is the end of the last transaction whose rows were all
 	// published.
 	confirmed atomic.Uint64
@@ -49,6 +51,12 @@ func signal(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// finish makes the publisher publish what is queued and return.
+func (p *pipeline) finish() {
+	p.finishing.Store(true)
+	signal(p.ready)
 }
 
 func (p *pipeline) confirmedLSN() pglogrepl.LSN { return pglogrepl.LSN(p.confirmed.Load()) }
@@ -100,8 +108,9 @@ func (p *pipeline) take() (rows []outbox.Row, end pglogrepl.LSN) {
 }
 
 // publish publishes the queued transactions in order until stop is
-// closed. It finishes the publish call in progress and then returns;
-// what is not confirmed by then streams again after a restart.
+// closed, or, after finish, until the queue is empty. It finishes the
+// publish call in progress and then returns; what is not confirmed by
+// then streams again after a restart.
 func (p *pipeline) publish(r *Relay, stop <-chan struct{}) {
 	for {
 		select {
@@ -117,6 +126,9 @@ func (p *pipeline) publish(r *Relay, stop <-chan struct{}) {
 			}
 			rows, end := p.take()
 			if len(rows) == 0 {
+				if p.finishing.Load() {
+					return
+				}
 				break
 			}
 			if !r.publishAll(rows, stop) {

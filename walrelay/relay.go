@@ -88,9 +88,11 @@ func NewRelay(connString string, pub message.Publisher, cfg Config) (*Relay, err
 // batch being published, confirms what was published, and returns nil.
 // Lost connections and publish failures do not stop it: it logs them,
 // backs off and goes on. It returns an error, at once, for what waiting
-// will not mend: a server without wal_level=logical ([ErrWALLevel]), a
-// missing slot ([ErrNoSlot]) or one it cannot read ([ErrBadSlot]), and a
-// message it cannot decode ([ErrUndecodable]).
+// will not mend: a server without wal_level=logical ([ErrWALLevel]) or
+// older than PostgreSQL 14 ([ErrServerVersion]), a missing slot
+// ([ErrNoSlot]) or one it cannot read ([ErrBadSlot]), and a message it
+// cannot decode ([ErrUndecodable]; what came before it is published and
+// confirmed first, so the slot stops right at it).
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return outbox.ErrAlreadyRunning
@@ -111,7 +113,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			failures = 0
 			ctxtime.Sleep(ctx, r.cfg.Forwarder.PollInterval)
 			continue
-		case errors.Is(err, ErrWALLevel), errors.Is(err, ErrNoSlot), errors.Is(err, ErrBadSlot), errors.Is(err, ErrUndecodable):
+		case errors.Is(err, ErrWALLevel), errors.Is(err, ErrServerVersion), errors.Is(err, ErrNoSlot), errors.Is(err, ErrBadSlot), errors.Is(err, ErrUndecodable):
 			return err
 		}
 		standing = false
@@ -148,12 +150,8 @@ func (r *Relay) session(ctx context.Context) error {
 		_ = conn.Close(closeCtx)
 	}()
 
-	level, err := simpleValue(ctx, conn, "SHOW wal_level")
-	if err != nil {
-		return fmt.Errorf("SHOW wal_level: %w", err)
-	}
-	if level != "logical" {
-		return walLevelError(level)
+	if err := checkServer(ctx, conn); err != nil {
+		return err
 	}
 	// The lock lives with this connection, the one that streams: it is
 	// released when the stream ends, however it ends.
@@ -234,6 +232,18 @@ func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn) error {
 		rd.pipe.publish(r, stop)
 	}()
 	err := rd.read(ctx)
+	if errors.Is(err, ErrUndecodable) {
+		// Publish and confirm what came before the message, so the slot
+		// stops right at it.
+		rd.pipe.finish()
+		timer := time.NewTimer(r.cfg.Forwarder.ShutdownTimeout)
+		select {
+		case <-done:
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		timer.Stop()
+	}
 	close(stop)
 	// A publish call cannot be interrupted. After a failed stream the
 	// next session waits for it, so that two publishers never run at

@@ -123,6 +123,13 @@ func emit(t *testing.T, conn *pgx.Conn, prefix string, recs ...outbox.Record) {
 	require.NoError(t, tx.Commit(ctx))
 }
 
+func mustEncode(t testing.TB, recs ...outbox.Record) []byte {
+	t.Helper()
+	content, err := walmsg.Encode(recs)
+	require.NoError(t, err)
+	return content
+}
+
 // emitMessage writes a logical decoding message in tx.
 func emitMessage(t *testing.T, tx pgx.Tx, prefix string, recs ...outbox.Record) {
 	t.Helper()
@@ -281,6 +288,29 @@ func TestRelaysCommittedEventsOnceInCommitOrder(t *testing.T) {
 	require.NoError(t, second.Commit(ctx))
 	require.NoError(t, first.Commit(ctx))
 	want = append(want, "begun-second", "begun-first")
+
+	// Not transactional: exists whatever the transaction comes to, so it
+	// is no outbox event.
+	_, err = conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2::bytea)", cfg.Prefix, mustEncode(t, record("not-transactional", "key-0")))
+	require.NoError(t, err)
+
+	// A command larger than a batch (BatchSize 100), and one transaction
+	// with the messages of three commands.
+	var big []outbox.Record
+	for range 250 {
+		id := next()
+		big = append(big, record(id, fmt.Sprintf("key-%d", n%5)))
+		want = append(want, id)
+	}
+	emit(t, conn, cfg.Prefix, big...)
+	tx, err = conn.Begin(ctx)
+	require.NoError(t, err)
+	for range 3 {
+		id := next()
+		emitMessage(t, tx, cfg.Prefix, record(id, "key-1"))
+		want = append(want, id)
+	}
+	require.NoError(t, tx.Commit(ctx))
 
 	for range 20 {
 		id := next()
@@ -470,12 +500,25 @@ func TestRetriesFailedPublishesInOrder(t *testing.T) {
 	start(t, pub, cfg)
 
 	want := ids("ev", 0, 40)
+	keyOf := map[string]string{}
 	for i, id := range want {
-		emit(t, conn, cfg.Prefix, record(id, fmt.Sprintf("k%d", i%3)))
+		keyOf[id] = fmt.Sprintf("k%d", i%3)
+		emit(t, conn, cfg.Prefix, record(id, keyOf[id]))
 	}
 	s.waitFor(t, len(want), 20*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	require.Equal(t, want, s.received())
+	got := s.received()
+	require.ElementsMatch(t, want, got, "each event once")
+	// Order holds per key: a failed event of one key does not hold the
+	// others back within a batch.
+	perKey := func(list []string) map[string][]string {
+		m := map[string][]string{}
+		for _, id := range list {
+			m[keyOf[id]] = append(m[keyOf[id]], id)
+		}
+		return m
+	}
+	require.Equal(t, perKey(want), perKey(got))
 }
 
 func TestRunFailsWithoutSlot(t *testing.T) {
@@ -546,4 +589,28 @@ func TestIdleRelayConfirmsServerWALEnd(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	require.Equal(t, []string{"ev-0"}, s.received())
+}
+
+// A message with the relay's prefix that is no frame stops the relay: its
+// events cannot be published, and going on would lose them.
+func TestRunStopsAtUndecodableMessage(t *testing.T) {
+	conn := connect(t)
+	cfg := setup(t, conn)
+	s := newSink(t)
+	emit(t, conn, cfg.Prefix, record("ev-0", "k"))
+	_, err := conn.Exec(context.Background(), "SELECT pg_logical_emit_message(true, $1, $2::bytea)", cfg.Prefix, []byte{9, 9, 9})
+	require.NoError(t, err)
+	r, err := walrelay.NewRelay(testdb.URL(), s.pub, cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = r.Run(ctx)
+	require.ErrorIs(t, err, walrelay.ErrUndecodable)
+	require.ErrorIs(t, err, walmsg.ErrUnknownVersion)
+	require.Equal(t, []string{"ev-0"}, s.received(), "what came before the message is published")
+	// ... and confirmed: the slot stops right before the message.
+	waitActive(t, conn, cfg.Slot, false)
+	var pending int
+	require.NoError(t, conn.QueryRow(context.Background(), "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2, 'messages', 'true') WHERE substr(data, 1, 1) = 'M'", cfg.Slot, cfg.Publication).Scan(&pending))
+	require.Equal(t, 1, pending, "messages left in the slot")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -14,12 +15,35 @@ import (
 var (
 	// ErrWALLevel is a server that does not run with wal_level=logical.
 	ErrWALLevel = errors.New("the WAL mode needs wal_level=logical")
+	// ErrServerVersion is a server older than PostgreSQL 14, whose
+	// pgoutput cannot stream logical decoding messages.
+	ErrServerVersion = errors.New("walrelay: the WAL mode needs PostgreSQL 14 or later (pgoutput streams logical decoding messages since 14)")
 	// ErrNoSlot is a replication slot that does not exist.
 	ErrNoSlot = errors.New("walrelay: replication slot does not exist")
 	// ErrBadSlot is a replication slot the relay cannot read: of another
 	// plugin or database, or invalidated.
 	ErrBadSlot = errors.New("walrelay: replication slot cannot be used")
 )
+
+// checkServer fails unless the server at conn (a normal or a replication
+// connection) runs PostgreSQL 14 or later with wal_level=logical.
+func checkServer(ctx context.Context, conn *pgconn.PgConn) error {
+	res, err := conn.Exec(ctx, "SELECT current_setting('server_version_num')::int, current_setting('wal_level')").ReadAll()
+	if err != nil {
+		return fmt.Errorf("walrelay: read server_version_num and wal_level: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 2 {
+		return errors.New("walrelay: read server_version_num and wal_level: expected one row of two values")
+	}
+	version, level := string(res[0].Rows[0][0]), string(res[0].Rows[0][1])
+	if n, err := strconv.Atoi(version); err != nil || n < 140000 {
+		return fmt.Errorf("%w: server_version_num is %s", ErrServerVersion, version)
+	}
+	if level != "logical" {
+		return walLevelError(level)
+	}
+	return nil
+}
 
 // walLevelError is the error of a server running with wal_level level.
 func walLevelError(level string) error {
@@ -50,12 +74,8 @@ func Setup(ctx context.Context, connString string, cfg Config) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
-	var level string
-	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
-		return fmt.Errorf("walrelay: setup: SHOW wal_level: %w", err)
-	}
-	if level != "logical" {
-		return walLevelError(level)
+	if err := checkServer(ctx, conn.PgConn()); err != nil {
+		return err
 	}
 	var pubExists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", cfg.Publication).Scan(&pubExists); err != nil {
