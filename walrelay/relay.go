@@ -90,9 +90,10 @@ func NewRelay(connString string, pub message.Publisher, cfg Config) (*Relay, err
 // backs off and goes on. It returns an error, at once, for what waiting
 // will not mend: a server without wal_level=logical ([ErrWALLevel]) or
 // older than PostgreSQL 14 ([ErrServerVersion]), a missing slot
-// ([ErrNoSlot]) or one it cannot read ([ErrBadSlot]), and a message it
-// cannot decode ([ErrUndecodable]; what came before it is published and
-// confirmed first, so the slot stops right at it).
+// ([ErrNoSlot]) or publication ([ErrNoPublication]), a slot it cannot
+// read ([ErrBadSlot]), and a message it cannot decode ([ErrUndecodable];
+// what came before it is published and confirmed first, so the slot
+// stops right at it).
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return outbox.ErrAlreadyRunning
@@ -101,7 +102,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	failures := 0
 	standing := false
 	for ctx.Err() == nil {
-		err := r.session(ctx)
+		streamed, err := r.session(ctx)
+		if streamed {
+			failures = 0 // a failure after streaming is a first failure
+		}
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -113,7 +117,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			failures = 0
 			ctxtime.Sleep(ctx, r.cfg.Forwarder.PollInterval)
 			continue
-		case errors.Is(err, ErrWALLevel), errors.Is(err, ErrServerVersion), errors.Is(err, ErrNoSlot), errors.Is(err, ErrBadSlot), errors.Is(err, ErrUndecodable):
+		case errors.Is(err, ErrWALLevel), errors.Is(err, ErrServerVersion), errors.Is(err, ErrNoSlot), errors.Is(err, ErrNoPublication), errors.Is(err, ErrBadSlot), errors.Is(err, ErrUndecodable):
 			return err
 		}
 		standing = false
@@ -137,12 +141,12 @@ func backoffFor(minB, maxB time.Duration, n int) time.Duration {
 }
 
 // session connects, becomes the slot's reader and streams until ctx ends
-// or the connection fails. It returns errStandby when another relay reads
-// the slot.
-func (r *Relay) session(ctx context.Context) error {
+// or the connection fails, and reports whether it streamed. It returns
+// errStandby when another relay reads the slot.
+func (r *Relay) session(ctx context.Context) (streamed bool, err error) {
 	conn, err := pgconn.ConnectConfig(ctx, r.connCfg)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return false, fmt.Errorf("connect: %w", err)
 	}
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
@@ -151,19 +155,22 @@ func (r *Relay) session(ctx context.Context) error {
 	}()
 
 	if err := checkServer(ctx, conn); err != nil {
-		return err
+		return false, err
 	}
 	// The lock lives with this connection, the one that streams: it is
 	// released when the stream ends, however it ends.
 	locked, err := simpleValue(ctx, conn, "SELECT pg_try_advisory_lock("+strconv.FormatInt(r.lockKey, 10)+")")
 	if err != nil {
-		return fmt.Errorf("take the reader lock: %w", err)
+		return false, fmt.Errorf("take the reader lock: %w", err)
 	}
 	if locked != "t" {
-		return errStandby
+		return false, errStandby
 	}
 	if _, err := checkSlot(ctx, conn, r.cfg.Slot); err != nil {
-		return err
+		return false, err
+	}
+	if err := checkPublication(ctx, conn, r.cfg.Publication); err != nil {
+		return false, err
 	}
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
 		Mode: pglogrepl.LogicalReplication,
@@ -178,12 +185,12 @@ func (r *Relay) session(ctx context.Context) error {
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
 			// Active for another process (not a relay holding the lock,
 			// or one whose connection the server has not dropped yet).
-			return errStandby
+			return false, errStandby
 		}
-		return fmt.Errorf("START_REPLICATION: %w", err)
+		return false, fmt.Errorf("START_REPLICATION: %w", err)
 	}
 	r.log.Info("walrelay: streaming", "slot", r.cfg.Slot, "publication", r.cfg.Publication, "prefix", r.cfg.Prefix)
-	return r.stream(ctx, conn)
+	return true, r.stream(ctx, conn)
 }
 
 // simpleValue runs sql, a simple query returning one value, and returns

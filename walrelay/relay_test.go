@@ -533,6 +533,18 @@ func TestRunFailsWithoutSlot(t *testing.T) {
 	require.ErrorContains(t, err, "walrelay.Setup before the first event is written")
 }
 
+func TestRunFailsWithoutPublication(t *testing.T) {
+	conn := connect(t)
+	cfg := setup(t, conn)
+	_, err := conn.Exec(context.Background(), "DROP PUBLICATION "+cfg.Publication)
+	require.NoError(t, err)
+	r, err := walrelay.NewRelay(testdb.URL(), gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{}), cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.ErrorIs(t, r.Run(ctx), walrelay.ErrNoPublication)
+}
+
 func TestConfigValidate(t *testing.T) {
 	require.NoError(t, walrelay.Config{}.Validate())
 	err := walrelay.Config{Slot: "Bad-Name", Publication: "x y", StatusInterval: -1}.Validate()

@@ -20,6 +20,8 @@ var (
 	ErrServerVersion = errors.New("walrelay: the WAL mode needs PostgreSQL 14 or later (pgoutput streams logical decoding messages since 14)")
 	// ErrNoSlot is a replication slot that does not exist.
 	ErrNoSlot = errors.New("walrelay: replication slot does not exist")
+	// ErrNoPublication is a publication that does not exist.
+	ErrNoPublication = errors.New("walrelay: publication does not exist")
 	// ErrBadSlot is a replication slot the relay cannot read: of another
 	// plugin or database, or invalidated.
 	ErrBadSlot = errors.New("walrelay: replication slot cannot be used")
@@ -139,4 +141,18 @@ func checkSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo,
 		return slotInfo{}, fmt.Errorf("%w: %s is invalidated (wal_status lost): the server removed WAL it still needed, after it fell behind max_slot_wal_keep_size; the events in that WAL are gone from the stream. Drop the slot (pg_drop_replication_slot) and run Setup again", ErrBadSlot, slot)
 	}
 	return slotInfo{confirmed: string(row[3])}, nil
+}
+
+// checkPublication fails unless publication exists in the database of
+// conn (simple queries only). publication is a plain identifier
+// (Config.Validate).
+func checkPublication(ctx context.Context, conn *pgconn.PgConn, publication string) error {
+	n, err := simpleValue(ctx, conn, "SELECT count(*) FROM pg_publication WHERE pubname = '"+publication+"'")
+	if err != nil {
+		return fmt.Errorf("walrelay: look up publication %s: %w", publication, err)
+	}
+	if n == "0" {
+		return fmt.Errorf("%w: %s (create it with walrelay.Setup)", ErrNoPublication, publication)
+	}
+	return nil
 }
