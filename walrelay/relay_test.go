@@ -448,6 +448,10 @@ func TestSecondRelayStandsByAndTakesOver(t *testing.T) {
 
 	stopA := start(t, a, cfg)
 	waitActive(t, conn, cfg.Slot, true)
+	// The reader holds its lock on the connection that streams.
+	var locks int
+	require.NoError(t, conn.QueryRow(context.Background(), "SELECT count(*) FROM pg_locks l JOIN pg_replication_slots s ON l.pid = s.active_pid WHERE s.slot_name = $1 AND l.locktype = 'advisory' AND l.granted", cfg.Slot).Scan(&locks))
+	require.Equal(t, 1, locks, "advisory locks held by the slot's walsender")
 	start(t, b, cfg)
 	time.Sleep(3 * cfg.Forwarder.PollInterval) // b tries, and stands by
 
@@ -465,7 +469,7 @@ func TestSecondRelayStandsByAndTakesOver(t *testing.T) {
 		emit(t, conn, cfg.Prefix, record(id, "k"))
 	}
 	s.waitFor(t, len(first)+len(second), 20*time.Second)
-	t.Logf("the standby published the first event written after the reader stopped within %v", time.Since(took).Round(time.Millisecond))
+	t.Logf("the standby published the %d events written after the reader stopped within %v", len(second), time.Since(took).Round(time.Millisecond))
 	time.Sleep(300 * time.Millisecond)
 	require.Equal(t, append(append([]string(nil), first...), second...), s.received())
 	for _, id := range first {
