@@ -14,6 +14,12 @@
 #                                          trust local connections of user
 #                                          postgres, create the database
 #   4. anything else                    -> say what to install, exit 1
+#   then, for the WAL relay (walrelay/): wal_level must be logical, with
+#   max_replication_slots and max_wal_senders at least 10. If not, and the
+#   server runs here: ALTER SYSTEM sets them, pg_ctlcluster ... restart
+#   restarts it once, and the script waits until it answers; a server
+#   elsewhere is reported with the statements to run. A second run finds
+#   them set and does nothing.
 #
 # rabbitmq: RabbitMQ at TEST_AMQP_URL
 # (default amqp://guest:guest@127.0.0.1:5672/), used by the chaos tests
@@ -79,6 +85,14 @@ readonly DEFAULT_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/'
 readonly RABBITMQ_WAIT_SECONDS=90 # RabbitMQ boots slower than PostgreSQL
 
 log() { printf 'ensure-services: %s\n' "$*"; }
+
+# join_by SEP WORD... prints the words separated by SEP.
+join_by() {
+	local sep="$1" out="${2:-}" w
+	shift 2 || return 0
+	for w in "$@"; do out+="$sep$w"; done
+	printf '%s' "$out"
+}
 die() { printf 'ensure-services: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- postgres
@@ -261,6 +275,54 @@ EOF
 	exit 1
 }
 
+readonly PG_MIN_REPLICATION=10 # max_replication_slots, max_wal_senders
+
+# pg_setting NAME prints the server's value of setting NAME.
+pg_setting() { pg_psql "$PG_ADMIN_URL" -c "SHOW $1"; }
+
+# pg_ensure_logical_wal makes the server run with wal_level = logical and
+# room for PG_MIN_REPLICATION replication slots and WAL senders, which the
+# WAL relay and its tests need: ALTER SYSTEM, then one restart.
+pg_ensure_logical_wal() {
+	if ! command -v psql >/dev/null; then
+		log "psql not found: cannot check wal_level (the WAL relay needs wal_level=logical; install postgresql-client)"
+		return 0
+	fi
+	local level slots senders out sql=() changed=()
+	level="$(pg_setting wal_level 2>&1)" || die "cannot read wal_level from PostgreSQL at $PG_HOST:$PG_PORT: $level"
+	slots="$(pg_setting max_replication_slots 2>&1)" || die "cannot read max_replication_slots: $slots"
+	senders="$(pg_setting max_wal_senders 2>&1)" || die "cannot read max_wal_senders: $senders"
+	if [[ "$level" != logical ]]; then
+		sql+=("ALTER SYSTEM SET wal_level = logical")
+		changed+=("wal_level $level -> logical")
+	fi
+	if ((slots < PG_MIN_REPLICATION)); then
+		sql+=("ALTER SYSTEM SET max_replication_slots = $PG_MIN_REPLICATION")
+		changed+=("max_replication_slots $slots -> $PG_MIN_REPLICATION")
+	fi
+	if ((senders < PG_MIN_REPLICATION)); then
+		sql+=("ALTER SYSTEM SET max_wal_senders = $PG_MIN_REPLICATION")
+		changed+=("max_wal_senders $senders -> $PG_MIN_REPLICATION")
+	fi
+	((${#sql[@]} > 0)) || return 0
+	local cluster ver name stmt
+	if ! pg_is_local || ! cluster="$(pg_cluster)"; then
+		die "PostgreSQL at $PG_HOST:$PG_PORT needs $(join_by ', ' "${changed[@]}") for the WAL relay (wal_level=logical); this script restarts only a server on this machine: run $(join_by '; ' "${sql[@]}") as a superuser, then restart PostgreSQL"
+	fi
+	read -r ver name <<<"$cluster"
+	for stmt in "${sql[@]}"; do
+		out="$(pg_psql "$PG_ADMIN_URL" -c "$stmt" 2>&1)" ||
+			die "cannot run '$stmt' (it needs a superuser; TEST_DATABASE_URL user is $PG_USER): $out"
+	done
+	pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" restart ||
+		die "could not restart PostgreSQL $ver/$name after ALTER SYSTEM; see /var/log/postgresql/postgresql-$ver-$name.log (as non-root: sudo pg_ctlcluster --skip-systemctl-redirect $ver $name restart)"
+	pg_wait
+	level="$(pg_setting wal_level 2>&1)" || die "cannot read wal_level after the restart: $level"
+	[[ "$level" == logical ]] ||
+		die "PostgreSQL $ver/$name still runs with wal_level=$level after ALTER SYSTEM and a restart; is wal_level set in a file included after postgresql.auto.conf?"
+	log "restarted PostgreSQL $ver/$name once for the WAL relay: $(join_by ', ' "${changed[@]}")"
+}
+
 ensure_postgres() {
 	parse_pg_url
 	local state cluster ver name
@@ -279,6 +341,7 @@ ensure_postgres() {
 	fi
 	pg_wait
 	pg_ensure_database
+	pg_ensure_logical_wal
 	log "postgres ready at $PG_HOST:$PG_PORT, database $PG_DB"
 }
 

@@ -1,0 +1,121 @@
+package walrelay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/txoutbox/txoutbox/outbox"
+)
+
+// Defaults of [Config].
+const (
+	// DefaultSlot is the default replication slot name.
+	DefaultSlot = "txoutbox"
+	// DefaultPublication is the default publication name.
+	DefaultPublication = "txoutbox"
+	// DefaultPrefix is the default prefix of the logical decoding
+	// messages that carry events.
+	DefaultPrefix = "txoutbox"
+	// DefaultStatusInterval is the default Config.StatusInterval.
+	DefaultStatusInterval = time.Second
+)
+
+// heartbeat is the longest time between two status updates: well within
+// PostgreSQL's default wal_sender_timeout (60s), after which the server
+// drops a replication connection that sent nothing. A server with a
+// shorter timeout asks for a reply, which the relay sends at once.
+const heartbeat = 10 * time.Second
+
+// maxOutageBackoff caps the wait after consecutive failed sessions, as
+// the table relay caps its wait after failed batches.
+const maxOutageBackoff = 30 * time.Second
+
+// Config configures [Setup] and a [Relay]. The zero value is valid: every
+// field has a default.
+type Config struct {
+	// Slot is the logical replication slot the relay reads, created by
+	// Setup with the pgoutput plugin. Lower-case letters, digits and
+	// underscores, at most 63 characters. Optional; default DefaultSlot.
+	Slot string
+	// Publication is the publication the slot streams with, created by
+	// Setup with no tables: logical decoding messages are sent whatever
+	// the publication holds. Lower-case letters, digits and underscores,
+	// at most 63 characters. Optional; default DefaultPublication.
+	Publication string
+	// Prefix selects the logical decoding messages that carry events;
+	// messages with another prefix are skipped. Optional; default
+	// DefaultPrefix.
+	Prefix string
+	// StatusInterval is the shortest time between two status updates
+	// that confirm progress to the server, unless the server asks for a
+	// reply; progress is confirmed at least every 10s whatever it is.
+	// Optional; default DefaultStatusInterval (1s).
+	StatusInterval time.Duration
+	// Forwarder configures publishing, as for the table's forwarder: of
+	// it the relay uses BatchSize (the most events per publish),
+	// PollInterval (how often a relay that stands by tries to become the
+	// reader), MaxAttempts, MinBackoff, MaxBackoff, ShutdownTimeout,
+	// Logger, PublishCompressed, Compressors and the telemetry fields.
+	Forwarder outbox.ForwarderConfig
+}
+
+// identRE matches the slot and publication names the relay accepts:
+// replication slot names allow nothing else.
+var identRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Validate reports every problem with the config.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Slot != "" && !identRE.MatchString(c.Slot) {
+		errs = append(errs, fmt.Errorf("%w: Slot %q must be 1 to 63 lower-case letters, digits or underscores", outbox.ErrInvalidConfig, c.Slot))
+	}
+	if c.Publication != "" && !identRE.MatchString(c.Publication) {
+		errs = append(errs, fmt.Errorf("%w: Publication %q must be 1 to 63 lower-case letters, digits or underscores", outbox.ErrInvalidConfig, c.Publication))
+	}
+	if c.StatusInterval < 0 {
+		errs = append(errs, fmt.Errorf("%w: StatusInterval is negative (use 0 for the default)", outbox.ErrInvalidConfig))
+	}
+	if err := c.Forwarder.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// withDefaults returns c with every unset field set to its default.
+func (c Config) withDefaults() Config {
+	if c.Slot == "" {
+		c.Slot = DefaultSlot
+	}
+	if c.Publication == "" {
+		c.Publication = DefaultPublication
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = DefaultStatusInterval
+	}
+	f := &c.Forwarder
+	if f.BatchSize == 0 {
+		f.BatchSize = outbox.DefaultBatchSize
+	}
+	if f.PollInterval == 0 {
+		f.PollInterval = outbox.DefaultPollInterval
+	}
+	if f.MaxBackoff == 0 {
+		f.MaxBackoff = max(outbox.DefaultMaxBackoff, f.MinBackoff)
+	}
+	if f.MinBackoff == 0 {
+		f.MinBackoff = min(outbox.DefaultMinBackoff, f.MaxBackoff)
+	}
+	if f.ShutdownTimeout == 0 {
+		f.ShutdownTimeout = outbox.DefaultShutdownTimeout
+	}
+	if f.Logger == nil {
+		f.Logger = slog.Default()
+	}
+	return c
+}
