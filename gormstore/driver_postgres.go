@@ -63,7 +63,7 @@ func newPostgresDriver(s *Store) (*postgresDriver, error) {
 				}})
 		}
 	}
-	own = append(own, stmt{name: "take"})
+	own = append(own, stmt{name: "take"}, stmt{name: "emit"}, stmt{name: "wal_ready"})
 	st, err := renderStatements(postgresSQL, s, own)
 	if err != nil {
 		return nil, err
@@ -582,7 +582,7 @@ func (d *postgresDriver) listen(ctx context.Context, wake func()) error {
 }
 
 func (d *postgresDriver) notifyCommitted() {
-	if !d.s.cfg.NoNotify {
+	if !d.s.cfg.NoNotify && d.s.wal == nil {
 		d.notify.kick()
 	}
 }

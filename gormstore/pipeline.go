@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/txoutbox/txoutbox/internal/walmsg"
 	"github.com/txoutbox/txoutbox/outbox"
 	"gorm.io/gorm"
 )
@@ -264,7 +265,12 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 	var insert *insertParams
 	if len(recs) > 0 {
 		var err error
-		if insert, err = d.insertParams(recs); err != nil {
+		if d.s.wal != nil {
+			insert, err = d.emitParams(ctx, pc, recs)
+		} else {
+			insert, err = d.insertParams(recs)
+		}
+		if err != nil {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
 			defer cancel()
 			return pc.Exec(rctx, "ROLLBACK").Close() != nil, err
@@ -283,7 +289,7 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 	}
 	var b pgconn.Batch
 	if insert != nil {
-		b.ExecParams(insert.query, insert.values[:], insert.oids, insert.formats, nil)
+		b.ExecParams(insert.query, insert.values[:len(insert.oids)], insert.oids, insert.formats, nil)
 	}
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	mrr := pc.ExecBatch(context.WithoutCancel(ctx), &b)
@@ -333,6 +339,9 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 		return discard, fmt.Errorf("gormstore: commit cancelled, rolled back: %w (%w)", ctx.Err(), err)
 	}
 	if done == 0 {
+		if d.s.wal != nil {
+			return discard, fmt.Errorf("gormstore: emit the events: %w", err)
+		}
 		return discard, d.s.insertError(err)
 	}
 	return discard, err
@@ -352,10 +361,11 @@ func isFatal(err error) bool {
 	return errors.As(err, &pgErr) && (pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC")
 }
 
-// insertParams is the INSERT of a batch as the extended protocol sends
-// it: an unnamed statement with its parameters' types given, so that no
-// statement is prepared on the connection (which a pooler such as
-// PgBouncer in transaction mode would not keep).
+// insertParams is the statement that writes a command's records (the
+// INSERT, or in WAL mode the logical decoding message) as the extended
+// protocol sends it: an unnamed statement with its parameters' types
+// given, so that no statement is prepared on the connection (which a
+// pooler such as PgBouncer in transaction mode would not keep).
 type insertParams struct {
 	query   string
 	values  [5][]byte
@@ -423,5 +433,39 @@ func (d *postgresDriver) insertParams(recs []outbox.Record) (*insertParams, erro
 		}
 		ip.values[col] = buf[start:len(buf):len(buf)]
 	}
+	return ip, nil
+}
+
+// emitOIDs and emitFormats are the parameters of the statement "emit":
+// the prefix as text and the frame as bytea, both in binary.
+var (
+	emitOIDs    = []uint32{pgtype.TextOID, pgtype.ByteaOID}
+	emitFormats = []int16{pgtype.BinaryFormatCode, pgtype.BinaryFormatCode}
+)
+
+// emitParams encodes the logical decoding message that carries recs (WAL
+// mode), after checking, once per store, that the database is ready for
+// it (on pc, in the command's transaction).
+func (d *postgresDriver) emitParams(ctx context.Context, pc *pgconn.PgConn, recs []outbox.Record) (*insertParams, error) {
+	w := d.s.wal
+	if !d.s.walReady.Load() {
+		res := pc.ExecParams(ctx, d.s.sql["wal_ready"], [][]byte{[]byte(w.Slot)}, []uint32{pgtype.TextOID}, nil, nil).Read()
+		if res.Err != nil {
+			return nil, fmt.Errorf("gormstore: check the WAL mode: %w", res.Err)
+		}
+		if len(res.Rows) != 1 || len(res.Rows[0]) != 2 {
+			return nil, errors.New("gormstore: check the WAL mode: unexpected answer")
+		}
+		if err := walReadyError(string(res.Rows[0][0]), string(res.Rows[0][1]) == "t", w.Slot); err != nil {
+			return nil, err
+		}
+		d.s.walReady.Store(true)
+	}
+	content, err := walmsg.Encode(recs)
+	if err != nil {
+		return nil, fmt.Errorf("gormstore: %w", err)
+	}
+	ip := &insertParams{query: d.s.sql["emit"], oids: emitOIDs, formats: emitFormats}
+	ip.values[0], ip.values[1] = []byte(w.Prefix), content
 	return ip, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/txoutbox/txoutbox/internal/sqlschema"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -64,11 +65,20 @@ type Config struct {
 	// command. Set NoPipeline for handlers that need those. Other
 	// databases always run the GORM transaction. Optional; default false.
 	NoPipeline bool
+	// WAL, on PostgreSQL, writes each command's events as one logical
+	// decoding message instead of table rows (see [WALConfig]); package
+	// walrelay relays them. Save then needs wal_level=logical and the
+	// replication slot, and sends no NOTIFY. Optional; default nil: the
+	// events are table rows.
+	WAL *WALConfig
 }
 
 // Validate reports every problem with the config.
 func (c Config) Validate() error {
 	_, err := parseTableName(cmp.Or(c.Table, DefaultTable))
+	if c.WAL != nil {
+		err = errors.Join(err, c.WAL.validate())
+	}
 	return err
 }
 
@@ -81,6 +91,10 @@ type Store struct {
 	quoted string
 	sql    statements // by name: sql/shared.sql and the driver's file
 	drv    driver
+	// wal is Config.WAL with its defaults, nil for table rows.
+	wal *WALConfig
+	// walReady is set once the WAL mode's database was found ready.
+	walReady atomic.Bool
 }
 
 var _ outbox.Store = (*Store)(nil)
@@ -97,6 +111,13 @@ func New(db *gorm.DB, cfg Config) (*Store, error) {
 	t, _ := parseTableName(cmp.Or(cfg.Table, DefaultTable))
 	d, _ := sqlschema.DialectOf(db)
 	s := &Store{db: db, cfg: cfg, table: t, quoted: d.Quote(t)}
+	if cfg.WAL != nil {
+		if d != sqlschema.Postgres {
+			return nil, fmt.Errorf("%w: the WAL mode (Config.WAL) needs PostgreSQL, not %s", ErrInvalidConfig, db.Dialector.Name())
+		}
+		w := cfg.WAL.withDefaults()
+		s.wal = &w
+	}
 	drv, err := newDriver(s)
 	if err != nil {
 		return nil, err
@@ -124,6 +145,9 @@ func (s *Store) Save(ctx context.Context, tx *gorm.DB, records []outbox.Record) 
 	}
 	if _, ok := tx.Statement.ConnPool.(gorm.TxCommitter); !ok {
 		return errSaveOutsideTx
+	}
+	if s.wal != nil {
+		return s.emit(ctx, tx, records)
 	}
 	for len(records) > 0 {
 		query, args, n, err := s.drv.insert(ctx, tx.Statement.ConnPool, records[:min(saveChunk, len(records))])

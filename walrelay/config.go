@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/txoutbox/txoutbox/internal/walmsg"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -18,7 +19,7 @@ const (
 	DefaultPublication = "txoutbox"
 	// DefaultPrefix is the default prefix of the logical decoding
 	// messages that carry events.
-	DefaultPrefix = "txoutbox"
+	DefaultPrefix = walmsg.DefaultPrefix
 	// DefaultStatusInterval is the default Config.StatusInterval.
 	DefaultStatusInterval = time.Second
 )

@@ -24,6 +24,14 @@ binds 5 parameters instead of 5 per row. */}}
 {{define "insert"}}INSERT INTO {{.T}} (uuid, topic, partition_key, payload, metadata)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]){{end}}
 
+{{/* One command's events as one transactional logical decoding message
+(Config.WAL): $1 the prefix, $2 the frame (internal/walmsg). */}}
+{{define "emit"}}SELECT pg_logical_emit_message(true, $1::text, $2::bytea){{end}}
+
+{{/* What the WAL mode needs before its first write: wal_level, and the
+replication slot ($1) in this database. */}}
+{{define "wal_ready"}}SELECT current_setting('wal_level'), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database() AND plugin = 'pgoutput'){{end}}
+
 {{define "delivered"}}{{if .Keep}}UPDATE {{.T}} SET delivered_at = now() WHERE id = ANY($1){{else}}DELETE FROM {{.T}} WHERE id = ANY($1){{end}}{{end}}
 
 {{/* The key locks other sessions hold (other forwarders' claims) in the

@@ -15,6 +15,11 @@ import (
 // Version is the frame version [Encode] writes, the frame's first byte.
 const Version = 1
 
+// DefaultPrefix is the default prefix of the logical decoding messages
+// that carry frames, for the writer (gormstore's WAL mode) and the relay
+// (walrelay).
+const DefaultPrefix = "txoutbox"
+
 // flagBinaryUUID marks an event whose UUID is written as 16 bytes.
 const flagBinaryUUID = 0x01
 
