@@ -19,10 +19,14 @@ func appendMetadata(b []byte, md message.Metadata) []byte {
 	// The encoder sets six keys; up to 8 need no allocation.
 	var small [8]metadataPair
 	pairs := small[:0]
+	size := 2 // {}
 	for k, v := range md {
 		pairs = append(pairs, metadataPair{k, v})
+		size += len(k) + len(v) + 6 // "k":"v",
 	}
 	slices.SortFunc(pairs, func(a, b metadataPair) int { return strings.Compare(a.key, b.key) })
+	// One allocation at most, unless escapes make the text longer.
+	b = slices.Grow(b, size)
 	b = append(b, '{')
 	for i, p := range pairs {
 		if i > 0 {

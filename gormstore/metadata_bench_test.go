@@ -23,3 +23,20 @@ func BenchmarkAppendMetadata(b *testing.B) {
 		buf = appendMetadata(buf[:0], md)
 	}
 }
+
+// BenchmarkAppendMetadataNil is BenchmarkAppendMetadata into a new buffer
+// each time, as the MySQL and SQLite drivers call it.
+func BenchmarkAppendMetadataNil(b *testing.B) {
+	md := message.Metadata{
+		"name":           "OrderPlaced",
+		"command":        "PlaceOrder",
+		"created_at":     "2026-11-27T14:21:48.123456789Z",
+		"causation_id":   "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+		"partition_key":  "customer-07",
+		"correlation_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = appendMetadata(nil, md)
+	}
+}
