@@ -16,7 +16,11 @@ type Handler func(ctx context.Context, cmd any) error
 // HandlerFunc handles commands of type C.
 type HandlerFunc[C any] func(ctx context.Context, cmd C) error
 
-// Middleware wraps a handler with behaviour that runs around it.
+// Middleware wraps a handler with behaviour that runs around it. The bus
+// wraps each handler once and runs the wrapped handler for every command
+// (bus middleware: at the first Dispatch after the handler was registered
+// or after [Bus.Use]; per-handler middleware: at [Register]), so work to do
+// per command belongs in the Handler a Middleware returns.
 type Middleware func(next Handler) Handler
 
 // Sentinel errors returned by the bus. They are wrapped with the command type,
@@ -42,14 +46,25 @@ var (
 // concurrent use.
 type Bus struct {
 	mu         sync.RWMutex
-	handlers   map[reflect.Type]Handler
+	handlers   map[reflect.Type]*route
 	middleware []Middleware
+	// gen counts the changes of middleware.
+	gen uint64
+}
+
+// route is a registered handler.
+type route struct {
+	// handler is wrapped by the handler's own middleware.
+	handler Handler
+	// chained is handler wrapped by the bus middleware of generation gen.
+	chained Handler
+	gen     uint64
 }
 
 // New returns a bus whose handlers are all wrapped by mw, the first one
 // outermost. Nil middleware is ignored.
 func New(mw ...Middleware) *Bus {
-	b := &Bus{handlers: make(map[reflect.Type]Handler)}
+	b := &Bus{handlers: make(map[reflect.Type]*route)}
 	b.Use(mw...)
 	return b
 }
@@ -64,6 +79,7 @@ func (b *Bus) Use(mw ...Middleware) {
 			b.middleware = append(b.middleware, m)
 		}
 	}
+	b.gen++
 }
 
 // Register registers h as the handler of commands of type C, wrapped by the
@@ -97,7 +113,7 @@ func Register[C any](b *Bus, h HandlerFunc[C], mw ...Middleware) error {
 	if _, ok := b.handlers[t]; ok {
 		return fmt.Errorf("%w for %s", ErrDuplicateHandler, t)
 	}
-	b.handlers[t] = handler
+	b.handlers[t] = &route{handler: handler}
 	return nil
 }
 
@@ -115,13 +131,30 @@ func (b *Bus) Dispatch(ctx context.Context, cmd any) error {
 	}
 
 	b.mu.RLock()
-	h, ok := b.handlers[t]
-	mw := b.middleware
+	r, ok := b.handlers[t]
+	var h Handler
+	var mw []Middleware
+	gen := b.gen
+	if ok {
+		h, mw = r.chained, b.middleware
+		if r.gen != gen {
+			h = nil
+		}
+	}
 	b.mu.RUnlock()
 	if !ok {
 		return b.noHandler(t)
 	}
-	return chain(h, mw)(ctx, cmd)
+	if h == nil {
+		// Wrapped outside the lock: middleware is the caller's code.
+		h = chain(r.handler, mw)
+		b.mu.Lock()
+		if b.gen == gen {
+			r.chained, r.gen = h, gen
+		}
+		b.mu.Unlock()
+	}
+	return h(ctx, cmd)
 }
 
 // noHandler builds the ErrNoHandler error, pointing at a handler registered

@@ -450,3 +450,54 @@ func TestConcurrentRegisterUseDispatch(t *testing.T) {
 		require.NoError(t, d())
 	}
 }
+
+// Bus middleware wraps each handler once, not per command, and again
+// after Use changes the middleware.
+func TestMiddlewareWrapsOnce(t *testing.T) {
+	t.Parallel()
+	wraps := map[string]int{}
+	var mu sync.Mutex
+	counting := func(name string) bus.Middleware {
+		return func(next bus.Handler) bus.Handler {
+			mu.Lock()
+			wraps[name]++
+			mu.Unlock()
+			return next
+		}
+	}
+	b := bus.New(counting("A"))
+	require.NoError(t, bus.Register(b, func(context.Context, placeOrder) error { return nil }))
+	require.NoError(t, bus.Register(b, func(context.Context, cancelOrder) error { return nil }))
+	ctx := context.Background()
+	for range 5 {
+		require.NoError(t, b.Dispatch(ctx, placeOrder{}))
+		require.NoError(t, b.Dispatch(ctx, cancelOrder{}))
+	}
+	require.Equal(t, map[string]int{"A": 2}, wraps, "once per handler")
+
+	b.Use(counting("B"))
+	for range 5 {
+		require.NoError(t, b.Dispatch(ctx, placeOrder{}))
+	}
+	require.Equal(t, map[string]int{"A": 3, "B": 1}, wraps, "Use wraps again, at the next Dispatch")
+}
+
+// BenchmarkDispatch measures the bus's own cost per command: one bus
+// middleware, one handler.
+func BenchmarkDispatch(b *testing.B) {
+	mw := func(next bus.Handler) bus.Handler {
+		return func(ctx context.Context, cmd any) error { return next(ctx, cmd) }
+	}
+	cb := bus.New(mw)
+	if err := bus.Register(cb, func(context.Context, placeOrder) error { return nil }); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	cmd := placeOrder{ID: "o-1"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := cb.Dispatch(ctx, cmd); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -43,8 +43,11 @@ type Entry struct {
 // test kits create one to run a handler without a database. It is safe for
 // concurrent use by the goroutines of one handler.
 type Collector struct {
-	mu       sync.Mutex
-	entries  []Entry
+	mu      sync.Mutex
+	entries []Entry
+	// first holds the first entry, so a command that emits one event
+	// allocates no slice for it.
+	first    [1]Entry
 	err      error
 	readOnly bool
 	closed   bool
@@ -53,7 +56,9 @@ type Collector struct {
 // NewCollector returns an empty collector. A read-only collector rejects
 // every Emit with [ErrReadOnly].
 func NewCollector(readOnly bool) *Collector {
-	return &Collector{readOnly: readOnly}
+	c := &Collector{readOnly: readOnly}
+	c.entries = c.first[:0]
+	return c
 }
 
 // ReadOnly reports whether the collector rejects every Emit.
@@ -97,53 +102,86 @@ func (c *Collector) Merge(child *Collector) error {
 	if c.closed {
 		return ErrCollectorClosed
 	}
+	c.grow(len(entries))
 	c.entries = append(c.entries, entries...)
 	return nil
 }
 
-// add appends entries, unless the collector is closed or read-only or
-// invalid reports a problem; a problem is kept as the collector's error so
+// accept reports whether entries of cmd may be added, c.mu held: not when
+// the collector is closed or read-only or invalid (the caller's check of
+// the entries) is not nil. A problem is kept as the collector's error so
 // the command fails even if the caller ignores it.
-func (c *Collector) add(cmd Command, entries []Entry, invalid func() error) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c *Collector) accept(cmd Command, invalid error) error {
 	if c.closed {
 		return ErrCollectorClosed
 	}
-	err := invalid()
+	err := invalid
 	if c.readOnly {
 		err = fmt.Errorf("%w (command %s)", ErrReadOnly, cmd.Name)
 	}
-	if err != nil {
-		if c.err == nil {
-			c.err = err
-		}
-		return err
+	if err != nil && c.err == nil {
+		c.err = err
 	}
-	c.entries = append(c.entries, entries...)
-	return nil
+	return err
+}
+
+// grow makes room for n more entries, c.mu held. Beyond the first entry it
+// allocates room for 8, then doubles.
+func (c *Collector) grow(n int) {
+	if len(c.entries)+n <= cap(c.entries) {
+		return
+	}
+	grown := make([]Entry, len(c.entries), max(len(c.entries)+n, 2*cap(c.entries), 8))
+	copy(grown, c.entries)
+	c.entries = grown
 }
 
 type collectorKey struct{}
-type commandKey struct{}
 type correlationKey struct{}
+
+// collectorContext is the context WithCollector returns. It holds the
+// collector and the command in one value, one allocation, which
+// CollectorFrom finds with one lookup.
+type collectorContext struct {
+	context.Context
+	col *Collector
+	cmd Command
+}
+
+// Value returns the collectorContext itself for collectorKey{}, and the
+// parent's value for every other key.
+func (c *collectorContext) Value(key any) any {
+	if key == (collectorKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+// String describes the context, as those of package context do.
+func (c *collectorContext) String() string {
+	return fmt.Sprintf("%v.WithCollector(%s)", c.Context, c.cmd.Name)
+}
 
 // WithCollector returns a context whose Emit calls record into c on behalf
 // of cmd. The transactional middleware calls it for every command; call it
 // directly only to run a handler without the middleware, as test kits do.
 func WithCollector(ctx context.Context, c *Collector, cmd Command) context.Context {
-	ctx = context.WithValue(ctx, collectorKey{}, c)
-	return context.WithValue(ctx, commandKey{}, cmd)
+	return &collectorContext{Context: ctx, col: c, cmd: cmd}
+}
+
+// collectorContextOf returns the innermost collectorContext of ctx.
+func collectorContextOf(ctx context.Context) (*collectorContext, bool) {
+	cc, ok := ctx.Value(collectorKey{}).(*collectorContext)
+	return cc, ok
 }
 
 // CollectorFrom returns the collector and command of ctx, if any.
 func CollectorFrom(ctx context.Context) (*Collector, Command, bool) {
-	c, ok := ctx.Value(collectorKey{}).(*Collector)
-	if !ok || c == nil {
+	cc, ok := collectorContextOf(ctx)
+	if !ok || cc.col == nil {
 		return nil, Command{}, false
 	}
-	cmd, _ := ctx.Value(commandKey{}).(Command)
-	return c, cmd, true
+	return cc.col, cc.cmd, true
 }
 
 // WithCorrelationID returns a context whose next top-level command uses id
@@ -156,8 +194,8 @@ func WithCorrelationID(ctx context.Context, id string) context.Context {
 // CorrelationID returns the correlation ID of ctx: the current command's, or
 // the one set with WithCorrelationID, or "".
 func CorrelationID(ctx context.Context) string {
-	if cmd, ok := ctx.Value(commandKey{}).(Command); ok && cmd.CorrelationID != "" {
-		return cmd.CorrelationID
+	if cc, ok := collectorContextOf(ctx); ok && cc.cmd.CorrelationID != "" {
+		return cc.cmd.CorrelationID
 	}
 	id, _ := ctx.Value(correlationKey{}).(string)
 	return id
@@ -177,19 +215,24 @@ func Emit(ctx context.Context, events ...any) error {
 	if !ok {
 		return ErrNoTransaction
 	}
-	trace := traceContext(ctx)
-	entries := make([]Entry, len(events))
+	var invalid error
 	for i, ev := range events {
-		entries[i] = Entry{Event: ev, Command: cmd, Trace: trace}
-	}
-	return c.add(cmd, entries, func() error {
-		for i, ev := range events {
-			if isNil(ev) {
-				return fmt.Errorf("%w: event %d of %d emitted by command %s", ErrNilEvent, i+1, len(events), cmd.Name)
-			}
+		if isNil(ev) {
+			invalid = fmt.Errorf("%w: event %d of %d emitted by command %s", ErrNilEvent, i+1, len(events), cmd.Name)
+			break
 		}
-		return nil
-	})
+	}
+	trace := traceContext(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.accept(cmd, invalid); err != nil {
+		return err
+	}
+	c.grow(len(events))
+	for _, ev := range events {
+		c.entries = append(c.entries, Entry{Event: ev, Command: cmd, Trace: trace})
+	}
+	return nil
 }
 
 // EmitMessage records already marshaled messages for topic, to be saved to
@@ -204,22 +247,28 @@ func EmitMessage(ctx context.Context, topic string, msgs ...*message.Message) er
 	if !ok {
 		return ErrNoTransaction
 	}
-	trace := traceContext(ctx)
-	entries := make([]Entry, len(msgs))
-	for i, m := range msgs {
-		entries[i] = Entry{Message: m, Topic: topic, Command: cmd, Trace: trace}
-	}
-	return c.add(cmd, entries, func() error {
-		if topic == "" {
-			return fmt.Errorf("%w for message emitted by command %s", ErrEmptyTopic, cmd.Name)
-		}
+	var invalid error
+	if topic == "" {
+		invalid = fmt.Errorf("%w for message emitted by command %s", ErrEmptyTopic, cmd.Name)
+	} else {
 		for i, m := range msgs {
 			if m == nil {
-				return fmt.Errorf("%w: message %d of %d emitted by command %s", ErrNilEvent, i+1, len(msgs), cmd.Name)
+				invalid = fmt.Errorf("%w: message %d of %d emitted by command %s", ErrNilEvent, i+1, len(msgs), cmd.Name)
+				break
 			}
 		}
-		return nil
-	})
+	}
+	trace := traceContext(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.accept(cmd, invalid); err != nil {
+		return err
+	}
+	c.grow(len(msgs))
+	for _, m := range msgs {
+		c.entries = append(c.entries, Entry{Message: m, Topic: topic, Command: cmd, Trace: trace})
+	}
+	return nil
 }
 
 func isNil(v any) bool {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -216,4 +217,65 @@ func TestCorrelationID(t *testing.T) {
 	require.Equal(t, "req-1", outbox.CorrelationID(noCorr), "a command without one falls back to WithCorrelationID")
 
 	require.Equal(t, "req-2", outbox.CorrelationID(outbox.WithCorrelationID(req, "req-2")), "the innermost WithCorrelationID wins")
+}
+
+type parentKey struct{}
+
+// The context WithCollector returns is its parent's in everything but the
+// collector and command: values, cancellation, deadline.
+func TestWithCollectorContext(t *testing.T) {
+	t.Parallel()
+	deadline := time.Now().Add(time.Hour)
+	parent, cancel := context.WithDeadline(context.WithValue(context.Background(), parentKey{}, "v"), deadline)
+	col := outbox.NewCollector(false)
+	ctx := outbox.WithCollector(parent, col, encCmd)
+
+	require.Equal(t, "v", ctx.Value(parentKey{}))
+	got, ok := ctx.Deadline()
+	require.True(t, ok)
+	require.Equal(t, deadline, got)
+	require.Contains(t, fmt.Sprint(ctx), "WithCollector(PlaceOrder)")
+
+	// A context derived from it is cancelled with the parent.
+	child, cancelChild := context.WithCancel(context.WithValue(ctx, parentKey{}, "child"))
+	defer cancelChild()
+	gotCol, cmd, ok := outbox.CollectorFrom(child)
+	require.True(t, ok)
+	require.Same(t, col, gotCol)
+	require.Equal(t, encCmd, cmd)
+	cancel()
+	<-child.Done()
+	require.ErrorIs(t, ctx.Err(), context.Canceled)
+
+	// The innermost collector wins.
+	inner := outbox.NewCollector(false)
+	innerCmd := outbox.Command{ID: "cmd-2", Name: "Inner"}
+	gotCol, cmd, ok = outbox.CollectorFrom(outbox.WithCollector(child, inner, innerCmd))
+	require.True(t, ok)
+	require.Same(t, inner, gotCol)
+	require.Equal(t, innerCmd, cmd)
+	require.Equal(t, encCmd.CorrelationID, outbox.CorrelationID(child))
+}
+
+// Entries beyond the first, from one Emit or many, and merged ones keep
+// their order.
+func TestCollectorGrows(t *testing.T) {
+	t.Parallel()
+	col, ctx := newTestCollector(false)
+	var want []any
+	for i := range 20 {
+		evs := make([]any, i%3)
+		for j := range evs {
+			evs[j] = encOrderPlaced{OrderID: fmt.Sprint(i, "-", j)}
+		}
+		require.NoError(t, outbox.Emit(ctx, evs...))
+		want = append(want, evs...)
+	}
+	child, cctx := newTestCollector(false)
+	for i := range 9 {
+		require.NoError(t, outbox.Emit(cctx, encOrderPlaced{OrderID: fmt.Sprint("c", i)}))
+		want = append(want, encOrderPlaced{OrderID: fmt.Sprint("c", i)})
+	}
+	require.NoError(t, col.Merge(child))
+	require.Equal(t, want, entryEvents(col.Entries()))
 }

@@ -429,3 +429,66 @@ func TestEncoderConcurrent(t *testing.T) {
 	}
 	require.Len(t, seen, workers*each)
 }
+
+// encGeneric is a generic event type: cqrs.StructName names it by the
+// part after its last dot.
+type encGeneric[T any] struct{ V T }
+
+// encHTML has characters encoding/json escapes for HTML.
+type encHTML struct{ S string }
+
+// encCustomJSON marshals itself.
+type encCustomJSON struct{ fail bool }
+
+func (e encCustomJSON) MarshalJSON() ([]byte, error) {
+	if e.fail {
+		return nil, errors.New("custom failure")
+	}
+	return []byte(`{ "custom" : true }`), nil
+}
+
+type encNamedInt int
+
+// encPanicJSON panics when marshaled.
+type encPanicJSON struct{}
+
+func (encPanicJSON) MarshalJSON() ([]byte, error) { panic("cannot marshal") }
+
+// The default encoder writes what the cqrs.JSONMarshaler it names as its
+// default does: the same topic, key, payload bytes, metadata and errors,
+// for every kind of event; only the message UUIDs differ.
+func TestEncodeDefaultMatchesCQRSMarshaler(t *testing.T) {
+	t.Parallel()
+	def := outbox.NewEncoder(outbox.EncoderConfig{Now: encClock})
+	explicit := outbox.NewEncoder(outbox.EncoderConfig{Now: encClock, Marshaler: cqrs.JSONMarshaler{NewUUID: outbox.NewUUID, GenerateName: cqrs.StructName}})
+	order := encOrderPlaced{OrderID: "o-1", Total: 3}
+	for _, ev := range []any{
+		order, &order, encRouted{Key: "k"}, &encRoutedPtr{Key: "p"},
+		encGeneric[encOrderPlaced]{V: order}, &encGeneric[[]int]{V: []int{1}},
+		encHTML{S: "<a href=\"x\">&</a>\u2028"}, encCustomJSON{}, encNamedInt(7),
+		map[string]int{"b": 2, "a": 1}, []string{"x"}, "text", 42, 1.5, true,
+		encWithFunc{F: func() {}}, encWithChan{C: make(chan int)}, func() {}, encCustomJSON{fail: true}, encPanicJSON{},
+	} {
+		got, gotErr := def.Encode(encEntry(ev))
+		want, wantErr := explicit.Encode(encEntry(ev))
+		if wantErr != nil {
+			require.Error(t, gotErr, "%T", ev)
+			require.Equal(t, wantErr.Error(), gotErr.Error(), "%T", ev)
+			require.ErrorIs(t, gotErr, outbox.ErrMarshal, "%T", ev)
+			continue
+		}
+		require.NoError(t, gotErr, "%T", ev)
+		require.Equal(t, want.Topic, got.Topic, "%T", ev)
+		require.Equal(t, want.PartitionKey, got.PartitionKey, "%T", ev)
+		require.Equal(t, []byte(want.Message.Payload), []byte(got.Message.Payload), "%T", ev)
+		require.NotEqual(t, want.Message.UUID, got.Message.UUID, "%T", ev)
+		require.Equal(t, want.Message.Metadata, got.Message.Metadata, "%T", ev)
+		// The message is a full Watermill message: it can be acked.
+		require.True(t, got.Message.Ack())
+		select {
+		case <-got.Message.Acked():
+		default:
+			t.Fatalf("%T: acked message's Acked channel is open", ev)
+		}
+	}
+}
