@@ -605,13 +605,12 @@ func (d *postgresDriver) sendNotify() {
 	if err != nil {
 		return
 	}
+	// One simple query of four statements: one round trip, nothing
+	// prepared, and no argument to encode.
+	q := "BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('" + strings.ReplaceAll(ch, "'", "''") + "', ''); COMMIT"
 	err = withPgx(conn, func(px *pgx.Conn) error {
-		b := &pgx.Batch{}
-		b.Queue("BEGIN")
-		b.Queue("SET LOCAL synchronous_commit = off")
-		b.Queue("SELECT pg_notify($1, '')", ch)
-		b.Queue("COMMIT")
-		return px.SendBatch(ctx, b).Close()
+		_, err := px.PgConn().Exec(ctx, q).ReadAll()
+		return err
 	})
 	if err != nil {
 		// The connection may be mid-transaction: never reuse it.
