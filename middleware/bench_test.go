@@ -65,7 +65,11 @@ const mysqlOrdersDDL = `CREATE TABLE orders (
 // more round-trip time, as a database on another host has: a fresh schema
 // reached through a delayProxy of 0.25 ms each way. There each command waits
 // mostly for its round trips, so the ratios count the round trips the
-// outbox adds; go-cpu-ns/op includes the proxy's CPU.
+// outbox adds. go-cpu-ns/op includes the proxy's CPU, about 0.2 ms per
+// round trip (BenchmarkDelayProxy): at 8 commands in flight on 2 cores the
+// group is bound by that CPU as much as by the delay (outbox=off took
+// 2.2 ms a command at 2 in flight, 6–7 ms at 8), so its ns/op is not
+// the round trips alone.
 //
 // db=mysql/ holds the four main sub-benchmarks on MySQL/MariaDB (a fresh
 // database of testdb.OpenMySQL), the stock one with DefaultMySQLSchema.

@@ -20,6 +20,13 @@ import (
 // through a delayProxy without delay (the proxy's own cost: one more
 // loopback hop each way) and through one of rttDelay each way, as
 // BenchmarkDispatch's rtt=0.5ms group uses it.
+//
+// Measured on the shared 2-core VM (two sets of 5 runs of 400; the runs'
+// p50): direct 42 µs, proxy without delay 190 µs, proxy of 0.25 ms
+// 640–680 µs. A round trip through the proxy thus takes about 0.6 ms more
+// than directly: 0.45–0.5 ms of delay and the rest the proxy's own hops.
+// Its goroutines cost about 0.2 ms of CPU per round trip (go-cpu-ns/op),
+// mostly thread wake-ups.
 func BenchmarkDelayProxy(b *testing.B) {
 	for _, v := range []struct {
 		name  string
