@@ -236,7 +236,7 @@ func drainBroker(b *testing.B, kind brokers.Kind, mode drainMode) drainResult {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sampleCPU().sub(cpu)}
 	if n := left(); n != 0 {
 		b.Fatalf("%d rows left in the outbox", n)
 	}

@@ -197,7 +197,7 @@ func drainInboxRouter(b *testing.B, f *inboxFixture) drainResult {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sampleCPU().sub(cpu)}
 
 	if err != nil {
 		b.Fatalf("Publish: %v", err)
@@ -247,7 +247,7 @@ func drainInboxConsumer(b *testing.B, f *inboxFixture, workers, batch int) drain
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sampleCPU().sub(cpu)}
 
 	cancel()
 	if err := <-runErr; err != nil {

@@ -212,7 +212,7 @@ func drainStockMySQL(b *testing.B, events int) drainResult {
 	s.wait(b, drainTimeout)
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleMySQLCPU(b, sqlDB).sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sampleMySQLCPU(b, sqlDB).sub(cpu)}
 
 	if err := fwd.Close(); err != nil {
 		b.Fatalf("close stock forwarder: %v", err)
@@ -301,7 +301,7 @@ func drainFloorMySQL(b *testing.B, events int) drainResult {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleMySQLCPU(b, sqlDB).sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sampleMySQLCPU(b, sqlDB).sub(cpu)}
 	if total != events {
 		b.Fatalf("floor deleted %d of %d rows", total, events)
 	}

@@ -27,6 +27,9 @@ const floorBatch = outbox.DefaultBatchSize
 type drainResult struct {
 	elapsed time.Duration
 	cpu     cpuSample
+	// first is the time to the first message, for the drains that
+	// report it (the WAL relay's cold start); 0 otherwise.
+	first time.Duration
 }
 
 // BenchmarkRelay drains a pre-filled backlog to a GoChannel and reports
@@ -37,6 +40,11 @@ type drainResult struct {
 // when it is near 0. Each iteration is one full drain of a fresh schema, filled and
 // settled (VACUUM ANALYZE) with the timer stopped; run it with
 // -benchtime 1x.
+//
+// The backend=native-wal rows write the backlog as logical decoding
+// messages (gormstore's WAL mode) while no relay runs, on a slot that has
+// just streamed, and drain it with walrelay; first-msg-ms is the time
+// from the relay's start to its first message.
 //
 // The backend=mysql-* rows drain the same backlog from a fresh
 // MySQL/MariaDB database (settled with ANALYZE TABLE) and report the
@@ -62,6 +70,8 @@ func BenchmarkRelay(b *testing.B) {
 		{"backend=mysql-watermill-sql-forwarder", 50_000, drainStockMySQL},
 		{"backend=mysql-floor", 50_000, drainFloorMySQL},
 		{"backend=mysql-native-200k", 200_000, func(b *testing.B, n int) drainResult { return drainNativeOn(b, nativeStoreMySQL, n, 0) }},
+		{"backend=native-wal", 50_000, drainWAL},
+		{"backend=native-wal-200k", 200_000, drainWAL},
 	}
 	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) { reportDrains(b, bc.events, bc.drain) })
@@ -86,12 +96,13 @@ func BenchmarkRelayBacklog(b *testing.B) {
 // reportDrains runs drain b.N times on backlogs of events and reports the
 // rate and the CPU per event.
 func reportDrains(b *testing.B, events int, drain func(b *testing.B, events int) drainResult) {
-	var total time.Duration
+	var total, first time.Duration
 	var cpu cpuSample
 	for range b.N {
 		b.StopTimer()
 		r := drain(b, events)
 		total += r.elapsed
+		first += r.first
 		cpu.goCPU += r.cpu.goCPU
 		cpu.pgCPU += r.cpu.pgCPU
 		cpu.dbCPU += r.cpu.dbCPU
@@ -111,6 +122,9 @@ func reportDrains(b *testing.B, events int, drain func(b *testing.B, events int)
 	}
 	b.ReportMetric(float64(cpu.mallocs)/n, "allocs/event")
 	b.ReportMetric(cpu.othersShare(total), "others-cpu-%")
+	if first > 0 {
+		b.ReportMetric(float64(first)/float64(time.Millisecond)/float64(b.N), "first-msg-ms")
+	}
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -149,7 +163,7 @@ func drainNativeOn(b *testing.B, open func(testing.TB, gormstore.Config) (*gorm.
 	err = <-runErr
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sample().sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sample().sub(cpu)}
 
 	if err != nil {
 		b.Fatalf("Run: %v", err)
@@ -218,7 +232,7 @@ func drainClaims(b *testing.B, events int, withSink bool) drainResult {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sampleCPU().sub(cpu)}
 	if total != events {
 		b.Fatalf("claimed %d of %d rows", total, events)
 	}
@@ -253,7 +267,7 @@ func drainStock(b *testing.B, events int) drainResult {
 	s.wait(b, drainTimeout)
 	elapsed := time.Since(start)
 	b.StopTimer()
-	r := drainResult{elapsed, sampleCPU().sub(cpu)}
+	r := drainResult{elapsed: elapsed, cpu: sampleCPU().sub(cpu)}
 
 	if err := fwd.Close(); err != nil {
 		b.Fatalf("close stock forwarder: %v", err)
@@ -336,7 +350,7 @@ RETURNING id, uuid, topic, partition_key, payload, metadata, attempts`
 		}
 		elapsed := time.Since(start)
 		b.StopTimer()
-		r = drainResult{elapsed, sampleCPU().sub(cpu)}
+		r = drainResult{elapsed: elapsed, cpu: sampleCPU().sub(cpu)}
 		return nil
 	})
 	if err != nil {
