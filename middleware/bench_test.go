@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
@@ -19,6 +20,7 @@ import (
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
+	"github.com/txoutbox/txoutbox/walrelay"
 	"gorm.io/gorm"
 )
 
@@ -59,7 +61,10 @@ const mysqlOrdersDDL = `CREATE TABLE orders (
 //
 // and diagnostics: outbox=1event,nonotify and outbox=10events,nonotify
 // (gormstore.Config{NoNotify: true}), outbox=off,2rows (the baseline with a
-// second business INSERT).
+// second business INSERT). outbox=1event,wal and outbox=10events,wal write
+// the events as one logical decoding message per command (gormstore's WAL
+// mode, on a replication slot of the benchmark's own that nothing reads
+// meanwhile).
 //
 // rtt=0.5ms/ holds the four main sub-benchmarks on PostgreSQL behind 0.5 ms
 // more round-trip time, as a database on another host has: a fresh schema
@@ -67,9 +72,10 @@ const mysqlOrdersDDL = `CREATE TABLE orders (
 // mostly for its round trips, so the ratios count the round trips the
 // outbox adds. go-cpu-ns/op includes the proxy's CPU, about 0.2 ms per
 // round trip (BenchmarkDelayProxy): at 8 commands in flight on 2 cores the
-// group is bound by that CPU as much as by the delay (outbox=off took
-// 2.2 ms a command at 2 in flight, 6–7 ms at 8), so its ns/op is not
-// the round trips alone.
+// group would be bound by that CPU as much as by the delay (outbox=off took
+// 2.2 ms a command at 2 in flight, 6–7 ms at 8), so the group runs 2
+// commands in flight (b.SetParallelism(1)), where ns/op counts the round
+// trips.
 //
 // db=mysql/ holds the four main sub-benchmarks on MySQL/MariaDB (a fresh
 // database of testdb.OpenMySQL), the stock one with DefaultMySQLSchema.
@@ -94,6 +100,11 @@ func BenchmarkDispatch(b *testing.B) {
 		dispatchVariant{"outbox=10events,nonotify", tmQuiet.Middleware(), outbox.Emit, 10, 0},
 		dispatchVariant{"outbox=off,2rows", env.plainTx, nil, 0, 1},
 	)
+	tmWAL := walTransactional(b, db)
+	variants = append(variants,
+		dispatchVariant{"outbox=1event,wal", tmWAL.Middleware(), outbox.Emit, 1, 0},
+		dispatchVariant{"outbox=10events,wal", tmWAL.Middleware(), outbox.Emit, 10, 0},
+	)
 	var seq atomic.Int64
 	for _, v := range variants {
 		b.Run(v.name, func(b *testing.B) { env.run(b, v, &seq) })
@@ -102,6 +113,7 @@ func BenchmarkDispatch(b *testing.B) {
 		_, schema := testdb.OpenPostgres(b)
 		db := testdb.OpenURL(b, delayedURL(b, testdb.SchemaURL(b, schema), rttDelay))
 		env := newDispatchEnv(b, db, wsql.DefaultPostgreSQLSchema{}, ordersDDL)
+		env.parallelism = 1
 		for _, v := range env.main() {
 			b.Run(v.name, func(b *testing.B) { env.run(b, v, &seq) })
 		}
@@ -142,6 +154,8 @@ type dispatchEnv struct {
 	// through it.
 	stockTx   bus.Middleware
 	stockEmit func(ctx context.Context, events ...any) error
+	// parallelism is b.SetParallelism's: commands in flight per core.
+	parallelism int
 }
 
 // stockSchema is a watermill-sql/v3 schema that names its table, as
@@ -176,9 +190,10 @@ func newDispatchEnv(b *testing.B, db *gorm.DB, stockSchema stockSchema, ordersDD
 		b.Fatal(err)
 	}
 	e := &dispatchEnv{
-		db:     db,
-		tables: []string{"orders", gormstore.DefaultTable, stockSchema.MessagesTable(stockForwarderTopic)},
-		tm:     tm,
+		db:          db,
+		tables:      []string{"orders", gormstore.DefaultTable, stockSchema.MessagesTable(stockForwarderTopic)},
+		tm:          tm,
+		parallelism: 4,
 	}
 	e.plainTx = func(next bus.Handler) bus.Handler {
 		return func(ctx context.Context, cmd any) error {
@@ -247,7 +262,7 @@ func (e *dispatchEnv) run(b *testing.B, v dispatchVariant, seq *atomic.Int64) {
 	if err := bus.Register(cb, benchHandler(v.emit)); err != nil {
 		b.Fatal(err)
 	}
-	dispatchParallel(b, cb, seq, benchPlaceOrder{Amount: 1, Events: v.events, Extra: v.extra})
+	dispatchParallel(b, cb, seq, e.parallelism, benchPlaceOrder{Amount: 1, Events: v.events, Extra: v.extra})
 	if v.events > 0 {
 		b.ReportMetric(float64(b.N*v.events)/b.Elapsed().Seconds(), "events/s")
 	}
@@ -282,9 +297,9 @@ func benchHandler(emit func(ctx context.Context, events ...any) error) bus.Handl
 // commands/s and the Go CPU per command: of this process (bus,
 // middleware, encoding, pgx, GC); the rest of the time is PostgreSQL and
 // waiting.
-func dispatchParallel(b *testing.B, cb *bus.Bus, seq *atomic.Int64, cmd benchPlaceOrder) {
+func dispatchParallel(b *testing.B, cb *bus.Bus, seq *atomic.Int64, parallelism int, cmd benchPlaceOrder) {
 	ctx := context.Background()
-	b.SetParallelism(4)
+	b.SetParallelism(parallelism)
 	b.ReportAllocs()
 	cpu0 := processCPU(b)
 	b.ResetTimer()
@@ -301,4 +316,29 @@ func dispatchParallel(b *testing.B, cb *bus.Bus, seq *atomic.Int64, cmd benchPla
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "commands/s")
 	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "go-cpu-ns/op")
+}
+
+// walTransactional returns Transactional on a store of db in WAL mode, on
+// a replication slot created for the benchmark and dropped when it ends.
+func walTransactional(b *testing.B, db *gorm.DB) *middleware.Transactional {
+	b.Helper()
+	name := "txo_dispatch_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	cfg := walrelay.Config{Slot: name, Publication: name}
+	ctx := context.Background()
+	if err := walrelay.Setup(ctx, testdb.URL(), cfg); err != nil {
+		b.Fatalf("walrelay.Setup (the WAL mode needs wal_level=logical: run scripts/ensure-services.sh postgres): %v", err)
+	}
+	b.Cleanup(func() {
+		_ = db.Exec("SELECT pg_drop_replication_slot(?)", name).Error
+		_ = db.Exec("DROP PUBLICATION IF EXISTS " + name).Error
+	})
+	store, err := gormstore.New(db, gormstore.Config{WAL: &gormstore.WALConfig{Slot: name}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tm, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: store})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tm
 }

@@ -105,7 +105,7 @@ func BenchmarkCompression(b *testing.B) {
 			}); err != nil {
 				b.Fatal(err)
 			}
-			dispatchParallel(b, cb, &seq, benchPlaceOrder{Amount: 1})
+			dispatchParallel(b, cb, &seq, 4, benchPlaceOrder{Amount: 1})
 			var stored struct{ Payload, Row float64 }
 			if err := db.Raw(`SELECT avg(octet_length(payload)) AS payload, avg(pg_column_size(t.*)) AS row FROM ` + gormstore.DefaultTable + ` t`).Scan(&stored).Error; err != nil {
 				b.Fatal(err)
