@@ -17,6 +17,7 @@ import (
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
+	"github.com/txoutbox/txoutbox/walrelay"
 	"gorm.io/gorm"
 )
 
@@ -50,6 +51,11 @@ type latencyRig struct {
 // relay's own pool. others-cpu-% is the share of the machine that other
 // processes used during the load: a run is clean only when it is near 0.
 // Run it with -benchtime 1x.
+//
+// backend=native-wal writes the events in gormstore's WAL mode and relays
+// them with walrelay from a slot that has just streamed; the relay sends
+// no statements (its status updates go over the replication connection),
+// so its query counts are 0.
 func BenchmarkCommitToPublish(b *testing.B) {
 	cases := []struct {
 		name  string
@@ -57,6 +63,7 @@ func BenchmarkCommitToPublish(b *testing.B) {
 	}{
 		{"backend=native", nativeRig},
 		{"backend=watermill-sql-forwarder", stockRig},
+		{"backend=native-wal", walRig},
 	}
 	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
@@ -136,6 +143,22 @@ func nativeRig(b *testing.B, db *gorm.DB, schema string, s *sink) latencyRig {
 		run:         fw.Run,
 		counter:     qc,
 	}
+}
+
+// walRig is gormstore's WAL mode, relayed by walrelay at its defaults
+// from a slot of the benchmark's own that has just streamed.
+func walRig(b *testing.B, db *gorm.DB, _ string, s *sink) latencyRig {
+	cfg := walBenchConfig(b)
+	warmSlot(b, cfg)
+	store, err := gormstore.New(db, gormstore.Config{WAL: &gormstore.WALConfig{Slot: cfg.Slot, Prefix: cfg.Prefix}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, err := walrelay.NewRelay(testdb.URL(), s.pubSub, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return latencyRig{store: store, run: r.Run, counter: &queryCounter{}}
 }
 
 // stockRig is the stock path: events written by a watermill-sql/v3
