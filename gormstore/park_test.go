@@ -1,0 +1,92 @@
+package gormstore_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"github.com/txoutbox/txoutbox/gormstore"
+	"github.com/txoutbox/txoutbox/internal/testdb"
+	"github.com/txoutbox/txoutbox/outbox"
+)
+
+// Rows handed over by another relay land in the table in the order
+// given, parked or pending, and behave as the table's own: a parked row
+// holds its key's later rows until it is requeued.
+func TestInsertRelayRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := migrated(t, testdb.Postgres, gormstore.Config{})
+	row := func(id int64, uuid, key string, attempts int) outbox.Row {
+		return outbox.Row{ID: id, UUID: uuid, Topic: "t", PartitionKey: key, Payload: []byte("p-" + uuid), Metadata: []byte(`{"name":"E"}`), Attempts: attempts}
+	}
+	rows := []outbox.Row{row(7, "a1", "a", 3), row(8, "a2", "a", 0), row(9, "b1", "b", 0), row(10, "u1", "", 1)}
+	failures := []outbox.Failure{{ID: 7, Park: true, Error: "parked after 3 attempts: rejected"}, {ID: 10, Park: true, Error: "bad"}}
+	require.NoError(t, s.InsertRelayRows(ctx, rows, failures))
+	// Again, as after a relay's restart: nothing is written twice.
+	require.NoError(t, s.InsertRelayRows(ctx, rows, failures))
+
+	parked, err := s.ListFailed(ctx, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, parked, 2)
+	require.Equal(t, "a1", parked[0].UUID)
+	require.Equal(t, 3, parked[0].Attempts)
+	require.Equal(t, "parked after 3 attempts: rejected", parked[0].LastError)
+	require.Equal(t, "u1", parked[1].UUID)
+	ev, err := s.GetFailed(ctx, parked[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, []byte("p-a1"), ev.Payload)
+	require.JSONEq(t, `{"name":"E"}`, ev.Metadata)
+
+	stats, err := s.Stats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), stats.Pending)
+	require.Equal(t, int64(2), stats.Failed)
+
+	// b1 is due; a2 waits behind a1.
+	c, err := s.Claim(ctx, outbox.ClaimParams{Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, c.Rows(), 1)
+	require.Equal(t, "b1", c.Rows()[0].UUID)
+	require.NoError(t, c.Finish(ctx, []int64{c.Rows()[0].ID}, nil))
+
+	keys, err := s.UndeliveredKeys(ctx, []string{"a", "b", "c"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"a"}, keys)
+	all, err := s.UndeliveredKeys(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"a"}, all, "unordered rows have no key")
+	none, err := s.UndeliveredKeys(ctx, []string{})
+	require.NoError(t, err)
+	require.Empty(t, none)
+
+	// Requeued, a1 goes first, then a2.
+	_, err = s.RequeueIDs(ctx, parked[0].ID)
+	require.NoError(t, err)
+	c, err = s.Claim(ctx, outbox.ClaimParams{Limit: 10})
+	require.NoError(t, err)
+	var got []string
+	for _, r := range c.Rows() {
+		got = append(got, r.UUID)
+	}
+	require.Equal(t, []string{"a1", "a2"}, got)
+	require.Zero(t, c.Rows()[0].Attempts, "a requeued row starts again")
+	var delivered []int64
+	for _, r := range c.Rows() {
+		delivered = append(delivered, r.ID)
+	}
+	require.NoError(t, c.Finish(ctx, delivered, nil))
+	keys, err = s.UndeliveredKeys(ctx, []string{"a", "b"})
+	require.NoError(t, err)
+	require.Empty(t, keys)
+}
+
+func TestInsertRelayRowsNeedsPostgres(t *testing.T) {
+	t.Parallel()
+	s, _ := migrated(t, testdb.SQLite, gormstore.Config{})
+	err := s.InsertRelayRows(context.Background(), []outbox.Row{{ID: 1, UUID: "x", Topic: "t"}}, nil)
+	require.ErrorIs(t, err, gormstore.ErrUnsupportedDialect)
+	require.ErrorContains(t, err, "needs PostgreSQL")
+	_, err = s.UndeliveredKeys(context.Background(), nil)
+	require.ErrorIs(t, err, gormstore.ErrUnsupportedDialect)
+}
