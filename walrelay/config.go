@@ -54,6 +54,18 @@ type Config struct {
 	// reply; progress is confirmed at least every 10s whatever it is.
 	// Optional; default DefaultStatusInterval (1s).
 	StatusInterval time.Duration
+	// Table is the outbox table into which the relay parks an event that
+	// keeps failing (after MaxAttempts, while the publisher is not down),
+	// with its error, and writes the later events of its partition key,
+	// behind it, until the table has no undelivered row of the key left;
+	// other keys go on from the stream. The table's forwarder
+	// (outbox.NewForwarder on the same *gormstore.Store) must run on it:
+	// it delivers the key's events once the parked row is requeued or
+	// discarded. The relay assumes that the rows of a key enter the table
+	// only through it, or were there when it started streaming.
+	// Optional: without it an event that would be parked is retried every
+	// MaxBackoff, and its key's later events wait behind it in memory.
+	Table Table
 	// Forwarder configures publishing, as for the table's forwarder: of
 	// it the relay uses BatchSize (the most events per publish),
 	// PollInterval (how often a relay that stands by tries to become the

@@ -48,6 +48,12 @@ type Relay struct {
 	log     *slog.Logger
 	lockKey int64
 	running atomic.Bool
+	// heldRows, divertedKeys and parked are the publisher's state, for
+	// Stats: rows waiting in memory for a retry, keys whose events go to
+	// the table, and rows parked in the table since the relay started.
+	heldRows     atomic.Int64
+	divertedKeys atomic.Int64
+	parked       atomic.Int64
 	// nextID numbers the events read, the IDs of their rows: increasing
 	// in stream order, so in commit order. Used by Run's reader only.
 	nextID int64
@@ -172,6 +178,21 @@ func (r *Relay) session(ctx context.Context) (streamed bool, err error) {
 	if err := checkPublication(ctx, conn, r.cfg.Publication); err != nil {
 		return false, err
 	}
+	diverted := map[string]time.Time{}
+	if r.cfg.Table != nil {
+		// The keys whose events wait in the table, also those a relay
+		// that read the slot before wrote there: the stream's events of
+		// these keys go to the table, behind them.
+		keys, err := r.cfg.Table.UndeliveredKeys(ctx, nil)
+		if err != nil {
+			return false, fmt.Errorf("read the keys waiting in the outbox table: %w", err)
+		}
+		now := time.Now()
+		for _, k := range keys {
+			diverted[k] = now
+		}
+		r.divertedKeys.Store(int64(len(diverted)))
+	}
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
 		Mode: pglogrepl.LogicalReplication,
 		PluginArgs: []string{
@@ -190,7 +211,7 @@ func (r *Relay) session(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("START_REPLICATION: %w", err)
 	}
 	r.log.Info("walrelay: streaming", "slot", r.cfg.Slot, "publication", r.cfg.Publication, "prefix", r.cfg.Prefix)
-	return true, r.stream(ctx, conn)
+	return true, r.stream(ctx, conn, diverted)
 }
 
 // simpleValue runs sql, a simple query returning one value, and returns
@@ -229,14 +250,17 @@ type reader struct {
 }
 
 // stream reads the replication stream until ctx ends or it fails, with a
-// publisher goroutine publishing the committed transactions.
-func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn) error {
+// publisher goroutine publishing the committed transactions; diverted are
+// the keys whose events go to the table.
+func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn, diverted map[string]time.Time) error {
 	rd := &reader{r: r, conn: conn, pipe: newPipeline(r.cfg.Forwarder.BatchSize), sentAt: time.Now()}
-	stop := make(chan struct{})
+	pubCtx, stopPublisher := context.WithCancel(context.Background())
+	defer stopPublisher()
+	pb := &publisher{r: r, pipe: rd.pipe, ctx: pubCtx, held: map[string]*heldKey{}, diverted: diverted}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		rd.pipe.publish(r, stop)
+		pb.run()
 	}()
 	err := rd.read(ctx)
 	if errors.Is(err, ErrUndecodable) {
@@ -251,7 +275,7 @@ func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		timer.Stop()
 	}
-	close(stop)
+	stopPublisher()
 	// A publish call cannot be interrupted. After a failed stream the
 	// next session waits for it, so that two publishers never run at
 	// once; a shutdown waits ShutdownTimeout at most.
