@@ -57,6 +57,10 @@ type publisher struct {
 	diverted map[string]time.Time
 	// outages counts consecutive batches that found the publisher down.
 	outages int
+	// failing are the keys (by holdKey) whose rows failed since a batch
+	// last published something: rows of two or more keys failing with
+	// nothing published is an outage, across batches as within one.
+	failing map[string]bool
 }
 
 // holdKey is the key under which a failed row and its key's later rows
@@ -102,10 +106,9 @@ func (pb *publisher) next() []outbox.Row {
 			delete(pb.held, k)
 		}
 	}
-	if len(batch) >= limit || pb.heldRows >= pb.pipe.limit || (pb.outages > 0 && len(batch) > 0) {
+	if len(batch) >= limit || pb.heldRows >= pb.pipe.limit {
 		// Full; or too much held in memory: the stream waits until held
-		// keys are published or parked; or the publisher is down: only
-		// what failed is tried again.
+		// keys are published or parked.
 		return batch
 	}
 	fresh, marks := pb.pipe.take(limit - len(batch))
@@ -183,15 +186,15 @@ func (pb *publisher) publish(batch []outbox.Row) {
 		for _, id := range out.Delivered {
 			pb.done(id)
 		}
+		outage = pb.down(batch, out)
 		if len(out.Delivered) < len(batch) {
 			var more []outbox.Row
-			more, parked = pb.failed(batch, out)
+			more, parked = pb.failed(batch, out, outage)
 			toTable = append(toTable, more...)
 		}
 		switch {
-		case out.Outage:
+		case outage:
 			pb.outages++
-			outage = true
 		case len(out.Delivered) > 0:
 			pb.outages = 0
 		}
@@ -209,6 +212,31 @@ func (pb *publisher) publish(batch []outbox.Row) {
 	}
 }
 
+// down reports whether the publisher is taken for down after batch's
+// outcome: the engine says so, or nothing was published since rows of
+// two or more keys failed, in this batch or the ones before. The table
+// relay's claims hold many keys' rows at once; the stream's batches are
+// often a transaction or two, and a retry is a batch of its own, so the
+// rule is kept across batches.
+func (pb *publisher) down(batch []outbox.Row, out outbox.Outcome) bool {
+	if len(out.Delivered) > 0 {
+		clear(pb.failing)
+	}
+	if len(out.Failures) == 0 {
+		return out.Outage
+	}
+	ids := make(map[int64]bool, len(out.Failures))
+	for _, f := range out.Failures {
+		ids[f.ID] = true
+	}
+	for i := range batch {
+		if ids[batch[i].ID] {
+			pb.failing[holdKey(&batch[i])] = true
+		}
+	}
+	return out.Outage || len(out.Delivered) == 0 && len(pb.failing) >= 2
+}
+
 // isDiverted reports whether row's key has rows waiting in the table.
 func (pb *publisher) isDiverted(row outbox.Row) bool {
 	if row.PartitionKey == "" {
@@ -222,8 +250,10 @@ func (pb *publisher) isDiverted(row outbox.Row) bool {
 // returns those to write to the table (a row to park, and its key's later
 // rows, behind it) with the failures of the rows to park, and holds the
 // others in memory for their retry, each key's later rows behind its
-// failed row. Each failed row is charged an attempt.
-func (pb *publisher) failed(batch []outbox.Row, out outbox.Outcome) (toTable []outbox.Row, parked []outbox.Failure) {
+// failed row. Each failed row is charged an attempt. While the publisher
+// is down nothing is parked: a row to park is held and tried again after
+// the outage backoff.
+func (pb *publisher) failed(batch []outbox.Row, out outbox.Outcome, down bool) (toTable []outbox.Row, parked []outbox.Failure) {
 	r := pb.r
 	delivered := make(map[int64]bool, len(out.Delivered))
 	for _, id := range out.Delivered {
@@ -257,6 +287,10 @@ func (pb *publisher) failed(batch []outbox.Row, out outbox.Outcome) (toTable []o
 			continue
 		}
 		row.Attempts++
+		if f.Park && down {
+			pb.hold(row, now)
+			continue
+		}
 		if f.Park && r.cfg.Table != nil {
 			toTable = append(toTable, row)
 			parked = append(parked, f)

@@ -256,7 +256,7 @@ func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn, diverted map[st
 	rd := &reader{r: r, conn: conn, pipe: newPipeline(r.cfg.Forwarder.BatchSize), sentAt: time.Now()}
 	pubCtx, stopPublisher := context.WithCancel(context.Background())
 	defer stopPublisher()
-	pb := &publisher{r: r, pipe: rd.pipe, ctx: pubCtx, held: map[string]*heldKey{}, diverted: diverted}
+	pb := &publisher{r: r, pipe: rd.pipe, ctx: pubCtx, held: map[string]*heldKey{}, diverted: diverted, failing: map[string]bool{}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
