@@ -66,6 +66,13 @@ type Config struct {
 	// Optional: without it an event that would be parked is retried every
 	// MaxBackoff, and its key's later events wait behind it in memory.
 	Table Table
+	// WarnRetainedBytes is the WAL the slot may retain before the relay
+	// warns in its log (at most every 5 minutes) and Stats sets
+	// OverThreshold: a relay that is down or behind makes PostgreSQL keep
+	// WAL until the slot confirms it. The relay checks at the start of
+	// each session and every minute while it runs. Optional; default
+	// DefaultWarnRetainedBytes (1 GiB).
+	WarnRetainedBytes int64
 	// Forwarder configures publishing, as for the table's forwarder: of
 	// it the relay uses BatchSize (the most events per publish),
 	// PollInterval (how often a relay that stands by tries to become the
@@ -86,6 +93,9 @@ func (c Config) Validate() error {
 	}
 	if c.Publication != "" && !identRE.MatchString(c.Publication) {
 		errs = append(errs, fmt.Errorf("%w: Publication %q must be 1 to 63 lower-case letters, digits or underscores", outbox.ErrInvalidConfig, c.Publication))
+	}
+	if c.WarnRetainedBytes < 0 {
+		errs = append(errs, fmt.Errorf("%w: WarnRetainedBytes is negative (use 0 for the default)", outbox.ErrInvalidConfig))
 	}
 	if c.StatusInterval < 0 {
 		errs = append(errs, fmt.Errorf("%w: StatusInterval is negative (use 0 for the default)", outbox.ErrInvalidConfig))
@@ -109,6 +119,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StatusInterval == 0 {
 		c.StatusInterval = DefaultStatusInterval
+	}
+	if c.WarnRetainedBytes == 0 {
+		c.WarnRetainedBytes = DefaultWarnRetainedBytes
 	}
 	f := &c.Forwarder
 	if f.BatchSize == 0 {

@@ -54,6 +54,9 @@ type Relay struct {
 	heldRows     atomic.Int64
 	divertedKeys atomic.Int64
 	parked       atomic.Int64
+	// warnedAt is when the last warning about retained WAL was logged
+	// (unix nanoseconds).
+	warnedAt atomic.Int64
 	// nextID numbers the events read, the IDs of their rows: increasing
 	// in stream order, so in commit order. Used by Run's reader only.
 	nextID int64
@@ -97,7 +100,8 @@ func NewRelay(connString string, pub message.Publisher, cfg Config) (*Relay, err
 // will not mend: a server without wal_level=logical ([ErrWALLevel]) or
 // older than PostgreSQL 14 ([ErrServerVersion]), a missing slot
 // ([ErrNoSlot]) or publication ([ErrNoPublication]), a slot it cannot
-// read ([ErrBadSlot]), and a message it cannot decode ([ErrUndecodable];
+// read ([ErrBadSlot]; [ErrSlotInvalidated] for one that lost WAL it
+// needed), and a message it cannot decode ([ErrUndecodable];
 // what came before it is published and confirmed first, so the slot
 // stops right at it).
 func (r *Relay) Run(ctx context.Context) error {
@@ -105,6 +109,21 @@ func (r *Relay) Run(ctx context.Context) error {
 		return outbox.ErrAlreadyRunning
 	}
 	defer r.running.Store(false)
+	unobserve, err := r.observeSlot()
+	if err != nil {
+		return fmt.Errorf("walrelay: slot metrics: %w", err)
+	}
+	defer unobserve()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		r.watchSlot(watchCtx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watched
+	}()
 	failures := 0
 	standing := false
 	for ctx.Err() == nil {
@@ -172,9 +191,11 @@ func (r *Relay) session(ctx context.Context) (streamed bool, err error) {
 	if locked != "t" {
 		return false, errStandby
 	}
-	if _, err := checkSlot(ctx, conn, r.cfg.Slot); err != nil {
+	info, err := checkSlot(ctx, conn, r.cfg.Slot)
+	if err != nil {
 		return false, err
 	}
+	r.checkRetained(&SlotStats{Slot: r.cfg.Slot, WALStatus: info.walStatus, RetainedBytes: info.retained, LagBytes: info.lag, SafeWALBytes: info.safe})
 	if err := checkPublication(ctx, conn, r.cfg.Publication); err != nil {
 		return false, err
 	}
@@ -207,6 +228,9 @@ func (r *Relay) session(ctx context.Context) (streamed bool, err error) {
 			// Active for another process (not a relay holding the lock,
 			// or one whose connection the server has not dropped yet).
 			return false, errStandby
+		}
+		if lost := lostSlotError(r.cfg.Slot, err); lost != nil {
+			return false, lost
 		}
 		return false, fmt.Errorf("START_REPLICATION: %w", err)
 	}
@@ -386,7 +410,11 @@ func (rd *reader) read(ctx context.Context) error {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+			err := pgconn.ErrorResponseToPgError(msg)
+			if lost := lostSlotError(rd.r.cfg.Slot, err); lost != nil {
+				return lost
+			}
+			return fmt.Errorf("replication stream: %w", err)
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: the server ended it")
 		}
