@@ -48,6 +48,9 @@ type publisher struct {
 	// marks are the transactions taken and not yet confirmed, in stream
 	// order.
 	marks []txnMark
+	// hint is the index in marks of the last row done: rows are mostly
+	// done in stream order.
+	hint int
 	// held are the keys (and unordered rows, by holdKey) retrying in
 	// memory; heldRows counts their rows.
 	held     map[string]*heldKey
@@ -397,9 +400,16 @@ func (pb *publisher) refresh(batch []outbox.Row) bool {
 // done records that the row with id was published or written to the
 // table.
 func (pb *publisher) done(id int64) {
-	i := sort.Search(len(pb.marks), func(i int) bool { return pb.marks[i].last >= id })
+	i := pb.hint
+	for i < len(pb.marks) && pb.marks[i].last < id && i < pb.hint+2 {
+		i++
+	}
+	if i >= len(pb.marks) || pb.marks[i].first > id || pb.marks[i].last < id {
+		i = sort.Search(len(pb.marks), func(i int) bool { return pb.marks[i].last >= id })
+	}
 	if i < len(pb.marks) && pb.marks[i].first <= id {
 		pb.marks[i].left--
+		pb.hint = i
 	}
 }
 
@@ -415,4 +425,5 @@ func (pb *publisher) advance() {
 	}
 	pb.pipe.confirmed.Store(uint64(pb.marks[n-1].end))
 	pb.marks = slices.Delete(pb.marks, 0, n)
+	pb.hint = max(pb.hint-n, 0)
 }

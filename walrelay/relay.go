@@ -314,6 +314,7 @@ func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn, diverted map[st
 			r.log.Warn("walrelay: batch not published within ShutdownTimeout; its events stream again after a restart", "slot", r.cfg.Slot)
 		}
 	}
+	r.heldRows.Store(0) // the next session streams them again
 	// Confirm what was published, so a restart repeats as little as it
 	// can. The connection may be gone; then the server keeps what it was
 	// told last.
