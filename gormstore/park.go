@@ -23,13 +23,13 @@ var errRelayRowsPostgres = fmt.Errorf("%w: handing rows over from another relay 
 // in the order given. A row whose message UUID an undelivered row of the
 // table already has is skipped, so handing the same rows over twice (a
 // relay restarted before it confirmed them to its source) writes them
-// once. PostgreSQL only.
-func (s *Store) InsertRelayRows(ctx context.Context, rows []outbox.Row, failures []outbox.Failure) error {
+// once. It returns how many rows it wrote. PostgreSQL only.
+func (s *Store) InsertRelayRows(ctx context.Context, rows []outbox.Row, failures []outbox.Failure) (int64, error) {
 	if _, ok := s.drv.(*postgresDriver); !ok {
-		return errRelayRowsPostgres
+		return 0, errRelayRowsPostgres
 	}
 	if len(rows) == 0 {
-		return nil
+		return 0, nil
 	}
 	parked := make(map[int64]string, len(failures))
 	for _, f := range failures {
@@ -65,15 +65,20 @@ func (s *Store) InsertRelayRows(ctx context.Context, rows []outbox.Row, failures
 	}
 	sqlDB, err := s.db.DB()
 	if err != nil {
-		return fmt.Errorf("gormstore: insert relayed rows into %s: %w", s.table, err)
+		return 0, fmt.Errorf("gormstore: insert relayed rows into %s: %w", s.table, err)
 	}
-	if _, err := sqlDB.ExecContext(ctx, s.sql["insert_relayed"], uuids, topics, keys, payloads, mds, attempts, errs, park); err != nil {
-		return fmt.Errorf("gormstore: insert relayed rows into %s: %w", s.table, err)
+	res, err := sqlDB.ExecContext(ctx, s.sql["insert_relayed"], uuids, topics, keys, payloads, mds, attempts, errs, park)
+	if err != nil {
+		return 0, fmt.Errorf("gormstore: insert relayed rows into %s: %w", s.table, err)
 	}
-	if pending {
+	wrote, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("gormstore: insert relayed rows into %s: %w", s.table, err)
+	}
+	if pending && wrote > 0 {
 		s.drv.notifyCommitted()
 	}
-	return nil
+	return wrote, nil
 }
 
 // UndeliveredKeys returns those of keys that have an undelivered row in

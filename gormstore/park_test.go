@@ -22,9 +22,13 @@ func TestInsertRelayRows(t *testing.T) {
 	}
 	rows := []outbox.Row{row(7, "a1", "a", 3), row(8, "a2", "a", 0), row(9, "b1", "b", 0), row(10, "u1", "", 1)}
 	failures := []outbox.Failure{{ID: 7, Park: true, Error: "parked after 3 attempts: rejected"}, {ID: 10, Park: true, Error: "bad"}}
-	require.NoError(t, s.InsertRelayRows(ctx, rows, failures))
+	n, err := s.InsertRelayRows(ctx, rows, failures)
+	require.NoError(t, err)
+	require.EqualValues(t, 4, n)
 	// Again, as after a relay's restart: nothing is written twice.
-	require.NoError(t, s.InsertRelayRows(ctx, rows, failures))
+	n, err = s.InsertRelayRows(ctx, rows, failures)
+	require.NoError(t, err)
+	require.Zero(t, n)
 
 	parked, err := s.ListFailed(ctx, 0, 10)
 	require.NoError(t, err)
@@ -84,7 +88,7 @@ func TestInsertRelayRows(t *testing.T) {
 func TestInsertRelayRowsNeedsPostgres(t *testing.T) {
 	t.Parallel()
 	s, _ := migrated(t, testdb.SQLite, gormstore.Config{})
-	err := s.InsertRelayRows(context.Background(), []outbox.Row{{ID: 1, UUID: "x", Topic: "t"}}, nil)
+	_, err := s.InsertRelayRows(context.Background(), []outbox.Row{{ID: 1, UUID: "x", Topic: "t"}}, nil)
 	require.ErrorIs(t, err, gormstore.ErrUnsupportedDialect)
 	require.ErrorContains(t, err, "needs PostgreSQL")
 	_, err = s.UndeliveredKeys(context.Background(), nil)

@@ -22,8 +22,9 @@ type Table interface {
 	// InsertRelayRows writes rows to the table in the order given: parked
 	// those with a Park entry in failures (with its error and the row's
 	// Attempts), pending the others. A row whose message UUID an
-	// undelivered row already has is skipped.
-	InsertRelayRows(ctx context.Context, rows []outbox.Row, failures []outbox.Failure) error
+	// undelivered row already has is skipped. It returns how many rows it
+	// wrote.
+	InsertRelayRows(ctx context.Context, rows []outbox.Row, failures []outbox.Failure) (int64, error)
 	// UndeliveredKeys returns those of keys that have an undelivered row
 	// in the table, parked or pending; with keys nil, every partition key
 	// that has one.
@@ -326,8 +327,13 @@ func (pb *publisher) writeTable(rows []outbox.Row, parked []outbox.Failure) bool
 	r := pb.r
 	slices.SortFunc(rows, func(a, b outbox.Row) int { return cmp.Compare(a.ID, b.ID) })
 	for n := 1; ; n++ {
-		err := r.cfg.Table.InsertRelayRows(pb.ctx, rows, parked)
+		wrote, err := r.cfg.Table.InsertRelayRows(pb.ctx, rows, parked)
 		if err == nil {
+			if skipped := int64(len(rows)) - wrote; skipped > 0 {
+				// Streamed again after a restart, or an event whose UUID
+				// another undelivered row has.
+				r.log.Info("walrelay: events already in the outbox table (by message UUID) were not written again", "skipped", skipped, "rows", len(rows))
+			}
 			break
 		}
 		if pb.ctx.Err() != nil {
