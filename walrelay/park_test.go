@@ -385,3 +385,30 @@ func TestRetryingKeyDoesNotStallOtherKeys(t *testing.T) {
 	time.Sleep(3 * cfg.StatusInterval)
 	require.Less(t, slotConfirmed(t, conn, cfg.Slot), afterK0, "confirmed past the transaction of the event waiting for its retry")
 }
+
+// An event that cannot become a message (here: no topic) is parked in
+// the table at once, with the reason, and its key's later events follow
+// it there; nothing of it is published.
+func TestUndecodableEventParkedAtOnce(t *testing.T) {
+	conn := connect(t)
+	cfg := setup(t, conn)
+	st, db := parkTable(t, gormstore.Config{})
+	cfg.Table = st
+	s := newSink(t)
+	start(t, s.pub, cfg)
+	bad := record("k1-0", "k1")
+	bad.Topic = ""
+	emit(t, conn, cfg.Prefix, record("k0-0", "k0"), bad)
+	emit(t, conn, cfg.Prefix, record("k1-1", "k1"), record("k0-1", "k0"))
+	waitDistinct(t, s, 2, 20*time.Second)
+	waitStats(t, st, 20*time.Second, func(s outbox.Stats) bool { return s.Failed == 1 && s.Pending == 1 })
+	parked, err := st.ListFailed(context.Background(), 0, 10)
+	require.NoError(t, err)
+	require.Len(t, parked, 1)
+	require.Equal(t, "k1-0", parked[0].UUID)
+	require.Contains(t, parked[0].LastError, "undecodable row: empty topic")
+	var rows []string
+	require.NoError(t, db.Raw("SELECT uuid FROM txoutbox_outbox ORDER BY id").Scan(&rows).Error)
+	require.Equal(t, []string{"k1-0", "k1-1"}, rows)
+	require.Equal(t, []string{"k0-0", "k0-1"}, s.received())
+}
