@@ -19,6 +19,9 @@ import (
 	"gorm.io/gorm"
 )
 
+// The table the relay parks into is gormstore's.
+var _ walrelay.Table = (*gormstore.Store)(nil)
+
 // failingPublisher publishes through Publisher the messages that fail
 // lets through; a call stops at the first message fail rejects, the ones
 // before it published, as a broker that publishes one by one.
@@ -411,4 +414,37 @@ func TestUndecodableEventParkedAtOnce(t *testing.T) {
 	require.NoError(t, db.Raw("SELECT uuid FROM txoutbox_outbox ORDER BY id").Scan(&rows).Error)
 	require.Equal(t, []string{"k1-0", "k1-1"}, rows)
 	require.Equal(t, []string{"k0-0", "k0-1"}, s.received())
+}
+
+// Discarding the parked event releases its key: the table's forwarder
+// delivers the events written behind it, in order, without it.
+func TestDiscardReleasesParkedKey(t *testing.T) {
+	conn := connect(t)
+	cfg := setup(t, conn)
+	st, _ := parkTable(t, gormstore.Config{})
+	cfg.Table = st
+	cfg.Forwarder.MaxAttempts = 2
+	s := newSink(t)
+	pub := &failingPublisher{Publisher: s.pub}
+	pub.setFail(func(m *message.Message) error {
+		if m.UUID == "k1-0" {
+			return errors.New("rejected for good")
+		}
+		return nil
+	})
+	start(t, pub, cfg)
+	for i := range 4 {
+		emit(t, conn, cfg.Prefix, record(fmt.Sprintf("k1-%d", i), "k1"))
+	}
+	waitStats(t, st, 20*time.Second, func(s outbox.Stats) bool { return s.Failed == 1 && s.Pending == 3 })
+	require.Empty(t, s.received())
+	parked, err := st.ListFailed(context.Background(), 0, 10)
+	require.NoError(t, err)
+	require.Len(t, parked, 1)
+	ids, err := st.DiscardIDs(context.Background(), parked[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, []int64{parked[0].ID}, ids)
+	runForwarder(t, st, s.pub, cfg)
+	got := waitDistinct(t, s, 3, 20*time.Second)
+	require.Equal(t, []string{"k1-1", "k1-2", "k1-3"}, got)
 }
