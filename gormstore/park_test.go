@@ -2,12 +2,15 @@ package gormstore_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"github.com/txoutbox/txoutbox/gormstore"
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/outbox"
+	"github.com/txoutbox/txoutbox/outbox/outboxtest"
+	"gorm.io/gorm"
 )
 
 // Rows handed over by another relay land in the table in the order
@@ -93,4 +96,38 @@ func TestInsertRelayRowsNeedsPostgres(t *testing.T) {
 	require.ErrorContains(t, err, "needs PostgreSQL")
 	_, err = s.UndeliveredKeys(context.Background(), nil)
 	require.ErrorIs(t, err, gormstore.ErrUnsupportedDialect)
+}
+
+// relayedStore is a store whose rows come in through InsertRelayRows, as
+// the WAL relay hands them over, rather than through Save in a command's
+// transaction.
+type relayedStore struct {
+	*gormstore.Store
+}
+
+// Save hands records over as pending rows. It writes outside tx, which
+// the relay contract suite only ever commits.
+func (s relayedStore) Save(ctx context.Context, _ *gorm.DB, records []outbox.Record) error {
+	rows := make([]outbox.Row, len(records))
+	for i, r := range records {
+		md, err := json.Marshal(map[string]string(r.Message.Metadata))
+		if err != nil {
+			return err
+		}
+		rows[i] = outbox.Row{ID: int64(i + 1), UUID: r.Message.UUID, Topic: r.Topic, PartitionKey: r.PartitionKey, Payload: r.Message.Payload, Metadata: md}
+	}
+	_, err := s.InsertRelayRows(ctx, rows, nil)
+	return err
+}
+
+// Rows handed over by another relay meet the relay contract of the
+// table's own rows: the forwarder relays them as it relays saved ones.
+func TestRelayConformanceOfRelayedRows(t *testing.T) {
+	t.Parallel()
+	outboxtest.ExerciseRelay(t, func(t *testing.T) outboxtest.RelayHarness {
+		h := newHarness(t, testdb.Open(t, testdb.Postgres), gormstore.Config{})
+		store := h.Store.(*gormstore.Store)
+		h.Store = relayedStore{store}
+		return outboxtest.RelayHarness{Harness: h, Requeue: store.Requeue, Discard: store.Discard}
+	})
 }
