@@ -229,16 +229,32 @@ func (pb *publisher) down(batch []outbox.Row, out outbox.Outcome) bool {
 	if len(out.Failures) == 0 {
 		return out.Outage
 	}
-	ids := make(map[int64]bool, len(out.Failures))
+	ids := make(map[int64]outbox.Failure, len(out.Failures))
 	for _, f := range out.Failures {
-		ids[f.ID] = true
+		ids[f.ID] = f
 	}
 	for i := range batch {
-		if ids[batch[i].ID] {
+		if f, ok := ids[batch[i].ID]; ok && !pb.undecodable(&batch[i], f) {
 			pb.failing[holdKey(&batch[i])] = true
 		}
 	}
 	return out.Outage || len(out.Delivered) == 0 && len(pb.failing) >= 2
+}
+
+// undecodable reports whether f parks row because it cannot become a
+// message, by the engine's rule (see outbox.Engine): such a row was not
+// published, says nothing about the publisher, and is parked even while
+// the publisher is down.
+func (pb *publisher) undecodable(row *outbox.Row, f outbox.Failure) bool {
+	if !f.Park {
+		return false
+	}
+	msg, err := row.Message()
+	if err != nil {
+		return true
+	}
+	fc := &pb.r.cfg.Forwarder
+	return !fc.PublishCompressed && outbox.Decompress(msg, fc.Compressors...) != nil
 }
 
 // isDiverted reports whether row's key has rows waiting in the table.
@@ -291,7 +307,7 @@ func (pb *publisher) failed(batch []outbox.Row, out outbox.Outcome, down bool) (
 			continue
 		}
 		row.Attempts++
-		if f.Park && down {
+		if f.Park && down && !pb.undecodable(&row, f) {
 			pb.hold(row, now)
 			continue
 		}
