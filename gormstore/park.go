@@ -8,9 +8,24 @@ import (
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
-// errRelayRowsPostgres is returned by the methods a relay of another
-// source uses on a store of another database.
-var errRelayRowsPostgres = fmt.Errorf("%w: handing rows over from another relay (the WAL relay) needs PostgreSQL", ErrUnsupportedDialect)
+// relayRowsError is returned by the methods a relay of another source
+// uses on a store of another database than PostgreSQL. It matches
+// ErrUnsupportedDialect.
+type relayRowsError struct{ dialect string }
+
+func (e relayRowsError) Error() string {
+	return "gormstore: handing rows over from another relay (the WAL relay) needs PostgreSQL; this store is on " + e.dialect
+}
+
+func (e relayRowsError) Is(target error) bool { return target == ErrUnsupportedDialect }
+
+// relayRowsPostgres fails unless the store is on PostgreSQL.
+func (s *Store) relayRowsPostgres() error {
+	if _, ok := s.drv.(*postgresDriver); !ok {
+		return relayRowsError{dialect: s.drv.dialect().String()}
+	}
+	return nil
+}
 
 // InsertRelayRows writes rows that a relay reading another source (the
 // WAL relay of package walrelay) hands over to the table, with one
@@ -25,8 +40,8 @@ var errRelayRowsPostgres = fmt.Errorf("%w: handing rows over from another relay 
 // relay restarted before it confirmed them to its source) writes them
 // once. It returns how many rows it wrote. PostgreSQL only.
 func (s *Store) InsertRelayRows(ctx context.Context, rows []outbox.Row, failures []outbox.Failure) (int64, error) {
-	if _, ok := s.drv.(*postgresDriver); !ok {
-		return 0, errRelayRowsPostgres
+	if err := s.relayRowsPostgres(); err != nil {
+		return 0, err
 	}
 	if len(rows) == 0 {
 		return 0, nil
@@ -88,8 +103,8 @@ func (s *Store) InsertRelayRows(ctx context.Context, rows []outbox.Row, failures
 // rows still wait there: while they do, the key's later rows must be
 // handed over too, behind them. PostgreSQL only.
 func (s *Store) UndeliveredKeys(ctx context.Context, keys []string) ([]string, error) {
-	if _, ok := s.drv.(*postgresDriver); !ok {
-		return nil, errRelayRowsPostgres
+	if err := s.relayRowsPostgres(); err != nil {
+		return nil, err
 	}
 	if keys != nil && len(keys) == 0 {
 		return []string{}, nil

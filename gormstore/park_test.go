@@ -93,7 +93,7 @@ func TestInsertRelayRowsNeedsPostgres(t *testing.T) {
 	s, _ := migrated(t, testdb.SQLite, gormstore.Config{})
 	_, err := s.InsertRelayRows(context.Background(), []outbox.Row{{ID: 1, UUID: "x", Topic: "t"}}, nil)
 	require.ErrorIs(t, err, gormstore.ErrUnsupportedDialect)
-	require.ErrorContains(t, err, "needs PostgreSQL")
+	require.EqualError(t, err, "gormstore: handing rows over from another relay (the WAL relay) needs PostgreSQL; this store is on sqlite")
 	_, err = s.UndeliveredKeys(context.Background(), nil)
 	require.ErrorIs(t, err, gormstore.ErrUnsupportedDialect)
 }
