@@ -55,6 +55,25 @@ type Config struct {
 	// reply; progress is confirmed at least every 10s whatever it is.
 	// Optional; default DefaultStatusInterval (1s).
 	StatusInterval time.Duration
+	// Table is the outbox table into which the relay parks an event that
+	// keeps failing (after MaxAttempts, while the publisher is not down),
+	// with its error, and writes the later events of its partition key,
+	// behind it, until the table has no undelivered row of the key left;
+	// other keys go on from the stream. The table's forwarder
+	// (outbox.NewForwarder on the same *gormstore.Store) must run on it:
+	// it delivers the key's events once the parked row is requeued or
+	// discarded. The relay assumes that the rows of a key enter the table
+	// only through it, or were there when it started streaming.
+	// Optional: without it an event that would be parked is retried every
+	// MaxBackoff, and its key's later events wait behind it in memory.
+	Table Table
+	// WarnRetainedBytes is the WAL the slot may retain before the relay
+	// warns in its log (at most every 5 minutes) and Stats sets
+	// OverThreshold: a relay that is down or behind makes PostgreSQL keep
+	// WAL until the slot confirms it. The relay checks at the start of
+	// each session and every minute while it runs. Optional; default
+	// DefaultWarnRetainedBytes (1 GiB).
+	WarnRetainedBytes int64
 	// Forwarder configures publishing, as for the table's forwarder: of
 	// it the relay uses BatchSize (the most events per publish),
 	// PollInterval (how often a relay that stands by tries to become the
@@ -75,6 +94,9 @@ func (c Config) Validate() error {
 	}
 	if c.Publication != "" && !identRE.MatchString(c.Publication) {
 		errs = append(errs, fmt.Errorf("%w: Publication %q must be 1 to 63 lower-case letters, digits or underscores", outbox.ErrInvalidConfig, c.Publication))
+	}
+	if c.WarnRetainedBytes < 0 {
+		errs = append(errs, fmt.Errorf("%w: WarnRetainedBytes is negative (use 0 for the default)", outbox.ErrInvalidConfig))
 	}
 	if c.StatusInterval < 0 {
 		errs = append(errs, fmt.Errorf("%w: StatusInterval is negative (use 0 for the default)", outbox.ErrInvalidConfig))
@@ -98,6 +120,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StatusInterval == 0 {
 		c.StatusInterval = DefaultStatusInterval
+	}
+	if c.WarnRetainedBytes == 0 {
+		c.WarnRetainedBytes = DefaultWarnRetainedBytes
 	}
 	f := &c.Forwarder
 	if f.BatchSize == 0 {

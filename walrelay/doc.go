@@ -48,8 +48,58 @@
 // most StatusInterval's worth plus the batches in flight. Every event
 // keeps its message UUID for consumers that deduplicate.
 //
-// A batch whose events fail to publish is retried after the engine's
-// backoff (a publisher outage backs off as a whole, as in the table
-// relay); the stream is not confirmed past a transaction until all its
-// events were delivered.
+// # Failures
+//
+// An event that fails to publish waits in memory for its retry, after
+// the engine's backoff, with the later events of its partition key
+// behind it; the other keys go on from the stream. After MaxAttempts
+// failures the event is parked: written to the outbox table of
+// Config.Table (a *gormstore.Store on PostgreSQL) with failed_at and its
+// error, as the table relay parks a row, and the key's later events,
+// from the stream and from memory, are written to the table behind it
+// while the table holds an undelivered row of the key. The table's
+// forwarder (outbox.NewForwarder on the same store) must run on that
+// table: after the parked row is requeued (Store.Requeue and the admin
+// CLI) or discarded, it delivers the key's events in order, and once
+// the table has none of the key left the relay publishes the key's
+// events from the stream again. A relay that starts reads the keys with
+// undelivered rows in the table first, so a restart keeps a parked key's
+// order. Without Config.Table an event to park is retried every
+// MaxBackoff instead, and logged.
+//
+// The outage rule of the table relay applies: when nothing was published
+// since rows of two or more keys failed (in one batch or in the batches
+// since), or a publish failed with outbox.ErrPublisherUnavailable, the
+// publisher is taken for down: nothing is parked, the failed events wait
+// for the outage backoff and are tried again with the stream's next
+// events.
+//
+// The slot is confirmed past a transaction only once each of its events
+// was published or written to the table. Events held in memory are
+// bounded (four batches); past that the stream waits until the held keys
+// are published or parked.
+//
+// # Safety of the slot
+//
+// A slot keeps the WAL from its restart position on, whether a relay
+// reads it or not: a relay that is stopped or behind makes PostgreSQL
+// keep WAL, up to filling its disk. [Relay.Stats] reports the slot's lag
+// (WAL written since its confirmed position), the WAL it retains, its
+// wal_status and safe_wal_size; a running relay exports them as
+// OpenTelemetry gauges (txoutbox.walrelay.slot.lag,
+// txoutbox.walrelay.slot.retained_wal, txoutbox.walrelay.slot.safe_wal_size,
+// on ForwarderConfig.MeterProvider) and logs a warning, at most every 5
+// minutes, when the slot retains more than Config.WarnRetainedBytes
+// (1 GiB by default).
+//
+// With max_slot_wal_keep_size set, the server invalidates a slot that
+// falls further behind and removes its WAL: the events written in that
+// WAL are gone from the stream. Run then returns [ErrSlotInvalidated]
+// with what to do: drop the slot, create it again with Setup, and
+// recover from the application the events committed between the slot's
+// last confirmed position and the new slot. Before PostgreSQL 17 a slot
+// exists only on its server and does not survive a failover to a
+// standby; PostgreSQL 17 synchronises slots created with failover = true
+// to standbys with sync_replication_slots = on. docs/operations.md ("The
+// WAL relay") describes the settings.
 package walrelay

@@ -3,7 +3,6 @@ package walrelay
 import (
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/txoutbox/txoutbox/outbox"
@@ -75,27 +74,37 @@ func (p *pipeline) add(t txn) bool {
 	return true
 }
 
-// take returns the next batch: up to p.batch rows of the queued
-// transactions in order (a larger transaction is split over batches),
-// and the end of the last transaction the batch completes, 0 if it
-// completes none.
-func (p *pipeline) take() (rows []outbox.Row, end pglogrepl.LSN) {
+// txnMark is a transaction being published: the IDs of its rows (a
+// contiguous range), the position to confirm once they are all done, and
+// how many are not done yet.
+type txnMark struct {
+	first, last int64
+	end         pglogrepl.LSN
+	left        int
+}
+
+// take returns the next batch: up to n rows of the queued transactions
+// in order (a larger transaction is split over batches), and a mark for
+// each transaction whose first row it returns.
+func (p *pipeline) take(n int) (rows []outbox.Row, marks []txnMark) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for len(p.queue) > 0 && len(rows) < p.batch {
+	for len(p.queue) > 0 && len(rows) < n {
 		t := &p.queue[0]
-		n := min(len(t.rows)-p.head, p.batch-len(rows))
-		if rows == nil && n == len(t.rows)-p.head && (len(p.queue) == 1 || n == p.batch) {
-			rows = t.rows[p.head : p.head+n] // the whole batch is this slice
-		} else {
-			rows = append(rows, t.rows[p.head:p.head+n]...)
+		if p.head == 0 {
+			marks = append(marks, txnMark{first: t.rows[0].ID, last: t.rows[len(t.rows)-1].ID, end: t.end, left: len(t.rows)})
 		}
-		p.head += n
-		p.queued -= n
+		k := min(len(t.rows)-p.head, n-len(rows))
+		if rows == nil && k == len(t.rows)-p.head && (len(p.queue) == 1 || k == n) {
+			rows = t.rows[p.head : p.head+k] // the whole batch is this slice
+		} else {
+			rows = append(rows, t.rows[p.head:p.head+k]...)
+		}
+		p.head += k
+		p.queued -= k
 		if p.head < len(t.rows) {
 			break
 		}
-		end = t.end
 		p.queue[0] = txn{}
 		p.queue = p.queue[1:]
 		p.head = 0
@@ -104,103 +113,12 @@ func (p *pipeline) take() (rows []outbox.Row, end pglogrepl.LSN) {
 		p.queue = nil
 	}
 	signal(p.space)
-	return rows, end
+	return rows, marks
 }
 
-// publish publishes the queued transactions in order until stop is
-// closed, or, after finish, until the queue is empty. It finishes the
-// publish call in progress and then returns; what is not confirmed by
-// then streams again after a restart.
-func (p *pipeline) publish(r *Relay, stop <-chan struct{}) {
-	for {
-		select {
-		case <-stop:
-			return
-		case <-p.ready:
-		}
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			rows, end := p.take()
-			if len(rows) == 0 {
-				if p.finishing.Load() {
-					return
-				}
-				break
-			}
-			if !r.publishAll(rows, stop) {
-				return
-			}
-			if end != 0 {
-				p.confirmed.Store(uint64(end))
-			}
-		}
-	}
-}
-
-// publishAll publishes rows through the engine until every one was
-// delivered, waiting between attempts as the engine's outcome says. It
-// returns false when stop is closed first.
-func (r *Relay) publishAll(rows []outbox.Row, stop <-chan struct{}) bool {
-	outages := 0
-	for {
-		out := r.eng.Publish(rows)
-		if len(out.Delivered) == len(rows) {
-			return true
-		}
-		rows = r.retryRows(rows, out)
-		wait := r.cfg.Forwarder.MaxBackoff
-		for _, f := range out.Failures {
-			if !f.Park {
-				wait = min(wait, f.RetryAfter)
-			}
-		}
-		if out.Outage {
-			outages++
-			wait = max(wait, min(backoffFor(r.cfg.Forwarder.MinBackoff, r.cfg.Forwarder.MaxBackoff, outages), maxOutageBackoff))
-			if outages == 1 || outages%10 == 0 {
-				r.log.Warn("walrelay: publisher failing, backing off", "error", out.PublishErr, "consecutive", outages, "next_try_in", wait)
-			}
-		} else {
-			outages = 0
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-stop:
-			timer.Stop()
-			return false
-		case <-timer.C:
-		}
-	}
-}
-
-// retryRows returns the rows of a batch not delivered, in their order,
-// with an attempt charged to each that failed. A row the engine would
-// park is retried too, and logged: the WAL relay does not park yet.
-func (r *Relay) retryRows(rows []outbox.Row, out outbox.Outcome) []outbox.Row {
-	delivered := make(map[int64]bool, len(out.Delivered))
-	for _, id := range out.Delivered {
-		delivered[id] = true
-	}
-	failed := make(map[int64]outbox.Failure, len(out.Failures))
-	for _, f := range out.Failures {
-		failed[f.ID] = f
-	}
-	left := make([]outbox.Row, 0, len(rows)-len(out.Delivered))
-	for _, row := range rows {
-		if delivered[row.ID] {
-			continue
-		}
-		if f, ok := failed[row.ID]; ok {
-			row.Attempts++
-			if f.Park {
-				r.log.Error("walrelay: event cannot be published; retrying it (its key's later events wait behind it)", "uuid", row.UUID, "topic", row.Topic, "partition_key", row.PartitionKey, "attempts", row.Attempts, "error", f.Error)
-			}
-		}
-		left = append(left, row)
-	}
-	return left
+// empty reports whether nothing is queued.
+func (p *pipeline) empty() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue) == 0
 }

@@ -48,6 +48,15 @@ type Relay struct {
 	log     *slog.Logger
 	lockKey int64
 	running atomic.Bool
+	// heldRows, divertedKeys and parked are the publisher's state, for
+	// Stats: rows waiting in memory for a retry, keys whose events go to
+	// the table, and rows parked in the table since the relay started.
+	heldRows     atomic.Int64
+	divertedKeys atomic.Int64
+	parked       atomic.Int64
+	// warnedAt is when the last warning about retained WAL was logged
+	// (unix nanoseconds).
+	warnedAt atomic.Int64
 	// nextID numbers the events read, the IDs of their rows: increasing
 	// in stream order, so in commit order. Used by Run's reader only.
 	nextID int64
@@ -91,7 +100,8 @@ func NewRelay(connString string, pub message.Publisher, cfg Config) (*Relay, err
 // will not mend: a server without wal_level=logical ([ErrWALLevel]) or
 // older than PostgreSQL 14 ([ErrServerVersion]), a missing slot
 // ([ErrNoSlot]) or publication ([ErrNoPublication]), a slot it cannot
-// read ([ErrBadSlot]), and a message it cannot decode ([ErrUndecodable];
+// read ([ErrBadSlot]; [ErrSlotInvalidated] for one that lost WAL it
+// needed), and a message it cannot decode ([ErrUndecodable];
 // what came before it is published and confirmed first, so the slot
 // stops right at it).
 func (r *Relay) Run(ctx context.Context) error {
@@ -99,6 +109,21 @@ func (r *Relay) Run(ctx context.Context) error {
 		return outbox.ErrAlreadyRunning
 	}
 	defer r.running.Store(false)
+	unobserve, err := r.observeSlot()
+	if err != nil {
+		return fmt.Errorf("walrelay: slot metrics: %w", err)
+	}
+	defer unobserve()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		r.watchSlot(watchCtx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watched
+	}()
 	failures := 0
 	standing := false
 	for ctx.Err() == nil {
@@ -166,11 +191,28 @@ func (r *Relay) session(ctx context.Context) (streamed bool, err error) {
 	if locked != "t" {
 		return false, errStandby
 	}
-	if _, err := checkSlot(ctx, conn, r.cfg.Slot); err != nil {
+	info, err := checkSlot(ctx, conn, r.cfg.Slot)
+	if err != nil {
 		return false, err
 	}
+	r.checkRetained(&SlotStats{Slot: r.cfg.Slot, WALStatus: info.walStatus, RetainedBytes: info.retained, LagBytes: info.lag, SafeWALBytes: info.safe})
 	if err := checkPublication(ctx, conn, r.cfg.Publication); err != nil {
 		return false, err
+	}
+	diverted := map[string]time.Time{}
+	if r.cfg.Table != nil {
+		// The keys whose events wait in the table, also those a relay
+		// that read the slot before wrote there: the stream's events of
+		// these keys go to the table, behind them.
+		keys, err := r.cfg.Table.UndeliveredKeys(ctx, nil)
+		if err != nil {
+			return false, fmt.Errorf("read the keys waiting in the outbox table: %w", err)
+		}
+		now := time.Now()
+		for _, k := range keys {
+			diverted[k] = now
+		}
+		r.divertedKeys.Store(int64(len(diverted)))
 	}
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
 		Mode: pglogrepl.LogicalReplication,
@@ -187,10 +229,13 @@ func (r *Relay) session(ctx context.Context) (streamed bool, err error) {
 			// or one whose connection the server has not dropped yet).
 			return false, errStandby
 		}
+		if lost := lostSlotError(r.cfg.Slot, err); lost != nil {
+			return false, lost
+		}
 		return false, fmt.Errorf("START_REPLICATION: %w", err)
 	}
 	r.log.Info("walrelay: streaming", "slot", r.cfg.Slot, "publication", r.cfg.Publication, "prefix", r.cfg.Prefix)
-	return true, r.stream(ctx, conn)
+	return true, r.stream(ctx, conn, diverted)
 }
 
 // simpleValue runs sql, a simple query returning one value, and returns
@@ -229,14 +274,17 @@ type reader struct {
 }
 
 // stream reads the replication stream until ctx ends or it fails, with a
-// publisher goroutine publishing the committed transactions.
-func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn) error {
+// publisher goroutine publishing the committed transactions; diverted are
+// the keys whose events go to the table.
+func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn, diverted map[string]time.Time) error {
 	rd := &reader{r: r, conn: conn, pipe: newPipeline(r.cfg.Forwarder.BatchSize), sentAt: time.Now()}
-	stop := make(chan struct{})
+	pubCtx, stopPublisher := context.WithCancel(context.Background())
+	defer stopPublisher()
+	pb := &publisher{r: r, pipe: rd.pipe, ctx: pubCtx, held: map[string]*heldKey{}, diverted: diverted, failing: map[string]bool{}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		rd.pipe.publish(r, stop)
+		pb.run()
 	}()
 	err := rd.read(ctx)
 	if errors.Is(err, ErrUndecodable) {
@@ -251,7 +299,7 @@ func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		timer.Stop()
 	}
-	close(stop)
+	stopPublisher()
 	// A publish call cannot be interrupted. After a failed stream the
 	// next session waits for it, so that two publishers never run at
 	// once; a shutdown waits ShutdownTimeout at most.
@@ -266,6 +314,7 @@ func (r *Relay) stream(ctx context.Context, conn *pgconn.PgConn) error {
 			r.log.Warn("walrelay: batch not published within ShutdownTimeout; its events stream again after a restart", "slot", r.cfg.Slot)
 		}
 	}
+	r.heldRows.Store(0) // the next session streams them again
 	// Confirm what was published, so a restart repeats as little as it
 	// can. The connection may be gone; then the server keeps what it was
 	// told last.
@@ -362,7 +411,11 @@ func (rd *reader) read(ctx context.Context) error {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+			err := pgconn.ErrorResponseToPgError(msg)
+			if lost := lostSlotError(rd.r.cfg.Slot, err); lost != nil {
+				return lost
+			}
+			return fmt.Errorf("replication stream: %w", err)
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: the server ended it")
 		}

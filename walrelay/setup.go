@@ -116,6 +116,10 @@ func isDuplicate(err error) bool {
 type slotInfo struct {
 	// confirmed is the slot's confirmed_flush_lsn.
 	confirmed string
+	// walStatus is its wal_status; lag, retained and safe are as in
+	// SlotStats.
+	walStatus           string
+	lag, retained, safe int64
 }
 
 // checkSlot looks slot up over conn, a normal or a replication connection
@@ -123,7 +127,9 @@ type slotInfo struct {
 // connection's database that is not invalidated. slot is a plain
 // identifier (Config.Validate).
 func checkSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo, error) {
-	res, err := conn.Exec(ctx, "SELECT plugin, database = current_database(), coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = '"+slot+"'").ReadAll()
+	res, err := conn.Exec(ctx, "SELECT plugin, database = current_database(), coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, ''),"+
+		" coalesce(("+walEnd+" - confirmed_flush_lsn)::bigint, 0), coalesce(("+walEnd+" - restart_lsn)::bigint, 0), coalesce(safe_wal_size, -1)"+
+		" FROM pg_replication_slots WHERE slot_name = '"+slot+"'").ReadAll()
 	if err != nil {
 		return slotInfo{}, fmt.Errorf("walrelay: look up replication slot %s: %w", slot, err)
 	}
@@ -138,9 +144,13 @@ func checkSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo,
 	case sameDB != "t":
 		return slotInfo{}, fmt.Errorf("%w: %s belongs to another database (a logical slot streams the database it was created in)", ErrBadSlot, slot)
 	case walStatus == "lost":
-		return slotInfo{}, fmt.Errorf("%w: %s is invalidated (wal_status lost): the server removed WAL it still needed, after it fell behind max_slot_wal_keep_size; the events in that WAL are gone from the stream. Drop the slot (pg_drop_replication_slot) and run Setup again", ErrBadSlot, slot)
+		return slotInfo{}, slotLostError(slot, "wal_status lost")
 	}
-	return slotInfo{confirmed: string(row[3])}, nil
+	info := slotInfo{confirmed: string(row[3]), walStatus: walStatus}
+	for i, p := range []*int64{&info.lag, &info.retained, &info.safe} {
+		*p, _ = strconv.ParseInt(string(row[4+i]), 10, 64)
+	}
+	return info, nil
 }
 
 // checkPublication fails unless publication exists in the database of

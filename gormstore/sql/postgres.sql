@@ -140,3 +140,24 @@ cleaners delete disjoint batches at once. */}}
 	SELECT id FROM {{.T}}
 	WHERE delivered_at IS NOT NULL AND delivered_at < {{template "cutoff"}}
 	ORDER BY delivered_at LIMIT ? FOR UPDATE SKIP LOCKED)){{end}}
+
+{{/* Rows that a relay reading another source (the WAL relay) hands
+over to the table, in the order given (WITH ORDINALITY), each pending or
+parked ($8). A row whose UUID an undelivered row already has is skipped:
+a relay that restarts before confirming its source hands the same rows
+over again. */}}
+{{define "insert_relayed"}}INSERT INTO {{.T}} (uuid, topic, partition_key, payload, metadata, attempts, last_error, failed_at)
+SELECT r.uuid, r.topic, r.partition_key, r.payload, r.metadata, r.attempts, NULLIF(r.last_error, ''), CASE WHEN r.parked THEN now() END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::int4[], $7::text[], $8::bool[])
+	WITH ORDINALITY AS r(uuid, topic, partition_key, payload, metadata, attempts, last_error, parked, n)
+ORDER BY r.n
+ON CONFLICT (uuid) WHERE delivered_at IS NULL DO NOTHING{{end}}
+
+{{/* The partition keys that have an undelivered row, of those .Where
+selects. Two branches, one per partial index: parked rows through the
+blocked index, the others through the pending index. */}}
+{{define "undelivered_keys"}}SELECT partition_key FROM {{.T}}
+WHERE delivered_at IS NULL AND failed_at IS NULL AND {{.Where}}
+UNION
+SELECT partition_key FROM {{.T}}
+WHERE delivered_at IS NULL AND failed_at IS NOT NULL AND {{.Where}}{{end}}
