@@ -108,9 +108,13 @@ func (d *postgresDriver) insert(_ context.Context, _ gorm.ConnPool, records []ou
 
 func (d *postgresDriver) retryable(err error) bool { return retryablePostgres(err) }
 
-// retryablePostgres reports a serialization failure (SQLSTATE 40001) or
-// a deadlock (40P01).
+// retryablePostgres reports a serialization failure (SQLSTATE 40001), a
+// deadlock (40P01), or a pipelined commit whose prepared statement the
+// server had lost (errStatementLost).
 func retryablePostgres(err error) bool {
+	if errors.Is(err, errStatementLost) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		return pgErr.Code == "40001" || pgErr.Code == "40P01"
@@ -598,15 +602,17 @@ func (d *postgresDriver) sendNotify() {
 	if err != nil {
 		return
 	}
+	// The channel first: looking it up may take a connection of the pool,
+	// which must not wait for the one this NOTIFY holds.
+	ch, err := d.channelName(ctx)
+	if err != nil {
+		return
+	}
 	conn, err := sqlDB.Conn(ctx)
 	if err != nil {
 		return
 	}
 	defer conn.Close()
-	ch, err := d.channelName(ctx)
-	if err != nil {
-		return
-	}
 	// One simple query of four statements: one round trip, nothing
 	// prepared, and no argument to encode.
 	q := "BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('" + strings.ReplaceAll(ch, "'", "''") + "', ''); COMMIT"

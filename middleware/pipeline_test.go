@@ -101,11 +101,18 @@ func TestPipelinedCommitBackendTerminated(t *testing.T) {
 
 func TestPipelinedCommitContextCancelled(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, testdb.Postgres)
+	db, schema := testdb.OpenPostgres(t)
+	sqlDB, err := db.DB()
+	require.NoError(t, err)
+	sqlDB.SetMaxOpenConns(1) // the connection the first command prepared the INSERT on
+	f := newFixtureOn(t, testdb.Postgres, db)
+	require.NoError(t, f.run(context.Background(), func(ctx context.Context) error { return placeAndEmit(ctx, "o-0") }))
+	require.NoError(t, db.Exec("TRUNCATE orders, txoutbox_outbox").Error)
 	// Another transaction holds a lock that makes the outbox INSERT wait:
 	// the command's context is cancelled while its INSERT and COMMIT are on
 	// the wire.
-	lockTx := f.db.Begin()
+	other := testdb.OpenURL(t, testdb.SchemaURL(t, schema))
+	lockTx := other.Begin()
 	require.NoError(t, lockTx.Error)
 	defer lockTx.Rollback()
 	require.NoError(t, lockTx.Exec("LOCK TABLE txoutbox_outbox IN SHARE MODE").Error)
@@ -118,7 +125,7 @@ func TestPipelinedCommitContextCancelled(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool {
 		var waiting int64
-		f.db.Raw("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"txoutbox_outbox\"%'").Scan(&waiting)
+		other.Raw("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"txoutbox_outbox\"%'").Scan(&waiting)
 		return waiting == 1
 	}, 10*time.Second, 5*time.Millisecond, "the command's INSERT does not wait for the lock")
 	cancel()
@@ -279,4 +286,29 @@ func TestPipelinedCommitSavesEveryColumn(t *testing.T) {
 	}
 	require.NotNil(t, rows[7].Payload)
 	require.Empty(t, rows[7].Payload)
+}
+
+func TestPipelinedCommitAfterItsStatementWasLost(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.Postgres)
+	sqlDB, err := db.DB()
+	require.NoError(t, err)
+	sqlDB.SetMaxOpenConns(1) // every command on the same connection
+	f := newFixtureOn(t, testdb.Postgres, db)
+	require.NoError(t, f.run(context.Background(), func(ctx context.Context) error { return placeAndEmit(ctx, "o-1") }))
+	// The server forgets the store's prepared INSERT (as after a session
+	// reset by a pooler), and pgx does not know.
+	var name string
+	require.NoError(t, db.Raw(`SELECT name FROM pg_prepared_statements WHERE name LIKE 'txoutbox\_%'`).Scan(&name).Error)
+	require.NotEmpty(t, name, "the store's INSERT is not prepared on the connection")
+	require.NoError(t, db.Exec(`DEALLOCATE "`+name+`"`).Error)
+	runs := 0
+	require.NoError(t, f.run(context.Background(), func(ctx context.Context) error {
+		runs++
+		return placeAndEmit(ctx, "o-2")
+	}))
+	require.Equal(t, 2, runs, "the command whose prepared INSERT was gone runs again")
+	require.EqualValues(t, 2, f.outboxCount(t))
+	require.EqualValues(t, 2, f.orderCount(t, ""))
+	requireWorks(t, f, "o-3")
 }
