@@ -13,8 +13,15 @@ var _ outbox.CommitNotifier = (*Store)(nil)
 // notifyTimeout bounds one NOTIFY round trip.
 const notifyTimeout = 5 * time.Second
 
-// notifyInterval is the least time between two NOTIFYs of one store.
-const notifyInterval = time.Millisecond
+// notifyInterval is the least time between two NOTIFYs of one store. The
+// first commit after a quiet spell is notified at once; under a steady
+// load a forwarder in another process learns of new rows up to this much
+// later, while it is mostly busy draining anyway. Each NOTIFY is a
+// transaction and a round trip of its own: at one per millisecond they
+// made a command with one event 1.09× a command without the outbox at
+// 0.5 ms round-trip time, against 0.98× without them
+// (BenchmarkDispatch/rtt=0.5ms).
+const notifyInterval = 5 * time.Millisecond
 
 // NotifyCommitted tells forwarders in other processes that rows were
 // committed: on PostgreSQL it sends a NOTIFY on the table's channel, after

@@ -114,7 +114,19 @@ func BenchmarkDispatch(b *testing.B) {
 		db := testdb.OpenURL(b, delayedURL(b, testdb.SchemaURL(b, schema), rttDelay))
 		env := newDispatchEnv(b, db, wsql.DefaultPostgreSQLSchema{}, ordersDDL)
 		env.parallelism = 1
-		for _, v := range env.main() {
+		quiet, err := gormstore.New(db, gormstore.Config{NoNotify: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		tmQuiet, err := middleware.NewTransactional(middleware.TransactionalConfig{DB: db, Store: quiet})
+		if err != nil {
+			b.Fatal(err)
+		}
+		variants := append(env.main(),
+			dispatchVariant{"outbox=1event,nonotify", tmQuiet.Middleware(), outbox.Emit, 1, 0},
+			dispatchVariant{"outbox=1event,wal", walTransactional(b, db).Middleware(), outbox.Emit, 1, 0},
+		)
+		for _, v := range variants {
 			b.Run(v.name, func(b *testing.B) { env.run(b, v, &seq) })
 		}
 	})
