@@ -445,10 +445,10 @@ func TestSIGKILLWALRelay(t *testing.T) {
 	relays = append(relays, last)
 	c := startWALChild(t, dsn, cfg.Slot, last)
 	committed, upper := commits.snapshot()
-	eventually(t, 60*time.Second, 50*time.Millisecond, func() (bool, string) {
+	eventually(t, 30*time.Second, 50*time.Millisecond, func() (bool, string) {
 		n := distinctDelivered(t, db, "")
 		return n >= int64(len(committed)), fmt.Sprintf("%d of %d committed events delivered", n, len(committed))
-	}, "slot not drained after the kills")
+	}, "not every committed event was delivered after the kills")
 	c.stop(t)
 
 	ds := readWALDeliveries(t, db)
@@ -580,7 +580,7 @@ func TestWALRelayStandbyTakesOverAfterSIGKILL(t *testing.T) {
 	time.Sleep(time.Second) // the producers go on under the new reader
 	stopProducers()
 	committed, _ := commits.snapshot()
-	eventually(t, 60*time.Second, 50*time.Millisecond, func() (bool, string) {
+	eventually(t, 30*time.Second, 50*time.Millisecond, func() (bool, string) {
 		n := distinctDelivered(t, db, "")
 		return n >= int64(len(committed)), fmt.Sprintf("%d of %d committed events delivered", n, len(committed))
 	}, "the standby did not deliver every committed event")
@@ -625,7 +625,11 @@ func TestWALRelayStandbyTakesOverAfterSIGKILL(t *testing.T) {
 // event (the orders table holds the committed commands) is published, no
 // event of an uncommitted one is, per key the first deliveries follow the
 // commit order, and an event is published twice only if it was first
-// published before the restart.
+// published before the relay resumed. Before PostgreSQL 17 a server
+// restart may take the slot back to an older confirmed position than the
+// relay's last (the server wrote the slot to disk only when more than
+// the confirmed position changed), so the duplicates are counted, not
+// bounded.
 func TestWALRelayPostgresRestart(t *testing.T) {
 	version, cluster := pgCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -733,7 +737,7 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	stopProducers()
 
 	var orders []string
-	eventually(t, 60*time.Second, 100*time.Millisecond, func() (bool, string) {
+	eventually(t, 30*time.Second, 100*time.Millisecond, func() (bool, string) {
 		orders = orders[:0]
 		if err := db.WithContext(ctx).Raw(`SELECT id FROM orders`).Scan(&orders).Error; err != nil {
 			return false, err.Error()
@@ -757,38 +761,46 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	for _, id := range sent {
 		require.True(t, committed[id], "command %s returned nil but its order is not in the table", id)
 	}
-	first := map[string]time.Time{}
-	// The outage as the relay saw it: the last publish before the first
-	// one after PostgreSQL answered again, and how many events were
-	// published while it shut down.
-	var lastBefore, firstAfter time.Time
-	duringShutdown := 0
-	dups := 0
 	for _, d := range ds {
 		require.True(t, committed[d.Event.ID], "event %s published but its command never committed", d.Event.ID)
-		if at, ok := first[d.Event.ID]; ok {
-			dups++
-			require.True(t, at.Before(restartDone), "event %s published again at %s though first published after the restart (%s)", d.Event.ID, d.At.Format(time.StampMicro), at.Format(time.StampMicro))
-		} else {
-			first[d.Event.ID] = d.At
-		}
-		switch {
-		case !d.At.After(restartDone):
-			lastBefore = d.At
-			if d.At.After(restartStart) {
-				duringShutdown++
-			}
-		case firstAfter.IsZero():
-			firstAfter = d.At
-		}
 	}
-	require.False(t, firstAfter.IsZero(), "nothing published after the restart")
 	requireFirstDeliveriesInOrder(t, ds)
-	t.Logf("PostgreSQL %s/%s restarted in %v with %d of %d backlog events published; the relay published %d events while it shut down, then nothing for %v, and again %v after PostgreSQL answered; %d warnings logged",
+	// The outage as the relay saw it: the longest pause between two
+	// publishes from the restart on. What it published before the pause
+	// it published while PostgreSQL shut down.
+	var gapFrom, gapTo time.Time
+	duringShutdown, sinceRestart := 0, 0
+	prevAt := time.Time{}
+	for _, d := range ds {
+		if !d.At.Before(restartStart) {
+			if !prevAt.IsZero() && d.At.Sub(prevAt) > gapTo.Sub(gapFrom) {
+				gapFrom, gapTo = prevAt, d.At
+				duringShutdown = sinceRestart
+			}
+			sinceRestart++
+		}
+		prevAt = d.At
+	}
+	require.False(t, gapTo.IsZero(), "nothing published after the restart")
+	// Once it streams again, the slot repeats at most what was published
+	// before: an event first published after the pause comes once.
+	first := map[string]time.Time{}
+	dups := 0
+	for _, d := range ds {
+		at, ok := first[d.Event.ID]
+		if !ok {
+			first[d.Event.ID] = d.At
+			continue
+		}
+		dups++
+		require.True(t, at.Before(gapTo), "event %s published again at %s though first published after the relay resumed (%s, at %s)",
+			d.Event.ID, d.At.Format(time.StampMicro), at.Format(time.StampMicro), gapTo.Format(time.StampMicro))
+	}
+	t.Logf("PostgreSQL %s/%s restarted in %v with %d of %d backlog events published; the relay published %d events while it shut down, then nothing for %v, resuming %v after the restart began; %d warnings logged",
 		version, cluster, restartDone.Sub(restartStart).Round(time.Millisecond), atRestart, walBacklog, duringShutdown,
-		firstAfter.Sub(lastBefore).Round(time.Millisecond), firstAfter.Sub(restartDone).Round(time.Millisecond),
+		gapTo.Sub(gapFrom).Round(time.Millisecond), gapTo.Sub(restartStart).Round(time.Millisecond),
 		logs.count(slog.LevelWarn, restartStart, time.Now()))
-	t.Logf("%d commands sent by %d producers (%d dispatch errors retried), %d orders committed, %d deliveries (%d duplicates, all of events first published before the restart)",
+	t.Logf("%d commands sent by %d producers (%d dispatch errors retried), %d orders committed, %d deliveries (%d duplicates, all of events first published before the relay resumed)",
 		len(sent), walProducers, dispatchErrs.Load(), len(orders), len(ds), dups)
 }
 
