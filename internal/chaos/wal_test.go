@@ -256,7 +256,9 @@ func startWALProducers(t *testing.T, ctx context.Context, c *walCommits, tr *mid
 			for seq := 0; !stopping.Load(); seq++ {
 				e := placed{ID: fmt.Sprintf("p%d-%d", w, seq), Key: fmt.Sprintf("p%d", w), Seq: seq}
 				if err := c.commit(ctx, tr, db, e); err != nil {
-					t.Errorf("producer %d: command %s: %v", w, e.ID, err)
+					if ctx.Err() == nil { // else the test is over
+						t.Errorf("producer %d: command %s: %v", w, e.ID, err)
+					}
 					return
 				}
 				time.Sleep(5 * time.Millisecond)
@@ -675,13 +677,26 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	relay, err := walrelay.NewRelay(testdb.URL(), pub, rcfg)
 	require.NoError(t, err)
 	runCtx, stopRun := context.WithCancel(ctx)
-	runErr := make(chan error, 1)
-	go func() { runErr <- relay.Run(runCtx) }()
+	var runErr error
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		runErr = relay.Run(runCtx)
+	}()
+	// requireRunning fails the test if Run returned.
+	requireRunning := func() {
+		t.Helper()
+		select {
+		case <-runDone:
+			t.Fatalf("Run returned while it should relay: %v", runErr)
+		default:
+		}
+	}
 	stopRelay := sync.OnceValue(func() error {
 		stopRun()
 		select {
-		case err := <-runErr:
-			return err
+		case <-runDone:
+			return runErr
 		case <-time.After(30 * time.Second):
 			return errors.New("walrelay: Run did not return within 30s of its context's end")
 		}
@@ -738,6 +753,7 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 
 	var orders []string
 	eventually(t, 30*time.Second, 100*time.Millisecond, func() (bool, string) {
+		requireRunning()
 		orders = orders[:0]
 		if err := db.WithContext(ctx).Raw(`SELECT id FROM orders`).Scan(&orders).Error; err != nil {
 			return false, err.Error()
