@@ -564,6 +564,8 @@ func TestWALRelayStandbyTakesOverAfterSIGKILL(t *testing.T) {
 	require.Zero(t, testdb.Count(t, db, "deliveries", "relay = ?", standby), "the standby %s published while %s read the slot", standby, active)
 	require.Less(t, distinctDelivered(t, db, ""), int64(commits.count()), "everything was delivered before the kill; the standby has nothing to take over")
 
+	// At a random moment of the standby's polls.
+	time.Sleep(time.Duration(rand.IntN(int(walPollInterval/time.Millisecond))) * time.Millisecond)
 	killed := time.Now()
 	children[active].kill(t)
 	var tookSlot, delivered time.Duration
