@@ -618,7 +618,7 @@ func TestWALRelayStandbyTakesOverAfterSIGKILL(t *testing.T) {
 		require.False(t, byStandby[d.Event.ID], "event %s delivered twice by %s", d.Event.ID, standby)
 		byStandby[d.Event.ID] = true
 	}
-	t.Logf("%d deliveries for %d committed events: %d by %s before its kill, %d by %s; %d duplicates (events %s delivered and had not confirmed)",
+	t.Logf("%d deliveries for %d committed events: %d by %s before its kill, %d by %s; %d duplicates, all of events %s delivered before its kill",
 		len(ds), len(committed), switched, active, len(ds)-switched, standby, dups, active)
 }
 
