@@ -48,6 +48,15 @@
 // most StatusInterval's worth plus the batches in flight. Every event
 // keeps its message UUID for consumers that deduplicate.
 //
+// A restart of the server can repeat more. Before PostgreSQL 17 the
+// server writes a logical slot to disk only when its restart position or
+// catalog xmin moves too, even at a clean shutdown: after a server
+// restart the slot may stream again from a position older than the last
+// the relay confirmed, back to the slot's creation at worst. A server's
+// shutdown waits for the relay to confirm everything the server sent it:
+// the relay goes on publishing meanwhile, and while the publisher is
+// down the shutdown waits until the relay stops or publishes again.
+//
 // # Failures
 //
 // An event that fails to publish waits in memory for its retry, after

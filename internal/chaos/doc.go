@@ -27,6 +27,24 @@
 //     through the middleware, with the same checks. MySQL has no LISTEN: a
 //     second forwarder that only polls must relay a commit made after the
 //     restart within its poll interval.
+//   - TestSIGKILLWALRelay: a WAL relay (package walrelay) in a subprocess
+//     is killed with SIGKILL in the middle of the stream and restarted,
+//     five times, while producers commit through the middleware on a
+//     store in WAL mode. Every committed event is delivered, per key the
+//     first deliveries keep the commit order, each subprocess confirms
+//     progress before its kill, and the next one streams only
+//     transactions that ended past the slot's confirmed position: the
+//     duplicates are what was published and not yet confirmed.
+//   - TestWALRelayStandbyTakesOverAfterSIGKILL: two WAL relay
+//     subprocesses on one slot; only one streams (pg_stat_replication,
+//     and every delivery of one comes before every delivery of the
+//     other). The reader is killed with SIGKILL and the standby must
+//     stream within 15 s; nothing is lost.
+//   - TestWALRelayPostgresRestart: the local PostgreSQL cluster is
+//     restarted while a WAL relay streams a backlog and producers commit
+//     in WAL mode, retrying. The relay reconnects by itself, Run returns
+//     no error, every committed event is published, and only events first
+//     published before the restart are published again.
 //   - TestListenerReconnectsAfterRepeatedDrops: the forwarder's LISTEN
 //     connection is killed again and again (pg_terminate_backend); each time
 //     it must come back promptly, not after an ever longer backoff.
@@ -65,5 +83,7 @@
 // few minutes. TestSIGKILLForwarder and TestSIGKILLForwarderMariaDB run
 // their forwarder in a subprocess: the test binary started again with
 // TXOUTBOX_CHAOS_CHILD set (see TestMain), and TXOUTBOX_CHAOS_DIALECT=mysql
-// on MariaDB.
+// on MariaDB. The WAL tests need wal_level=logical (scripts/ensure-services.sh
+// postgres sets it), a free replication slot and two walsenders; each
+// creates a slot and publication of its own and drops them.
 package chaos

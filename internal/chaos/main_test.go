@@ -24,14 +24,17 @@ import (
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
-// TestMain runs the forwarder subprocess of TestSIGKILLForwarder, or the
-// consumer subprocess of TestSIGKILLConsumer, when the test binary is
-// started as one (see childEnv), and the tests otherwise.
+// TestMain runs the forwarder subprocess of TestSIGKILLForwarder, the
+// consumer subprocess of TestSIGKILLConsumer, or the relay subprocess of
+// the WAL tests, when the test binary is started as one (see childEnv),
+// and the tests otherwise.
 func TestMain(m *testing.M) {
 	switch os.Getenv(childEnv) {
 	case "":
 	case "consumer":
 		os.Exit(runConsumerChild())
+	case "walrelay":
+		os.Exit(runWALRelayChild())
 	default:
 		os.Exit(runChild())
 	}
