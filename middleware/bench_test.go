@@ -341,8 +341,13 @@ func walTransactional(b *testing.B, db *gorm.DB) *middleware.Transactional {
 		b.Fatalf("walrelay.Setup (the WAL mode needs wal_level=logical: run scripts/ensure-services.sh postgres): %v", err)
 	}
 	b.Cleanup(func() {
-		_ = db.Exec("SELECT pg_drop_replication_slot(?)", name).Error
-		_ = db.Exec("DROP PUBLICATION IF EXISTS " + name).Error
+		// A slot left behind makes the server keep WAL for it.
+		if err := db.Exec("SELECT pg_drop_replication_slot(?)", name).Error; err != nil {
+			b.Errorf("drop replication slot %s: %v", name, err)
+		}
+		if err := db.Exec("DROP PUBLICATION IF EXISTS " + name).Error; err != nil {
+			b.Errorf("drop publication %s: %v", name, err)
+		}
 	})
 	store, err := gormstore.New(db, gormstore.Config{WAL: &gormstore.WALConfig{Slot: name}})
 	if err != nil {
