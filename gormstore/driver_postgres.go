@@ -63,7 +63,7 @@ func newPostgresDriver(s *Store) (*postgresDriver, error) {
 				}})
 		}
 	}
-	own = append(own, stmt{name: "take"}, stmt{name: "emit"}, stmt{name: "wal_ready"}, stmt{name: "insert_relayed"},
+	own = append(own, stmt{name: "take"}, stmt{name: "insert_one"}, stmt{name: "emit"}, stmt{name: "wal_ready"}, stmt{name: "insert_relayed"},
 		stmt{"undelivered_keys", "", func(v *sqlVars) { v.Where = "partition_key = ANY($1)" }},
 		stmt{"undelivered_keys_all", "undelivered_keys", func(v *sqlVars) { v.Where = "partition_key <> ''" }})
 	st, err := renderStatements(postgresSQL, s, own)

@@ -444,6 +444,9 @@ var insertOIDs = []uint32{pgtype.TextArrayOID, pgtype.TextArrayOID, pgtype.TextA
 // insertFormats sends every parameter in binary.
 var insertFormats = []int16{pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode}
 
+// insertOneOIDs are the types of insert_one's parameters.
+var insertOneOIDs = []uint32{pgtype.TextOID, pgtype.TextOID, pgtype.TextOID, pgtype.ByteaOID, pgtype.JSONBOID}
+
 // insertElemOIDs are the element types of insertOIDs.
 var insertElemOIDs = [5]uint32{pgtype.TextOID, pgtype.TextOID, pgtype.TextOID, pgtype.ByteaOID, pgtype.JSONBOID}
 
@@ -465,6 +468,28 @@ func (d *postgresDriver) insertParams(recs []outbox.Record) (*insertParams, erro
 		size += 5*4 + 1 + len(r.Message.UUID) + len(r.Topic) + len(r.PartitionKey) + len(r.Message.Payload) + 32*len(r.Message.Metadata) + 2
 	}
 	buf := make([]byte, 0, size)
+	if len(recs) == 1 {
+		r := recs[0]
+		ip := &insertParams{query: d.s.sql["insert_one"], oids: insertOneOIDs, formats: insertFormats}
+		var ends [5]int // where each parameter ends in buf
+		buf = append(buf, r.Message.UUID...)
+		ends[0] = len(buf)
+		buf = append(buf, r.Topic...)
+		ends[1] = len(buf)
+		buf = append(buf, r.PartitionKey...)
+		ends[2] = len(buf)
+		buf = append(buf, r.Message.Payload...)
+		ends[3] = len(buf)
+		buf = append(buf, jsonbVersion)
+		buf = appendMetadata(buf, r.Message.Metadata)
+		ends[4] = len(buf)
+		start := 0
+		for i, end := range ends {
+			ip.values[i] = buf[start:end:end]
+			start = end
+		}
+		return ip, nil
+	}
 	ip := &insertParams{query: d.s.sql["insert"], oids: insertOIDs, formats: insertFormats}
 	for col := range 5 {
 		start := len(buf)

@@ -312,3 +312,30 @@ func TestPipelinedCommitAfterItsStatementWasLost(t *testing.T) {
 	require.EqualValues(t, 2, f.orderCount(t, ""))
 	requireWorks(t, f, "o-3")
 }
+
+// TestPipelinedCommitSavesOneEvent checks the INSERT of a single record,
+// a statement of its own: every column as emitted, an empty payload stored
+// empty.
+func TestPipelinedCommitSavesOneEvent(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testdb.Postgres)
+	for i, payload := range [][]byte{[]byte(`{"s":"é \"q\""}`), nil} {
+		m := message.NewMessage(outbox.NewUUID(), payload)
+		m.Metadata.Set("quote", `a "b" \ c`+"\n")
+		m.Metadata.Set("k", fmt.Sprint(i))
+		require.NoError(t, f.run(context.Background(), func(ctx context.Context) error {
+			return outbox.EmitMessage(ctx, "topic-ä", m)
+		}))
+		rows := f.outbox(t)
+		require.Len(t, rows, i+1)
+		r := rows[i]
+		require.Equal(t, m.UUID, r.UUID)
+		require.Equal(t, "topic-ä", r.Topic)
+		require.Equal(t, string(payload), string(r.Payload))
+		require.NotNil(t, r.Payload, "an empty payload is stored empty, not NULL")
+		md := r.meta(t)
+		require.Equal(t, `a "b" \ c`+"\n", md["quote"])
+		require.Equal(t, fmt.Sprint(i), md["k"])
+		require.Equal(t, "do", md[outbox.MetadataCommand])
+	}
+}
