@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 
+	"github.com/txoutbox/txoutbox/bus"
 	"github.com/txoutbox/txoutbox/outbox"
 )
 
@@ -244,6 +246,60 @@ func randomHex(n int) string {
 
 // eventually polls cond every interval until it returns true or timeout
 // passes, then fails with msg and the last state cond reported.
+// retryingProducers dispatch placeOrder commands from n goroutines, one
+// key each ("p<w>"), in order; a command that fails is retried until it
+// returns nil (across a database restart), and counts as sent only then.
+type retryingProducers struct {
+	stopping atomic.Bool
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	sentIDs  []string
+	errs     atomic.Int64 // dispatch errors retried
+	stopOnce func()
+}
+
+// startRetryingProducers starts n producers on b, each pausing pause
+// between commands, stopped at the latest when t ends.
+func startRetryingProducers(ctx context.Context, t *testing.T, b *bus.Bus, n int, pause time.Duration) *retryingProducers {
+	p := &retryingProducers{}
+	for w := range n {
+		p.wg.Go(func() {
+			for seq := 0; !p.stopping.Load(); seq++ {
+				cmd := placeOrder{placed{ID: fmt.Sprintf("p%d-%d", w, seq), Key: fmt.Sprintf("p%d", w), Seq: seq}}
+				for {
+					err := b.Dispatch(ctx, cmd)
+					if err == nil {
+						break
+					}
+					p.errs.Add(1)
+					if ctx.Err() != nil {
+						t.Errorf("producer %d: command %s never committed: %v", w, cmd.ID, err)
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				p.mu.Lock()
+				p.sentIDs = append(p.sentIDs, cmd.ID)
+				p.mu.Unlock()
+				time.Sleep(pause)
+			}
+		})
+	}
+	p.stopOnce = sync.OnceFunc(func() { p.stopping.Store(true); p.wg.Wait() })
+	t.Cleanup(p.stopOnce)
+	return p
+}
+
+// stop stops the producers and waits for their commands in flight.
+func (p *retryingProducers) stop() { p.stopOnce() }
+
+// sent returns the IDs of the commands that returned nil, in order of return.
+func (p *retryingProducers) sent() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.sentIDs...)
+}
+
 // requireDrained waits until fw's store has no pending row (a batch the
 // consumer already received may not be finished yet: Publish returns before
 // the forwarder marks the rows delivered), then requires that none was

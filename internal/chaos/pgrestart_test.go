@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,37 +180,8 @@ func TestPostgresRestart(t *testing.T) {
 	t.Logf("before the restart: event relayed by NOTIFY in %v", relayedByNotify("before"))
 
 	// Producers: one key each, commands in order, each retried until it
-	// returns nil. A command counts as sent only when Dispatch returned nil.
-	var (
-		stopProducers atomic.Bool
-		producers     sync.WaitGroup
-		sentMu        sync.Mutex
-		sent          []string
-		dispatchErrs  atomic.Int64
-	)
-	for w := range restartProducers {
-		producers.Go(func() {
-			for seq := 0; !stopProducers.Load(); seq++ {
-				cmd := placeOrder{placed{ID: fmt.Sprintf("p%d-%d", w, seq), Key: fmt.Sprintf("p%d", w), Seq: seq}}
-				for {
-					err := b.Dispatch(ctx, cmd)
-					if err == nil {
-						break
-					}
-					dispatchErrs.Add(1)
-					if ctx.Err() != nil {
-						t.Errorf("producer %d: command %s never committed: %v", w, cmd.ID, err)
-						return
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
-				sentMu.Lock()
-				sent = append(sent, cmd.ID)
-				sentMu.Unlock()
-				time.Sleep(2 * time.Millisecond)
-			}
-		})
-	}
+	// returns nil.
+	prods := startRetryingProducers(ctx, t, b, restartProducers, 2*time.Millisecond)
 
 	// Restart once a quarter of the backlog is out.
 	eventually(t, 30*time.Second, 5*time.Millisecond, func() (bool, string) {
@@ -226,8 +196,7 @@ func TestPostgresRestart(t *testing.T) {
 	require.Less(t, atRestart, restartBacklog, "the backlog drained before the restart; the test did not restart PostgreSQL under a running forwarder")
 
 	time.Sleep(time.Second) // producers go on after the restart
-	stopProducers.Store(true)
-	producers.Wait()
+	prods.stop()
 
 	// Everything committed is published, without restarting the forwarder.
 	var orders []string
@@ -260,13 +229,13 @@ func TestPostgresRestart(t *testing.T) {
 	for _, d := range ds {
 		require.True(t, committed[d.Event.ID], "event %s published but its command never committed", d.Event.ID)
 	}
-	for _, id := range sent {
+	for _, id := range prods.sent() {
 		require.True(t, committed[id], "command %s returned nil but its order is not in the table", id)
 	}
 	requireDrained(ctx, t, fw, "after the restart")
 	requireFirstDeliveriesInOrder(t, ds)
 	t.Logf("%d commands sent by %d producers (%d dispatch errors retried), %d orders committed, %d deliveries (%d duplicates), %d after the restart",
-		len(sent), restartProducers, dispatchErrs.Load(), len(orders), len(ds), len(ds)-len(orders), afterRestart)
+		len(prods.sent()), restartProducers, prods.errs.Load(), len(orders), len(ds), len(ds)-len(orders), afterRestart)
 
 	// The listen-only forwarder's LISTEN connection came back by itself.
 	var newPID int64

@@ -706,39 +706,8 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	t.Cleanup(func() { _ = stopRelay() })
 
 	// Producers: one key each, commands in order, each retried until it
-	// returns nil. A command counts as sent only when Dispatch returned nil.
-	var (
-		stopping     atomic.Bool
-		producers    sync.WaitGroup
-		sentMu       sync.Mutex
-		sent         []string
-		dispatchErrs atomic.Int64
-	)
-	for w := range walProducers {
-		producers.Go(func() {
-			for seq := 0; !stopping.Load(); seq++ {
-				cmd := placeOrder{placed{ID: fmt.Sprintf("p%d-%d", w, seq), Key: fmt.Sprintf("p%d", w), Seq: seq}}
-				for {
-					err := b.Dispatch(ctx, cmd)
-					if err == nil {
-						break
-					}
-					dispatchErrs.Add(1)
-					if ctx.Err() != nil {
-						t.Errorf("producer %d: command %s never committed: %v", w, cmd.ID, err)
-						return
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
-				sentMu.Lock()
-				sent = append(sent, cmd.ID)
-				sentMu.Unlock()
-				time.Sleep(5 * time.Millisecond)
-			}
-		})
-	}
-	stopProducers := sync.OnceFunc(func() { stopping.Store(true); producers.Wait() })
-	t.Cleanup(stopProducers)
+	// returns nil.
+	prods := startRetryingProducers(ctx, t, b, walProducers, 5*time.Millisecond)
 
 	eventually(t, 30*time.Second, 5*time.Millisecond, func() (bool, string) {
 		n := pub.count()
@@ -751,7 +720,7 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	require.Less(t, atRestart, walBacklog, "the backlog was out before the restart; the test did not restart PostgreSQL under a streaming relay")
 
 	time.Sleep(time.Second) // producers go on after the restart
-	stopProducers()
+	prods.stop()
 
 	var orders []string
 	eventually(t, 30*time.Second, 100*time.Millisecond, func() (bool, string) {
@@ -776,7 +745,7 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	for _, id := range orders {
 		committed[id] = true
 	}
-	for _, id := range sent {
+	for _, id := range prods.sent() {
 		require.True(t, committed[id], "command %s returned nil but its order is not in the table", id)
 	}
 	for _, d := range ds {
@@ -819,7 +788,7 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 		gapTo.Sub(gapFrom).Round(time.Millisecond), gapTo.Sub(restartStart).Round(time.Millisecond),
 		logs.count(slog.LevelWarn, restartStart, time.Now()))
 	t.Logf("%d commands sent by %d producers (%d dispatch errors retried), %d orders committed, %d deliveries (%d duplicates, all of events first published before the relay resumed)",
-		len(sent), walProducers, dispatchErrs.Load(), len(orders), len(ds), dups)
+		len(prods.sent()), walProducers, prods.errs.Load(), len(orders), len(ds), dups)
 }
 
 // runWALRelayChild is the relay subprocess of the WAL tests: a relay on
