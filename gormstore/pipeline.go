@@ -198,6 +198,13 @@ func (d *postgresDriver) runPipelined(ctx context.Context, db *gorm.DB, sqlDB *s
 	return d.commitPipelined(ctx, conn, recs)
 }
 
+// rollbackPg rolls back the transaction on pc, also after ctx is done.
+func rollbackPg(ctx context.Context, pc *pgconn.PgConn) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
+	defer cancel()
+	return pc.Exec(rctx, "ROLLBACK").Close()
+}
+
 // rollbackPinned rolls back the transaction on conn, also after ctx is
 // done; a connection whose ROLLBACK fails is discarded.
 func rollbackPinned(ctx context.Context, conn *sql.Conn) {
@@ -248,16 +255,14 @@ func (d *postgresDriver) commitPipelined(ctx context.Context, conn *sql.Conn, re
 }
 
 // pipeline sends the INSERT of recs (if any) and the COMMIT on c, a
-// connection in a transaction, in one batch, and reads their answers. It returns the
-// command's error and whether c must be discarded.
+// connection in a transaction, in one batch, and reads their answers. It
+// returns whether c must be discarded, and the command's error.
 func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbox.Record) (discard bool, err error) {
 	pc := c.PgConn()
 	switch pc.TxStatus() {
 	case 'T':
 	case 'E':
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
-		defer cancel()
-		if err := pc.Exec(rctx, "ROLLBACK").Close(); err != nil {
+		if err := rollbackPg(ctx, pc); err != nil {
 			return true, fmt.Errorf("gormstore: a statement of the command failed and its error was ignored: %w; rollback: %v", pgx.ErrTxCommitRollback, err)
 		}
 		return false, fmt.Errorf("gormstore: a statement of the command failed and its error was ignored: %w", pgx.ErrTxCommitRollback)
@@ -276,9 +281,7 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 			insert.stmt, err = preparedOn(ctx, c, insert.query)
 		}
 		if err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
-			defer cancel()
-			discard := pc.IsClosed() || pc.Exec(rctx, "ROLLBACK").Close() != nil
+			discard := pc.IsClosed() || rollbackPg(ctx, pc) != nil
 			if ctx.Err() != nil {
 				return discard, fmt.Errorf("gormstore: commit cancelled, rolled back: %w (%w)", ctx.Err(), err)
 			}
@@ -340,12 +343,8 @@ func (d *postgresDriver) pipeline(ctx context.Context, c *pgx.Conn, recs []outbo
 	}
 	// A statement failed: if it is the INSERT, the COMMIT did not run and
 	// the transaction is aborted.
-	if pc.TxStatus() == 'E' {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
-		defer cancel()
-		if rbErr := pc.Exec(rctx, "ROLLBACK").Close(); rbErr != nil {
-			discard = true
-		}
+	if pc.TxStatus() == 'E' && rollbackPg(ctx, pc) != nil {
+		discard = true
 	}
 	discard = discard || pc.IsClosed() || pc.TxStatus() != 'I'
 	if ctx.Err() != nil {
