@@ -5,7 +5,6 @@ package chaos_test
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,31 +73,7 @@ func TestMariaDBRestart(t *testing.T) {
 	registerPlaceOrder(t, b, insertOrderMySQL)
 
 	// The backlog: orders b-0 ... b-9999 with their events on 50 keys.
-	const perCommand = 1000
-	for c := range mariadbBacklog / perCommand {
-		lo := c * perCommand
-		err := tr.Run(ctx, "Backlog", func(ctx context.Context) error {
-			tx, err := outbox.Tx(ctx)
-			if err != nil {
-				return err
-			}
-			ids := make([]any, perCommand)
-			for i := range ids {
-				ids[i] = fmt.Sprintf("b-%d", lo+i)
-			}
-			q := "INSERT INTO orders (id) VALUES " + strings.TrimSuffix(strings.Repeat("(?),", perCommand), ",")
-			if err := tx.Exec(q, ids...).Error; err != nil {
-				return err
-			}
-			evs := make([]any, perCommand)
-			for i := range evs {
-				n := lo + i
-				evs[i] = placed{ID: fmt.Sprintf("b-%d", n), Key: fmt.Sprintf("b%02d", n%restartKeys), Seq: n / restartKeys}
-			}
-			return outbox.Emit(ctx, evs...)
-		})
-		require.NoError(t, err)
-	}
+	commitBacklog(ctx, t, tr, mariadbBacklog, 1000, restartKeys)
 
 	// The poll-only forwarder, on a table of its own in the same database,
 	// with pools of its own for it and for its writer.
@@ -168,20 +143,7 @@ func TestMariaDBRestart(t *testing.T) {
 	prods.stop()
 
 	// Everything committed is published, without restarting the forwarder.
-	var orders []string
-	eventually(t, 90*time.Second, 100*time.Millisecond, func() (bool, string) {
-		orders = orders[:0]
-		if err := db.WithContext(ctx).Raw(`SELECT id FROM orders`).Scan(&orders).Error; err != nil {
-			return false, err.Error()
-		}
-		missing := 0
-		for _, id := range orders {
-			if !pub.has(id) {
-				missing++
-			}
-		}
-		return missing == 0, fmt.Sprintf("%d of %d committed orders not published", missing, len(orders))
-	}, "forwarder did not publish every committed event after the restart")
+	orders := waitAllPublished(ctx, t, db, pub, 90*time.Second, nil, "forwarder did not publish every committed event after the restart")
 
 	ds := pub.snapshot()
 	afterRestart := 0

@@ -5,6 +5,7 @@ package chaos_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/txoutbox/txoutbox/internal/testdb"
 	"github.com/txoutbox/txoutbox/middleware"
 	"github.com/txoutbox/txoutbox/outbox"
+	"gorm.io/gorm"
 )
 
 // placeOrder is the command of TestPostgresRestart and TestMariaDBRestart.
@@ -47,6 +49,60 @@ func registerPlaceOrder(t *testing.T, b *bus.Bus, insertOrder string) {
 		}
 		return outbox.Emit(ctx, cmd.placed)
 	}))
+}
+
+// commitBacklog commits orders b-0 ... b-(n-1) and their events, perCommand
+// orders a command, the events on keys partition keys ("b00", "b01", ...),
+// in order: a backlog for the relay under test.
+func commitBacklog(ctx context.Context, t *testing.T, tr *middleware.Transactional, n, perCommand, keys int) {
+	t.Helper()
+	q := "INSERT INTO orders (id) VALUES " + strings.TrimSuffix(strings.Repeat("(?),", perCommand), ",")
+	for c := range n / perCommand {
+		lo := c * perCommand
+		err := tr.Run(ctx, "Backlog", func(ctx context.Context) error {
+			tx, err := outbox.Tx(ctx)
+			if err != nil {
+				return err
+			}
+			ids := make([]any, perCommand)
+			evs := make([]any, perCommand)
+			for i := range perCommand {
+				n := lo + i
+				ids[i] = fmt.Sprintf("b-%d", n)
+				evs[i] = placed{ID: fmt.Sprintf("b-%d", n), Key: fmt.Sprintf("b%02d", n%keys), Seq: n / keys}
+			}
+			if err := tx.Exec(q, ids...).Error; err != nil {
+				return err
+			}
+			return outbox.Emit(ctx, evs...)
+		})
+		require.NoError(t, err, "backlog command %d", c)
+	}
+}
+
+// waitAllPublished waits until pub has published every order in db's
+// orders table and returns their IDs. check, when not nil, runs at each
+// look (to fail the test at once when the relay stopped).
+func waitAllPublished(ctx context.Context, t *testing.T, db *gorm.DB, pub *memPublisher, within time.Duration, check func(), what string) []string {
+	t.Helper()
+	var orders []string
+	eventually(t, within, 100*time.Millisecond, func() (bool, string) {
+		if check != nil {
+			check()
+		}
+		orders = orders[:0]
+		if err := db.WithContext(ctx).Raw(`SELECT id FROM orders`).Scan(&orders).Error; err != nil {
+			return false, err.Error()
+		}
+		missing := 0
+		for _, id := range orders {
+			if !pub.has(id) {
+				missing++
+			}
+		}
+		return missing == 0, fmt.Sprintf("%d of %d committed orders not published", missing, len(orders))
+	}, what)
+	return orders
 }
 
 // Shape of TestPostgresRestart.
@@ -101,26 +157,7 @@ func TestPostgresRestart(t *testing.T) {
 	registerPlaceOrder(t, b, insertOrderPostgres)
 
 	// The backlog: orders b-0 ... b-19999 with their events on 50 keys.
-	const perCommand = 1000
-	for c := range restartBacklog / perCommand {
-		lo := c * perCommand
-		err := tr.Run(ctx, "Backlog", func(ctx context.Context) error {
-			tx, err := outbox.Tx(ctx)
-			if err != nil {
-				return err
-			}
-			if err := tx.Exec(`INSERT INTO orders (id) SELECT 'b-' || g FROM generate_series(?::int, ?::int) g`, lo, lo+perCommand-1).Error; err != nil {
-				return err
-			}
-			evs := make([]any, perCommand)
-			for i := range evs {
-				n := lo + i
-				evs[i] = placed{ID: fmt.Sprintf("b-%d", n), Key: fmt.Sprintf("b%02d", n%restartKeys), Seq: n / restartKeys}
-			}
-			return outbox.Emit(ctx, evs...)
-		})
-		require.NoError(t, err)
-	}
+	commitBacklog(ctx, t, tr, restartBacklog, 1000, restartKeys)
 
 	// The listen-only forwarder, on a table of its own in the same schema.
 	listenApp := "txoutbox_chaos_listen_" + randomHex(4)
@@ -199,20 +236,7 @@ func TestPostgresRestart(t *testing.T) {
 	prods.stop()
 
 	// Everything committed is published, without restarting the forwarder.
-	var orders []string
-	eventually(t, 60*time.Second, 100*time.Millisecond, func() (bool, string) {
-		orders = orders[:0]
-		if err := db.WithContext(ctx).Raw(`SELECT id FROM orders`).Scan(&orders).Error; err != nil {
-			return false, err.Error()
-		}
-		missing := 0
-		for _, id := range orders {
-			if !pub.has(id) {
-				missing++
-			}
-		}
-		return missing == 0, fmt.Sprintf("%d of %d committed orders not published", missing, len(orders))
-	}, "forwarder did not publish every committed event after the restart")
+	orders := waitAllPublished(ctx, t, db, pub, 60*time.Second, nil, "forwarder did not publish every committed event after the restart")
 
 	ds := pub.snapshot()
 	afterRestart := 0

@@ -651,25 +651,7 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	registerPlaceOrder(t, b, insertOrderPostgres)
 
 	// The backlog: orders b-0 ... with their events on walBacklogKeys keys.
-	for c := range walBacklog / walBacklogCommand {
-		lo := c * walBacklogCommand
-		err := tr.Run(ctx, "Backlog", func(ctx context.Context) error {
-			tx, err := outbox.Tx(ctx)
-			if err != nil {
-				return err
-			}
-			if err := tx.Exec(`INSERT INTO orders (id) SELECT 'b-' || g FROM generate_series(?::int, ?::int) g`, lo, lo+walBacklogCommand-1).Error; err != nil {
-				return err
-			}
-			evs := make([]any, walBacklogCommand)
-			for i := range evs {
-				n := lo + i
-				evs[i] = placed{ID: fmt.Sprintf("b-%d", n), Key: fmt.Sprintf("b%02d", n%walBacklogKeys), Seq: n / walBacklogKeys}
-			}
-			return outbox.Emit(ctx, evs...)
-		})
-		require.NoError(t, err)
-	}
+	commitBacklog(ctx, t, tr, walBacklog, walBacklogCommand, walBacklogKeys)
 
 	// The relay, with a publisher of 20 ms per call: the backlog takes a
 	// few seconds, and the restart hits it in the middle.
@@ -722,21 +704,7 @@ func TestWALRelayPostgresRestart(t *testing.T) {
 	time.Sleep(time.Second) // producers go on after the restart
 	prods.stop()
 
-	var orders []string
-	eventually(t, 30*time.Second, 100*time.Millisecond, func() (bool, string) {
-		requireRunning()
-		orders = orders[:0]
-		if err := db.WithContext(ctx).Raw(`SELECT id FROM orders`).Scan(&orders).Error; err != nil {
-			return false, err.Error()
-		}
-		missing := 0
-		for _, id := range orders {
-			if !pub.has(id) {
-				missing++
-			}
-		}
-		return missing == 0, fmt.Sprintf("%d of %d committed orders not published", missing, len(orders))
-	}, "the relay did not publish every committed event after the restart")
+	orders := waitAllPublished(ctx, t, db, pub, 30*time.Second, requireRunning, "the relay did not publish every committed event after the restart")
 	time.Sleep(300 * time.Millisecond) // a redelivery in flight lands now
 	require.NoError(t, stopRelay(), "Run")
 
